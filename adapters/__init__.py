@@ -1,0 +1,1 @@
+"""Platform adapters: one module per chat platform, each behind the core's Reply port."""

@@ -1,0 +1,182 @@
+"""Settings: environment variables (and an optional `.env`), with defaults that run the demo.
+
+Every vendor base URL and the Discord/Slack API bases are settings, so the same code runs
+against production, a proxy or a loopback fake. Secrets are `SecretStr` and never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["VENDOR_DEFAULT_URLS", "Settings"]
+
+#: production base URLs; the vendor clients append their documented paths
+VENDOR_DEFAULT_URLS: dict[str, str] = {
+    "apiinone": "https://apiin.one",
+    "pixazo": "https://gateway.pixazo.ai",
+    "aimlapi": "https://api.aimlapi.com",
+    "novita": "https://api.novita.ai",
+    "runware": "https://api.runware.ai",
+}
+
+
+class Settings(BaseSettings):
+    """All of the bot's configuration. Names are the env vars, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- storage and process ------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Where the SQLite database and files live.")
+    database_path: Path | None = Field(
+        None, description="SQLite file; default DATA_DIR/imagine-bot.sqlite3."
+    )
+    output_dir: Path | None = Field(None, description="Delivered files; default DATA_DIR/output.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for webhook tokens and media links; default: generated once "
+        "and kept in DATA_DIR/secret.key.",
+    )
+
+    # --- HTTP server ---------------------------------------------------------------------
+    http_host: str = Field("0.0.0.0", description="Bind address of the bot's one HTTP server.")
+    http_port: int = Field(
+        8080, description="Port of the HTTP server (health, metrics, webhooks, Slack)."
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="Public https URL of the HTTP server; enables vendor webhooks and media links.",
+    )
+
+    # --- vendors -------------------------------------------------------------------------
+    sandbox: bool = Field(
+        False, description="Use the embedded loopback vendor emulators (the demo does)."
+    )
+    apiinone_api_key: SecretStr | None = None
+    apiinone_base_url: str = VENDOR_DEFAULT_URLS["apiinone"]
+    pixazo_api_key: SecretStr | None = None
+    pixazo_base_url: str = VENDOR_DEFAULT_URLS["pixazo"]
+    aimlapi_api_key: SecretStr | None = None
+    aimlapi_base_url: str = VENDOR_DEFAULT_URLS["aimlapi"]
+    novita_api_key: SecretStr | None = None
+    novita_base_url: str = VENDOR_DEFAULT_URLS["novita"]
+    runware_api_key: SecretStr | None = None
+    runware_base_url: str = VENDOR_DEFAULT_URLS["runware"]
+    vendor_timeout: float = Field(
+        180.0, description="Seconds for one vendor HTTP call (sync vendors are slow)."
+    )
+    routing: Literal["ordered", "cheapest"] = Field(
+        "ordered",
+        description="Route order: as ROUTE_ORDER says, or cheapest published price first.",
+    )
+    route_order: str = Field(
+        "",
+        description="Comma-separated vendor:model keys (or vendor names) in preference order; "
+        "empty means the catalog's order.",
+    )
+    vendor_concurrency: int = Field(16, description="Concurrent jobs per vendor.")
+    breaker_failures: int = Field(
+        5, description="Consecutive failures that open a route's circuit."
+    )
+    breaker_reset_seconds: float = Field(
+        30.0, description="Seconds before an open circuit is probed."
+    )
+
+    # --- credits -------------------------------------------------------------------------
+    daily_allowance: int = Field(
+        100, description="Credits each member gets per day (tenants may change it)."
+    )
+    cost_image: int = Field(10, description="Credits per generated image (/imagine).")
+    cost_edit: int = Field(10, description="Credits per edit.")
+    cost_model3d: int = Field(30, description="Credits per 3D model.")
+    max_grant: int = Field(
+        1_000_000, description="Largest amount one moderator operation may move."
+    )
+
+    # --- engine --------------------------------------------------------------------------
+    workers: int = Field(64, description="Jobs followed at once across all users.")
+    queue_size: int = Field(
+        500, description="Jobs waiting beyond that before new ones are refused."
+    )
+    max_jobs_per_user: int = Field(2, description="Unfinished jobs one member may have.")
+    progress_interval: float = Field(
+        3.0, description="Minimum seconds between status edits of a job."
+    )
+    job_timeout: float = Field(
+        900.0, description="Seconds before a vendor job is given up (and refunded)."
+    )
+    poll_initial: float = Field(1.0, description="First poll delay in seconds.")
+    poll_max: float = Field(10.0, description="Longest poll delay in seconds.")
+    submit_retries: int = Field(
+        2, description="Retries of a transient vendor error before failing over."
+    )
+
+    # --- media ---------------------------------------------------------------------------
+    max_result_bytes: int = Field(50 * 1024 * 1024, description="Largest result file downloaded.")
+    max_input_bytes: int = Field(10 * 1024 * 1024, description="Largest input image accepted.")
+    media_allow_private: bool = Field(
+        False,
+        description="Allow fetching input URLs on private/loopback addresses (tests, demo only).",
+    )
+    media_link_ttl: int = Field(3600, description="Seconds a signed media link stays valid.")
+
+    # --- Discord -------------------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    discord_api_base: str | None = Field(
+        None, description="REST base, e.g. http://127.0.0.1:PORT/api/v10."
+    )
+    discord_gateway_url: str | None = Field(
+        None, description="Gateway URL, e.g. ws://127.0.0.1:PORT/gateway."
+    )
+    discord_moderator_role: str | None = Field(
+        None, description="Role name or id that counts as moderator."
+    )
+    discord_modlog_channel: str | None = Field(
+        None, description="Channel id for the moderation log."
+    )
+    discord_dev_guild: str | None = Field(
+        None, description="Guild id to sync commands to while developing."
+    )
+
+    # --- Slack ---------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_base: str | None = Field(
+        None, description="Web API base, e.g. http://127.0.0.1:PORT/api/."
+    )
+    slack_moderators: str = Field(
+        "", description="Comma-separated Slack user ids that are moderators."
+    )
+    slack_moderator_group: str | None = Field(
+        None, description="Slack user group id whose members moderate."
+    )
+
+    @field_validator("route_order", "slack_moderators")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return ",".join(p.strip() for p in value.split(",") if p.strip())
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file."""
+        return self.database_path or self.data_dir / "imagine-bot.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        """Where delivered files are written."""
+        return self.output_dir or self.data_dir / "output"
+
+    def vendor_key(self, vendor: str) -> SecretStr | None:
+        """The configured key of a vendor, or None."""
+        return getattr(self, f"{vendor}_api_key", None)
+
+    def vendor_url(self, vendor: str) -> str:
+        """The configured base URL of a vendor."""
+        return str(getattr(self, f"{vendor}_base_url"))

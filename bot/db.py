@@ -1,0 +1,136 @@
+"""SQLite through aiosqlite: one writer connection, WAL, versioned migrations.
+
+Every write goes through `Database.transaction()`: an asyncio lock (so coroutines sharing the
+connection never interleave statements inside one another's transaction) around
+`BEGIN IMMEDIATE` (so other processes on the same file wait for the write lock instead of
+failing half-way). Reads that must see a consistent picture use a transaction too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+
+__all__ = ["MIGRATIONS", "Database"]
+
+_log = logging.getLogger(__name__)
+
+#: Schema versions, applied in order; PRAGMA user_version records the last one applied.
+#: Append only: a released migration is never edited.
+MIGRATIONS: list[str] = [
+    # 1: durable jobs
+    """
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        created       REAL NOT NULL,
+        updated       REAL NOT NULL,
+        platform      TEXT NOT NULL,
+        tenant        TEXT NOT NULL,
+        user_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        spec          TEXT NOT NULL,      -- the validated job spec (JSON)
+        actor         TEXT NOT NULL,      -- the Actor (JSON)
+        reply_ref     TEXT NOT NULL,      -- where the reply lives (JSON)
+        cost          INTEGER NOT NULL,   -- credits held for it
+        route         TEXT,               -- vendor:model that took it
+        handle        TEXT,               -- the vendor's JobHandle (JSON)
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        routes_tried  TEXT NOT NULL DEFAULT '[]',
+        vendor_cost_usd REAL,
+        result        TEXT,               -- delivered files (JSON)
+        error         TEXT,
+        parent_id     TEXT,               -- the job a reroll/edit/3D button came from
+        request_key   TEXT UNIQUE         -- platform delivery id: a retried request maps to one job
+    );
+    CREATE INDEX jobs_open ON jobs(state) WHERE state NOT IN ('done', 'failed', 'cancelled');
+    CREATE INDEX jobs_user ON jobs(tenant, user_id, created);
+    """,
+]
+
+
+class Database:
+    """An open SQLite database with the migrations applied; use as an async context manager."""
+
+    def __init__(self, path: str | Path, *, migrations: Sequence[str] | None = None) -> None:
+        self.path = str(path)
+        self._migrations = list(MIGRATIONS if migrations is None else migrations)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        """The open connection (after `__aenter__`)."""
+        if self._conn is None:
+            raise RuntimeError("database is not open")
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, sqlite3 adds nothing.
+        self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+        self._conn.row_factory = aiosqlite.Row
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute("PRAGMA synchronous=NORMAL")
+        await self._conn.execute("PRAGMA foreign_keys=ON")
+        await self._conn.execute("PRAGMA busy_timeout=30000")
+        await self._migrate()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as conn:
+            row = await (await conn.execute("PRAGMA user_version")).fetchone()
+            current = int(row[0]) if row else 0
+            for version, script in enumerate(self._migrations, start=1):
+                if version <= current:
+                    continue
+                for statement in _split(script):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {version}")
+                _log.info("database %s migrated to schema version %d", self.path, version)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any exception (also cancellation)."""
+        async with self._lock:
+            conn = self.conn
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            else:
+                await conn.execute("COMMIT")
+
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[aiosqlite.Row]:
+        """Run one read under the lock (never inside someone else's transaction)."""
+        async with self._lock:
+            cursor = await self.conn.execute(sql, params)
+            return list(await cursor.fetchall())
+
+    async def fetchone(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> aiosqlite.Row | None:
+        """Run one read returning its first row, or None."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+def _split(script: str) -> list[str]:
+    # Migrations hold no semicolons inside strings or triggers, so a plain split is exact.
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,145 @@
+"""One loopback aiohttp server hosting every vendor emulator under `/<vendor>`.
+
+Used by the demo, the tests and the benchmark through the real provider clients. Besides the
+vendor routes it serves a small control API so another process can inject faults:
+`POST /_sandbox/{vendor}/faults {"fault": "rate_limit", "count": 2, "stage": "submit"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Iterable
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+
+from providers.sandbox.common import Fault, VendorEmulator, json_response
+
+__all__ = ["EMULATORS", "Sandbox"]
+
+_log = logging.getLogger(__name__)
+
+#: vendor name -> "module:Class" of its emulator (lazy, explicit; no directory scanning)
+EMULATORS: dict[str, str] = {
+    "apiinone": "providers.sandbox.apiinone:ApiInOneEmulator",
+    "pixazo": "providers.sandbox.pixazo:PixazoEmulator",
+    "aimlapi": "providers.sandbox.aimlapi:AimlApiEmulator",
+    "novita": "providers.sandbox.novita:NovitaEmulator",
+    "runware": "providers.sandbox.runware:RunwareEmulator",
+}
+
+
+def load_emulator(vendor: str) -> type[VendorEmulator]:
+    """The emulator class of a vendor; unknown names list the valid ones."""
+    try:
+        target = EMULATORS[vendor]
+    except KeyError:
+        raise ValueError(
+            f"unknown sandbox vendor {vendor!r}; known: {', '.join(EMULATORS)}"
+        ) from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+class Sandbox:
+    """Starts the emulators on 127.0.0.1 (port 0 by default) as an async context manager."""
+
+    def __init__(
+        self,
+        vendors: Iterable[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = "sandbox-key",
+        **emulator_options: Any,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.emulators: dict[str, VendorEmulator] = {}
+        for name in vendors or EMULATORS:
+            try:
+                cls = load_emulator(name)
+            except ModuleNotFoundError:
+                continue  # a vendor whose emulator is not written yet
+            self.emulators[name] = cls(api_key=api_key, **emulator_options)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    def __getitem__(self, vendor: str) -> VendorEmulator:
+        return self.emulators[vendor]
+
+    def base_url(self, vendor: str) -> str:
+        """The vendor's base URL on this sandbox."""
+        return f"http://{self.host}:{self.port}/{vendor}"
+
+    def build_app(self) -> web.Application:
+        """The root application with every emulator mounted and the control API."""
+        root = web.Application(client_max_size=32 * 1024 * 1024)
+        root.router.add_post("/_sandbox/{vendor}/faults", self._inject)
+        root.router.add_get("/_sandbox/health", self._health)
+        for name, emu in self.emulators.items():
+            root.add_subapp(f"/{name}", emu.build_app())
+        return root
+
+    async def _inject(self, request: web.Request) -> web.Response:
+        emu = self.emulators.get(request.match_info["vendor"])
+        if emu is None:
+            return json_response({"error": "unknown vendor"}, 404)
+        body = await request.json()
+        emu.inject(
+            Fault(body["fault"]),
+            int(body.get("count", 1)),
+            stage=body.get("stage"),
+            retry_after=float(body.get("retry_after", 1.0)),
+        )
+        return json_response({"ok": True})
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return json_response({"ok": True, "vendors": list(self.emulators)})
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(self.build_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only here
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for name, emu in self.emulators.items():
+            emu.base_url = self.base_url(name)
+            emu.session = self._session
+        self._ticker = asyncio.create_task(self._tick_forever())
+        _log.info(
+            "sandbox listening on http://%s:%s (%s)",
+            self.host,
+            self.port,
+            ", ".join(self.emulators),
+        )
+        return self
+
+    async def _tick_forever(self) -> None:
+        while True:
+            for emu in self.emulators.values():
+                try:
+                    await emu.tick()
+                except Exception:  # a broken emulator must not stop the others
+                    _log.exception("sandbox tick failed for %s", emu.name)
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for emu in self.emulators.values():
+            await emu.aclose()
+        if self._runner:
+            await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
