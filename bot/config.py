@@ -33,9 +33,7 @@ class Settings(BaseSettings):
 
     # --- storage and process ------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Where the SQLite database and files live.")
-    database_path: Path | None = Field(
-        None, description="SQLite file; default DATA_DIR/imagine-bot.sqlite3."
-    )
+    database_path: Path | None = Field(None, description="SQLite file; default DATA_DIR/imagine-bot.sqlite3.")
     output_dir: Path | None = Field(None, description="Delivered files; default DATA_DIR/output.")
     log_level: str = Field("INFO", description="Python logging level.")
     secret_key: SecretStr | None = Field(
@@ -46,18 +44,14 @@ class Settings(BaseSettings):
 
     # --- HTTP server ---------------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="Bind address of the bot's one HTTP server.")
-    http_port: int = Field(
-        8080, description="Port of the HTTP server (health, metrics, webhooks, Slack)."
-    )
+    http_port: int = Field(8080, description="Port of the HTTP server (health, metrics, webhooks, Slack).")
     public_base_url: str | None = Field(
         None,
         description="Public https URL of the HTTP server; enables vendor webhooks and media links.",
     )
 
     # --- vendors -------------------------------------------------------------------------
-    sandbox: bool = Field(
-        False, description="Use the embedded loopback vendor emulators (the demo does)."
-    )
+    sandbox: bool = Field(False, description="Use the embedded loopback vendor emulators (the demo does).")
     apiinone_api_key: SecretStr | None = None
     apiinone_base_url: str = VENDOR_DEFAULT_URLS["apiinone"]
     pixazo_api_key: SecretStr | None = None
@@ -81,41 +75,25 @@ class Settings(BaseSettings):
         "empty means the catalog's order.",
     )
     vendor_concurrency: int = Field(16, description="Concurrent jobs per vendor.")
-    breaker_failures: int = Field(
-        5, description="Consecutive failures that open a route's circuit."
-    )
-    breaker_reset_seconds: float = Field(
-        30.0, description="Seconds before an open circuit is probed."
-    )
+    breaker_failures: int = Field(5, description="Consecutive failures that open a route's circuit.")
+    breaker_reset_seconds: float = Field(30.0, description="Seconds before an open circuit is probed.")
 
     # --- credits -------------------------------------------------------------------------
-    daily_allowance: int = Field(
-        100, description="Credits each member gets per day (tenants may change it)."
-    )
+    daily_allowance: int = Field(100, description="Credits each member gets per day (tenants may change it).")
     cost_image: int = Field(10, description="Credits per generated image (/imagine).")
     cost_edit: int = Field(10, description="Credits per edit.")
     cost_model3d: int = Field(30, description="Credits per 3D model.")
-    max_grant: int = Field(
-        1_000_000, description="Largest amount one moderator operation may move."
-    )
+    max_grant: int = Field(1_000_000, description="Largest amount one moderator operation may move.")
 
     # --- engine --------------------------------------------------------------------------
     workers: int = Field(64, description="Jobs followed at once across all users.")
-    queue_size: int = Field(
-        500, description="Jobs waiting beyond that before new ones are refused."
-    )
+    queue_size: int = Field(500, description="Jobs waiting beyond that before new ones are refused.")
     max_jobs_per_user: int = Field(2, description="Unfinished jobs one member may have.")
-    progress_interval: float = Field(
-        3.0, description="Minimum seconds between status edits of a job."
-    )
-    job_timeout: float = Field(
-        900.0, description="Seconds before a vendor job is given up (and refunded)."
-    )
+    progress_interval: float = Field(3.0, description="Minimum seconds between status edits of a job.")
+    job_timeout: float = Field(900.0, description="Seconds before a vendor job is given up (and refunded).")
     poll_initial: float = Field(1.0, description="First poll delay in seconds.")
     poll_max: float = Field(10.0, description="Longest poll delay in seconds.")
-    submit_retries: int = Field(
-        2, description="Retries of a transient vendor error before failing over."
-    )
+    submit_retries: int = Field(2, description="Retries of a transient vendor error before failing over.")
 
     # --- media ---------------------------------------------------------------------------
     max_result_bytes: int = Field(50 * 1024 * 1024, description="Largest result file downloaded.")
@@ -128,35 +106,21 @@ class Settings(BaseSettings):
 
     # --- Discord -------------------------------------------------------------------------
     discord_token: SecretStr | None = None
-    discord_api_base: str | None = Field(
-        None, description="REST base, e.g. http://127.0.0.1:PORT/api/v10."
-    )
+    discord_api_base: str | None = Field(None, description="REST base, e.g. http://127.0.0.1:PORT/api/v10.")
     discord_gateway_url: str | None = Field(
         None, description="Gateway URL, e.g. ws://127.0.0.1:PORT/gateway."
     )
-    discord_moderator_role: str | None = Field(
-        None, description="Role name or id that counts as moderator."
-    )
-    discord_modlog_channel: str | None = Field(
-        None, description="Channel id for the moderation log."
-    )
-    discord_dev_guild: str | None = Field(
-        None, description="Guild id to sync commands to while developing."
-    )
+    discord_moderator_role: str | None = Field(None, description="Role name or id that counts as moderator.")
+    discord_modlog_channel: str | None = Field(None, description="Channel id for the moderation log.")
+    discord_dev_guild: str | None = Field(None, description="Guild id to sync commands to while developing.")
 
     # --- Slack ---------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None
-    slack_api_base: str | None = Field(
-        None, description="Web API base, e.g. http://127.0.0.1:PORT/api/."
-    )
-    slack_moderators: str = Field(
-        "", description="Comma-separated Slack user ids that are moderators."
-    )
-    slack_moderator_group: str | None = Field(
-        None, description="Slack user group id whose members moderate."
-    )
+    slack_api_base: str | None = Field(None, description="Web API base, e.g. http://127.0.0.1:PORT/api/.")
+    slack_moderators: str = Field("", description="Comma-separated Slack user ids that are moderators.")
+    slack_moderator_group: str | None = Field(None, description="Slack user group id whose members moderate.")
 
     @field_validator("route_order", "slack_moderators")
     @classmethod

@@ -115,17 +115,13 @@ class Database:
             else:
                 await conn.execute("COMMIT")
 
-    async def fetchall(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
-    ) -> list[aiosqlite.Row]:
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
         """Run one read under the lock (never inside someone else's transaction)."""
         async with self._lock:
             cursor = await self.conn.execute(sql, params)
             return list(await cursor.fetchall())
 
-    async def fetchone(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
-    ) -> aiosqlite.Row | None:
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
         """Run one read returning its first row, or None."""
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None

@@ -142,9 +142,7 @@ class VendorHTTP:
             body = text
         if 200 <= status < 300:
             if body is None or isinstance(body, str):
-                raise RetryableError(
-                    self.vendor, "malformed JSON in a success answer", status=status
-                )
+                raise RetryableError(self.vendor, "malformed JSON in a success answer", status=status)
             return body
 
         cls = (classify(status, body) if classify else None) or error_for_status(status)

@@ -118,9 +118,7 @@ class SandboxJob:
         return max(0.0, min(1.0, (now - self.created) / self.latency))
 
 
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer as vendors send it."""
     return web.Response(
         body=json.dumps(body).encode(),
@@ -206,9 +204,7 @@ class VendorEmulator(abc.ABC):
             await asyncio.sleep(self.timeout_seconds)
             return json_response({"message": "late"}, 504)
         if plan.fault is Fault.MALFORMED:
-            return web.Response(
-                text='{"status": "COMPL', status=200, content_type="application/json"
-            )
+            return web.Response(text='{"status": "COMPL', status=200, content_type="application/json")
         resp = self.error_response(plan.fault)
         if plan.fault is Fault.RATE_LIMIT:
             resp.headers["Retry-After"] = f"{plan.retry_after:g}"
@@ -336,7 +332,7 @@ class VendorEmulator(abc.ABC):
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
 
-    async def tick(self) -> None:
+    async def tick(self) -> None:  # noqa: B027 - optional hook
         """Called periodically by the Sandbox: send callbacks for jobs that just finished."""
 
 
@@ -389,9 +385,7 @@ def render_glb(segments: int = 12) -> bytes:
         lat = math.pi * i / segments - math.pi / 2
         for j in range(segments):
             lon = 2 * math.pi * j / segments
-            positions.append(
-                (math.cos(lat) * math.cos(lon), math.sin(lat), math.cos(lat) * math.sin(lon))
-            )
+            positions.append((math.cos(lat) * math.cos(lon), math.sin(lat), math.cos(lat) * math.sin(lon)))
     indices: list[int] = []
     for i in range(segments):
         for j in range(segments):

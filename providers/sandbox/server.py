@@ -38,9 +38,7 @@ def load_emulator(vendor: str) -> type[VendorEmulator]:
     try:
         target = EMULATORS[vendor]
     except KeyError:
-        raise ValueError(
-            f"unknown sandbox vendor {vendor!r}; known: {', '.join(EMULATORS)}"
-        ) from None
+        raise ValueError(f"unknown sandbox vendor {vendor!r}; known: {', '.join(EMULATORS)}") from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
