@@ -26,6 +26,7 @@ __all__ = ["ADAPTERS", "Adapter", "AdapterContext", "load_adapter"]
 ADAPTERS: dict[str, str] = {
     "discord": "adapters.discord_bot:DiscordAdapter",
     "slack": "adapters.slack_app:SlackAdapter",
+    "console": "adapters.console:ConsoleAdapter",
 }
 
 

@@ -1,17 +1,59 @@
 """The engine: admits commands, runs durable jobs through the router, talks back via Reply.
 
-PUBLIC SURFACE (what adapters call) — implementation in progress.
+Admission (policy, parameters, input media, then a credit hold) happens before anything is
+queued, so bad input never costs credits or leaves a job behind. Each admitted job is a row in
+the jobs table; a worker submits it through the router, follows the vendor job (polling with
+backoff shaped by the vendor's ETA, or woken by a webhook), downloads the results at once,
+settles the hold and delivers. Any failure releases the hold exactly once and tells the user.
+On start, every unfinished job in the database is resumed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
-from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
-from bot.reply import JobResult, Reply, ReplyRestorer
+from bot import messages
+from bot.catalog import SEED_MAX, Catalog
+from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModCommand, Model3DCommand, ModOp
+from bot.errors import BotError, BusyError, InvalidInputError, NotFoundError, QueueFullError, UserError
+from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
+from bot.policy import check_prompt, require_moderator
+from bot.reply import (
+    Button,
+    ButtonAction,
+    Failure,
+    JobPhase,
+    JobResult,
+    OutputFile,
+    Progress,
+    Reply,
+    ReplyRestorer,
+)
+from bot.router import NoRouteError, Router
+from bot.store import JobRecord, JobStore, new_job_id
+from providers.base import (
+    ContentBlockedError,
+    JobState,
+    JobUpdate,
+    Kind,
+    ProviderError,
+    RejectedInputError,
+    RetryableError,
+    UnknownJobError,
+)
 
-__all__ = ["CreditsView", "Engine", "ModResult", "Ticket"]
+__all__ = ["CreditsView", "Engine", "EngineConfig", "ModResult", "Ticket"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +87,170 @@ class ModResult:
     log_line: str  # for a moderation-log channel
 
 
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The engine's knobs (from Settings; tests shrink the timings)."""
+
+    workers: int = 64
+    queue_size: int = 500
+    max_jobs_per_user: int = 2
+    progress_interval: float = 3.0
+    job_timeout: float = 900.0
+    poll_initial: float = 1.0
+    poll_max: float = 10.0
+    webhook_poll_interval: float = 30.0  # slow fallback polling when a webhook was requested
+    max_attempts: int = 3  # vendor jobs tried (failover after a vendor-side failure)
+
+
+class _Cancelled(Exception):
+    """Raised inside a runner when its job was cancelled by a user."""
+
+
+class LogReply:
+    """A reply for jobs whose platform is not running in this process: logs only."""
+
+    def __init__(self, ref: dict[str, Any]) -> None:
+        self._ref = ref
+
+    def ref(self) -> dict[str, Any]:
+        """The original address, kept unchanged."""
+        return self._ref
+
+    async def progress(self, update: Progress) -> None:
+        """Log the status line."""
+        _log.info("job %s: %s", update.job_id, update.text)
+
+    async def result(self, result: JobResult) -> None:
+        """Log where the files are."""
+        _log.info("job %s done: %s", result.job_id, ", ".join(str(f.path) for f in result.files))
+
+    async def failure(self, failure: Failure) -> None:
+        """Log the failure."""
+        _log.info("job %s failed: %s", failure.job_id, failure.text)
+
+
 class Engine:
-    """See module docstring. All methods raise `bot.errors.UserError` subclasses for anything
-    the user must be told (their `str()` is the message); those never cost credits."""
+    """The core. Use as an async context manager; call `resume()` once adapters are up.
+
+    All public methods raise `bot.errors.UserError` subclasses for anything the user must be
+    told (their `str()` is the message); those never cost credits.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        ledger: Any,  # bot.ledger.CreditLedger
+        router: Router,
+        media: Any,  # bot.media.MediaStore
+        config: EngineConfig | None = None,
+        metrics: Any = None,
+        webhook_url: Callable[[str, str], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.router = router
+        self.media = media
+        self.config = config or EngineConfig()
+        self.metrics = metrics
+        self._webhook_url = webhook_url  # (vendor, job id) -> callback URL, when public
+        self._clock = clock
+        self._sleep = sleep
+        self._restorers: dict[str, ReplyRestorer] = {}
+        self._replies: dict[str, Reply] = {}
+        self._queue: deque[str] = deque()
+        self._queue_ready = asyncio.Condition()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._active: dict[tuple[str, str], int] = {}  # (tenant, user) -> unfinished jobs
+        self._pushed: dict[str, JobUpdate] = {}  # webhook updates waiting for their runner
+        self._wake: dict[str, asyncio.Event] = {}
+        self._last_progress: dict[str, float] = {}
+        self._cancel_requested: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._started = False
+
+    @property
+    def catalog(self) -> Catalog:
+        """The routes this engine can use."""
+        return self.router.catalog
+
+    def model_names(self, kind: str) -> list[str]:
+        """`--model` names for a command kind (for autocomplete)."""
+        return self.catalog.model_names(Kind(kind))
+
+    # --- lifecycle -------------------------------------------------------------------------
 
     def register_restorer(self, platform: str, restorer: ReplyRestorer) -> None:
-        """Before `async with engine`: how to rebuild replies of `platform` after a restart."""
-        raise NotImplementedError
+        """Before `resume()`: how to rebuild replies of `platform` after a restart."""
+        self._restorers[platform] = restorer
+
+    async def __aenter__(self) -> Self:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        for i in range(self.config.workers):
+            self._group.create_task(self._worker(), name=f"engine-worker-{i}")
+        self._started = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Unfinished jobs stay in the database and are resumed by the next start.
+        for task in list(self._tasks):
+            task.cancel()
+        if self._group is not None:
+            for task in list(self._running.values()):
+                task.cancel()
+            self._stop_workers()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._group.__aexit__(None, None, None)
+        self._started = False
+
+    def _stop_workers(self) -> None:
+        assert self._group is not None
+        for task in list(self._group._tasks):  # type: ignore[attr-defined]
+            task.cancel()
+
+    async def resume(self) -> int:
+        """Pick up every unfinished job from the database; returns how many were resumed."""
+        resumed = 0
+        jobs = await self.store.unfinished()
+        for job in jobs:
+            if job.id in self._running or job.id in self._queue:
+                continue
+            restorer = self._restorers.get(job.actor.platform)
+            reply: Reply = restorer.restore(job.reply_ref) if restorer else LogReply(job.reply_ref)
+            self._replies[job.id] = reply
+            self._count(job, +1)
+            if job.state is JobPhase.QUEUED:
+                self._queue.append(job.id)
+            elif job.handle is None and job.state is JobPhase.SUBMITTED:
+                # The process died inside the submit call: whether the vendor took the job is
+                # unknown and there is nothing to re-attach to, so refund and say so.
+                await self._finish_failed(
+                    job, messages.lost_after_restart(), "no vendor handle after restart"
+                )
+                continue
+            else:
+                self._spawn(job)
+            resumed += 1
+        await self._release_orphan_holds()
+        async with self._queue_ready:
+            self._queue_ready.notify_all()
+        if resumed:
+            _log.info("resumed %d unfinished job(s)", resumed)
+        return resumed
+
+    async def _release_orphan_holds(self) -> None:
+        # A crash between the hold and the job insert leaves a hold with no job: refund it.
+        ids = await self.store.ids()
+        for hold in await self.ledger.open_holds():
+            if hold.job_id not in ids:
+                await self.ledger.release(hold.job_id, reason="job lost before it was saved")
+                _log.warning("released orphan hold job=%s", hold.job_id)
+
+    # --- admission -------------------------------------------------------------------------
 
     async def submit(
         self,
@@ -60,44 +259,722 @@ class Engine:
         reply: Reply,
         *,
         request_key: str | None = None,
+        parent_id: str | None = None,
     ) -> Ticket:
         """Validate, check policy, hold credits, persist and queue a job.
 
-        `request_key` (e.g. an interaction id or Slack trigger id) makes retried deliveries of
-        the same platform request return the first job's ticket instead of starting another.
+        `request_key` (an interaction id, a Slack trigger id) makes a retried delivery of the
+        same platform request return the first job's ticket instead of starting another.
         """
-        raise NotImplementedError
+        if request_key and (existing := await self.store.by_request_key(request_key)):
+            return self._ticket(existing)
+        match command:
+            case ImagineCommand():
+                spec = parse_imagine(command, self.catalog)
+                image = None
+            case EditCommand():
+                spec = parse_edit(command, self.catalog)
+                image = command.image
+            case Model3DCommand():
+                spec = parse_model3d(command, self.catalog)
+                image = command.image
+        return await self._admit(
+            actor, spec, reply, image=image, request_key=request_key, parent_id=parent_id
+        )
 
-    async def reroll(self, actor: Actor, job_id: str, reply: Reply) -> Ticket:
-        """Same parameters as `job_id`, new seed. Owner or moderator only."""
-        raise NotImplementedError
+    async def _admit(
+        self,
+        actor: Actor,
+        spec: JobSpec,
+        reply: Reply,
+        *,
+        image: ImageRef | None = None,
+        request_key: str | None = None,
+        parent_id: str | None = None,
+    ) -> Ticket:
+        tenant = actor.tenant
+        account = await self.ledger.account(tenant, actor.user_id)
+        if account.banned:
+            raise _user_error("banned")
+        check_prompt(actor, (spec.prompt, spec.negative), await self.ledger.blocklist(tenant))
+        key = (tenant, actor.user_id)
+        if self._active.get(key, 0) >= self.config.max_jobs_per_user:
+            raise BusyError(messages.busy(self.config.max_jobs_per_user))
+        if len(self._queue) >= self.config.queue_size:
+            raise QueueFullError(messages.queue_full())
+        if image is not None and (image.url or image.path or image.data):
+            stored = await self.media.load_input(image)
+            spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})
+        cost = await self.ledger.cost_for(tenant, spec.kind.value, spec.model) * spec.count
+        # Re-check the cap: the awaits above may have let a concurrent command in.
+        if self._active.get(key, 0) >= self.config.max_jobs_per_user:
+            raise BusyError(messages.busy(self.config.max_jobs_per_user))
+        self._active[key] = self._active.get(key, 0) + 1
+        job_id = new_job_id()
+        try:
+            await self.ledger.hold(tenant, actor.user_id, job_id, cost, kind=spec.kind.value)
+        except BaseException:
+            self._active[key] -= 1
+            raise
+        now = time.time()
+        job = JobRecord(
+            id=job_id,
+            created=now,
+            updated=now,
+            actor=actor,
+            spec=spec,
+            state=JobPhase.QUEUED,
+            reply_ref=reply.ref(),
+            cost=cost,
+            parent_id=parent_id,
+            request_key=request_key,
+        )
+        try:
+            await self.store.create(job)
+        except BaseException:
+            self._active[key] -= 1
+            await self.ledger.release(job_id, reason="job could not be saved")
+            if request_key and (existing := await self.store.by_request_key(request_key)):
+                return self._ticket(existing)  # a concurrent retry of the same request won
+            raise
+        self._replies[job_id] = reply
+        self._queue.append(job_id)
+        position = len(self._queue)
+        self._gauge_queue()
+        _log.info(
+            "job admitted job=%s kind=%s tenant=%s user=%s cost=%d position=%d",
+            job_id,
+            spec.kind,
+            tenant,
+            actor.user_id,
+            cost,
+            position,
+        )
+        await self._progress(job, JobPhase.QUEUED, messages.queued(position), position=position, force=True)
+        async with self._queue_ready:
+            self._queue_ready.notify()
+        return Ticket(job_id=job_id, position=position, cost=cost, text=messages.queued(position))
+
+    def _ticket(self, job: JobRecord) -> Ticket:
+        position = self._queue.index(job.id) + 1 if job.id in self._queue else 0
+        text = messages.queued(position) if position else messages.already_running()
+        return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
+
+    # --- buttons ---------------------------------------------------------------------------
+
+    async def _own_job(self, actor: Actor, job_id: str, *, spending: bool = True) -> JobRecord:
+        job = await self.store.get(job_id)
+        if job is None or job.tenant != actor.tenant:
+            raise NotFoundError(messages.job_not_found(job_id))
+        if spending and job.actor.user_id != actor.user_id and not actor.is_moderator:
+            raise UserError(messages.not_your_job())
+        return job
+
+    async def _guard_double_click(self, parent: JobRecord, actor: Actor, kind: Kind) -> None:
+        if await self.store.active_child(parent.id, actor.user_id, kind.value):
+            raise UserError(messages.already_running())
+
+    async def reroll(
+        self, actor: Actor, job_id: str, reply: Reply, *, request_key: str | None = None
+    ) -> Ticket:
+        """Same parameters as `job_id`, a new seed. Owner or moderator only."""
+        parent = await self._own_job(actor, job_id)
+        await self._guard_double_click(parent, actor, parent.spec.kind)
+        spec = parent.spec.model_copy(update={"seed": random.randint(0, SEED_MAX)})
+        return await self._admit(actor, spec, reply, request_key=request_key, parent_id=parent.id)
 
     async def edit_result(
-        self, actor: Actor, job_id: str, index: int | None, instruction: str, reply: Reply
+        self,
+        actor: Actor,
+        job_id: str,
+        index: int | None,
+        instruction: str,
+        reply: Reply,
+        *,
+        request_key: str | None = None,
     ) -> Ticket:
         """Edit image `index` (default 0) of a finished job by instruction."""
-        raise NotImplementedError
+        parent = await self._own_job(actor, job_id)
+        image = self._result_image(parent, index)
+        spec = parse_edit(
+            EditCommand(image=ImageRef(path=str(image.path)), instruction=instruction), self.catalog
+        )
+        await self._guard_double_click(parent, actor, Kind.EDIT)
+        return await self._admit(
+            actor,
+            spec,
+            reply,
+            image=ImageRef(path=str(image.path)),
+            request_key=request_key,
+            parent_id=parent.id,
+        )
 
-    async def make_3d(self, actor: Actor, job_id: str, index: int | None, reply: Reply) -> Ticket:
+    async def make_3d(
+        self, actor: Actor, job_id: str, index: int | None, reply: Reply, *, request_key: str | None = None
+    ) -> Ticket:
         """Image → 3D from image `index` (default 0) of a finished job."""
-        raise NotImplementedError
+        parent = await self._own_job(actor, job_id)
+        image = self._result_image(parent, index)
+        spec = parse_model3d(Model3DCommand(image=ImageRef(path=str(image.path))), self.catalog)
+        await self._guard_double_click(parent, actor, Kind.MODEL3D)
+        return await self._admit(
+            actor,
+            spec,
+            reply,
+            image=ImageRef(path=str(image.path)),
+            request_key=request_key,
+            parent_id=parent.id,
+        )
+
+    def _result_image(self, job: JobRecord, index: int | None) -> OutputFile:
+        images = [f for f in self._files(job) if f.role == "image"]
+        if job.state is not JobPhase.DONE or not images:
+            raise InvalidInputError("That job has no finished image to work from yet.")
+        i = index or 0
+        if not 0 <= i < len(images):
+            raise InvalidInputError(f"That job has {len(images)} image(s); pick 1 to {len(images)}.")
+        return images[i]
 
     async def single(self, actor: Actor, job_id: str, index: int) -> JobResult:
         """One image of a finished multi-image job, alone at full size (costs nothing)."""
-        raise NotImplementedError
+        job = await self._own_job(actor, job_id, spending=False)
+        image = self._result_image(job, index)
+        buttons = self._result_buttons(job, 1)
+        return JobResult(
+            job_id=job.id,
+            kind=job.spec.kind.value,
+            text=messages.single_caption(job.id, index, job.spec.prompt),
+            files=(image,),
+            buttons=buttons,
+        )
 
     async def show(self, actor: Actor, job_id: str) -> JobResult:
         """A finished job's result again, with its buttons (like Midjourney's /show)."""
-        raise NotImplementedError
+        job = await self._own_job(actor, job_id, spending=False)
+        if job.state is not JobPhase.DONE or not job.result:
+            raise InvalidInputError(messages.not_finished(job.id, job.state.value))
+        return self._job_result(job)
 
     async def cancel(self, actor: Actor, job_id: str) -> str:
-        """Cancel an unfinished job (owner or moderator); releases the hold. Returns the text."""
-        raise NotImplementedError
+        """Cancel an unfinished job (owner or moderator); releases the hold."""
+        job = await self._own_job(actor, job_id)
+        if job.state.terminal:
+            raise InvalidInputError(messages.not_cancellable(job.id, job.state.value))
+        self._cancel_requested.add(job.id)
+        if job.id in self._queue:
+            self._queue.remove(job.id)
+            self._gauge_queue()
+            await self._finish_cancelled(job)
+        elif (task := self._running.get(job.id)) is not None:
+            task.cancel()
+        else:
+            await self._finish_cancelled(job)
+        return messages.cancelled()
+
+    # --- credits and moderation ------------------------------------------------------------
 
     async def credits(self, actor: Actor) -> CreditsView:
         """The actor's balance, allowance, next refill and recent jobs."""
-        raise NotImplementedError
+        account = await self.ledger.account(actor.tenant, actor.user_id)
+        recent = tuple(
+            {
+                "id": j.id,
+                "kind": j.spec.kind.value,
+                "state": j.state.value,
+                "cost": j.cost,
+                "prompt": j.spec.prompt,
+            }
+            for j in await self.store.recent(actor.tenant, actor.user_id)
+        )
+        return CreditsView(
+            balance=account.balance,
+            allowance=account.allowance,
+            next_refill=account.next_refill,
+            frozen=account.frozen,
+            banned=account.banned,
+            recent=recent,
+            text=messages.credits_view(
+                account.balance, account.held, account.allowance, account.next_refill, account.frozen, recent
+            ),
+        )
 
     async def moderate(self, actor: Actor, command: ModCommand) -> ModResult:
         """Run a moderator operation; refused with `NotModeratorError` for members."""
-        raise NotImplementedError
+        require_moderator(actor)
+        t, led, who, why = (
+            actor.tenant,
+            self.ledger,
+            f"{actor.platform}:{actor.user_id}",
+            command.reason or "",
+        )
+        op = command.op
+        target = command.target
+
+        def need_target() -> str:
+            if not target:
+                raise InvalidInputError(
+                    messages.invalid("Which member?", f"Mention the member: `/quota {op} @user`.")
+                )
+            return target
+
+        def need_amount() -> int:
+            if command.amount is None:
+                raise InvalidInputError(
+                    messages.invalid("How many credits?", f"Add an amount: `/quota {op} … 50`.")
+                )
+            return command.amount
+
+        match op:
+            case ModOp.GRANT | ModOp.TAKE | ModOp.SET:
+                user, amount = need_target(), need_amount()
+                fn = {ModOp.GRANT: led.grant, ModOp.TAKE: led.take, ModOp.SET: led.set_balance}[op]
+                await fn(t, user, amount, actor=who, reason=why)
+                account = await led.account(t, user)
+                text = messages.mod_balance(op.value, user, amount, account.balance)
+            case ModOp.FREEZE | ModOp.UNFREEZE | ModOp.BAN | ModOp.UNBAN:
+                user = need_target()
+                fn = {
+                    ModOp.FREEZE: led.freeze,
+                    ModOp.UNFREEZE: led.unfreeze,
+                    ModOp.BAN: led.ban,
+                    ModOp.UNBAN: led.unban,
+                }[op]
+                await fn(t, user, actor=who, reason=why)
+                text = messages.mod_flag(op.value, user)
+            case ModOp.ALLOWANCE:
+                amount = need_amount()
+                await led.set_allowance(t, amount, actor=who, reason=why)
+                text = messages.mod_allowance(amount)
+            case ModOp.COST:
+                kind = (command.kind or "").strip().lower()
+                if kind not in {k.value for k in Kind}:
+                    raise InvalidInputError(
+                        messages.invalid(
+                            f"`{kind or '?'}` isn't a command kind.", "Use image, edit or model3d."
+                        )
+                    )
+                amount = need_amount()
+                await led.set_cost(t, kind, amount, actor=who, reason=why)
+                text = messages.mod_cost(kind, amount)
+            case ModOp.BUDGET:
+                await led.set_budget(t, command.amount or None, actor=who, reason=why)
+                text = messages.mod_budget(command.amount or None)
+            case ModOp.BLOCK_ADD | ModOp.BLOCK_REMOVE:
+                words = split_words(command.words or "")
+                if not words:
+                    raise InvalidInputError(
+                        messages.invalid("Which words?", "For example `/quota blocklist add gore`.")
+                    )
+                fn = led.block_add if op is ModOp.BLOCK_ADD else led.block_remove
+                for w in words:
+                    await fn(t, w, actor=who, reason=why)
+                text = messages.mod_blocklist(op is ModOp.BLOCK_ADD, words, await led.blocklist(t))
+            case ModOp.BLOCK_LIST:
+                text = messages.blocklist_view(await led.blocklist(t))
+            case ModOp.HISTORY:
+                user = need_target()
+                text = messages.history_view(user, await led.history(t, user, limit=15))
+            case ModOp.TOP:
+                text = messages.top_view(await led.top_spenders(t, limit=10))
+            case ModOp.SPEND:
+                text = messages.spend_view(await self.store.spend(t))
+        log_line = messages.mod_log_line(actor.display_name or actor.user_id, op.value, target, command, why)
+        _log.info("moderation tenant=%s actor=%s op=%s target=%s", t, who, op.value, target)
+        return ModResult(text=text, log_line=log_line)
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    async def handle_webhook(self, vendor: str, job_id: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """A vendor callback for one of our jobs (the web server checked its token).
+
+        Duplicates and late callbacks are harmless: a finished job ignores them.
+        Raises LookupError for an unknown job (the server answers 404).
+        """
+        job = await self.store.get(job_id)
+        if job is None:
+            raise LookupError(job_id)
+        if self.metrics is not None:
+            self.metrics.webhooks_total.labels(vendor=vendor, outcome="received").inc()
+        if job.state.terminal or job.route is None or not job.route.startswith(f"{vendor}:"):
+            return
+        try:
+            update = self.router.parse_webhook(vendor, body, headers)
+        except ProviderError as exc:
+            _log.warning("webhook ignored vendor=%s job=%s: %s", vendor, job_id, exc)
+            return
+        if update is None:
+            return
+        previous = self._pushed.get(job_id)
+        if previous is not None and previous.terminal and not update.terminal:
+            return
+        self._pushed[job_id] = _merge_updates(previous, update)
+        if (event := self._wake.get(job_id)) is not None:
+            event.set()
+
+    # --- running jobs ----------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            async with self._queue_ready:
+                while not self._queue:
+                    await self._queue_ready.wait()
+                job_id = self._queue.popleft()
+            self._gauge_queue()
+            job = await self.store.get(job_id)
+            if job is None or job.state.terminal:
+                continue
+            task = self._spawn(job)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+            if task.cancelled() and not self._started:
+                return
+
+    def _spawn(self, job: JobRecord) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
+        self._running[job.id] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: (self._tasks.discard(t), self._running.pop(job.id, None)))
+        return task
+
+    async def _run(self, job: JobRecord) -> None:
+        try:
+            await asyncio.wait_for(self._follow(job), timeout=self.config.job_timeout)
+        except asyncio.CancelledError:
+            if job.id in self._cancel_requested:
+                await self._finish_cancelled(job)
+                return
+            raise  # shutdown: the job stays unfinished in the database and resumes later
+        except TimeoutError:
+            await self._finish_failed(job, messages.failed(messages.REASON_TIMEOUT), "timed out")
+        except ContentBlockedError as exc:
+            await self._finish_failed(
+                job, messages.failed(messages.REASON_CONTENT), f"content blocked: {exc}"
+            )
+        except RejectedInputError as exc:
+            await self._finish_failed(job, messages.failed(messages.REASON_REJECTED), f"rejected: {exc}")
+        except NoRouteError as exc:
+            await self._finish_failed(job, messages.failed(messages.REASON_VENDORS_DOWN), str(exc))
+        except _DeliveryError as exc:
+            await self._finish_failed(job, messages.failed(messages.REASON_DOWNLOAD), str(exc))
+        except _VendorJobFailed as exc:
+            await self._finish_failed(job, messages.failed(messages.REASON_VENDOR_FAILED), str(exc))
+        except UnknownJobError as exc:
+            await self._finish_failed(job, messages.lost_after_restart(), f"vendor lost the job: {exc}")
+        except Exception as exc:  # never leave a job (or its hold) behind
+            _log.exception("job crashed job=%s", job.id)
+            await self._finish_failed(
+                job, messages.failed(messages.REASON_VENDOR_FAILED), f"internal: {exc!r}"
+            )
+
+    async def _follow(self, job: JobRecord) -> None:
+        started = self._clock()
+        while True:
+            if job.handle is None:
+                await self._submit(job)
+            update = await self._wait_for_result(job, started)
+            if update.state is JobState.SUCCEEDED:
+                await self._deliver(job, update)
+                return
+            # The vendor's job failed. A system-side failure (not charged, or no artifacts
+            # without an error) may succeed elsewhere; try the next route a bounded number of times.
+            reason = update.error or "vendor reported failure"
+            _log.warning("vendor job failed job=%s route=%s: %s", job.id, job.route, reason)
+            if job.attempts >= self.config.max_attempts or not self.router.candidates(
+                job.spec, exclude=job.routes_tried
+            ):
+                raise _VendorJobFailed(reason)
+            job.handle = None
+            await self.store.save(job)
+
+    def _input_url(self, job: JobRecord) -> str | None:
+        if not job.spec.input_name:
+            return None
+        link = self.media.link_for(self.media.files_dir / job.spec.input_name)
+        if link:
+            return link
+        if job.spec.input_url:
+            return job.spec.input_url
+        raise _DeliveryError("no way to hand the input image to a vendor (set PUBLIC_BASE_URL)")
+
+    async def _submit(self, job: JobRecord) -> None:
+        job.state = JobPhase.SUBMITTED
+        job.attempts += 1
+        await self.store.save(job)
+        routed = await self.router.submit(
+            job.spec,
+            image_url=self._input_url(job),
+            webhook_url=lambda route: self._webhook_url(route.vendor, job.id) if self._webhook_url else None,
+            exclude=job.routes_tried,
+        )
+        job.route = routed.route.key
+        job.handle = routed.submission.handle
+        job.routes_tried = [*job.routes_tried, routed.route.key]
+        job.vendor_cost_usd = routed.submission.cost_usd or routed.route.price_usd
+        if routed.request.width != job.spec.width or routed.request.height != job.spec.height:
+            job.result = {"size": [routed.request.width, routed.request.height]}
+        await self.store.save(job)
+        if routed.submission.update is not None:
+            self._pushed[job.id] = routed.submission.update
+        _log.info("job submitted job=%s route=%s vendor_job=%s", job.id, job.route, job.handle.job_id)
+        await self._progress(job, JobPhase.SUBMITTED, messages.submitted())
+
+    async def _wait_for_result(self, job: JobRecord, started: float) -> JobUpdate:
+        assert job.handle is not None and job.route is not None
+        event = self._wake.setdefault(job.id, asyncio.Event())
+        delay = self.config.poll_initial
+        webhook = self._webhook_url is not None and self.router.route(job.route).webhook
+        try:
+            while True:
+                update = self._pushed.pop(job.id, None)
+                if update is None:
+                    try:
+                        update = await self.router.poll(job.route, job.handle)
+                    except RetryableError as exc:
+                        wait = max(delay, exc.retry_after or 0.0)
+                        _log.info("poll retry job=%s in %.1fs: %s", job.id, wait, exc)
+                        await self._nap(event, wait)
+                        delay = min(self.config.poll_max, delay * 1.5)
+                        continue
+                if update.terminal:
+                    if update.cost_usd is not None:
+                        job.vendor_cost_usd = update.cost_usd
+                    return update
+                if job.state is not JobPhase.RUNNING:
+                    job.state = JobPhase.RUNNING
+                    await self.store.save(job)
+                elapsed = self._clock() - started
+                await self._progress(
+                    job, JobPhase.RUNNING, messages.running(elapsed, update.progress), percent=update.progress
+                )
+                wait = self._next_delay(delay, update, webhook)
+                await self._nap(event, wait)
+                delay = min(self.config.poll_max, delay * 1.5)
+        finally:
+            self._wake.pop(job.id, None)
+
+    def _next_delay(self, delay: float, update: JobUpdate, webhook: bool) -> float:
+        # Shape the backoff by the vendor's ETA when it gives one; slow polling is only the
+        # fallback when a webhook will wake us.
+        if webhook:
+            return self.config.webhook_poll_interval
+        if update.eta_seconds is not None and update.eta_seconds > 0:
+            return max(self.config.poll_initial, min(self.config.poll_max, update.eta_seconds * 0.5))
+        return delay
+
+    async def _nap(self, event: asyncio.Event, seconds: float) -> None:
+        event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=seconds)
+
+    async def _deliver(self, job: JobRecord, update: JobUpdate) -> None:
+        job.state = JobPhase.DELIVERING
+        await self.store.save(job)
+        await self._progress(job, JobPhase.DELIVERING, messages.delivering())
+        dest = self.media.files_dir / "jobs" / job.id
+        files: list[OutputFile] = []
+        try:
+            for i, artifact in enumerate(update.artifacts):
+                files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}"))
+            if not files:
+                raise _DeliveryError("the vendor reported success without files")
+            images = [f for f in files if f.role == "image"]
+            preview = (
+                await self.media.compose_grid(images, dest / f"{job.id}-grid") if len(images) > 1 else None
+            )
+        except BotError as exc:  # media.DownloadError and friends
+            raise _DeliveryError(str(exc)) from exc
+        size = (job.result or {}).get("size")
+        job.result = {
+            "size": size,
+            "files": [_file_json(f, self.media.files_dir) for f in files],
+            "preview": _file_json(preview, self.media.files_dir) if preview else None,
+        }
+        await self.store.save(job)
+        await self.ledger.settle(job.id)
+        job.state = JobPhase.DONE
+        await self.store.save(job)
+        self._finished(job)
+        _log.info("job done job=%s route=%s files=%d", job.id, job.route, len(files))
+        await self._send(job, "result", self._job_result(job))
+
+    def _files(self, job: JobRecord) -> list[OutputFile]:
+        return [_file_from_json(f, self.media) for f in (job.result or {}).get("files", [])]
+
+    def _job_result(self, job: JobRecord) -> JobResult:
+        files = self._files(job)
+        preview_json = (job.result or {}).get("preview")
+        size = (job.result or {}).get("size") or [job.spec.width, job.spec.height]
+        images = [f for f in files if f.role == "image"]
+        return JobResult(
+            job_id=job.id,
+            kind=job.spec.kind.value,
+            text=messages.result_caption(
+                job.id,
+                job.spec.kind.value,
+                job.spec.prompt,
+                tuple(size),
+                job.spec.seed,
+                job.cost,
+                len(images),
+            ),
+            files=tuple(files),
+            preview=_file_from_json(preview_json, self.media) if preview_json else None,
+            buttons=self._result_buttons(job, len(images)),
+        )
+
+    def _result_buttons(self, job: JobRecord, images: int) -> tuple[Button, ...]:
+        if job.spec.kind is Kind.MODEL3D:
+            return (Button(ButtonAction.REROLL, job.id, "Reroll"),)
+        kinds = self.catalog.kinds()
+        buttons = [Button(ButtonAction.REROLL, job.id, "Reroll")]
+        if Kind.EDIT in kinds:
+            buttons.append(Button(ButtonAction.EDIT, job.id, "Edit", 0 if images > 1 else None))
+        if any(r.needs_image for r in self.catalog.for_kind(Kind.MODEL3D)):
+            buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", 0 if images > 1 else None))
+        if images > 1:
+            buttons += [Button(ButtonAction.SINGLE, job.id, f"U{i + 1}", i) for i in range(images)]
+        return tuple(buttons)
+
+    # --- endings ---------------------------------------------------------------------------
+
+    async def _finish_failed(self, job: JobRecord, text: str, why: str) -> None:
+        await self.ledger.release(job.id, reason=why[:200])
+        job.state = JobPhase.FAILED
+        job.error = why[:500]
+        await self.store.save(job)
+        self._finished(job)
+        _log.warning("job failed job=%s route=%s: %s", job.id, job.route, why)
+        await self._send(job, "failure", Failure(job_id=job.id, text=text, refunded=True))
+
+    async def _finish_cancelled(self, job: JobRecord) -> None:
+        fresh = await self.store.get(job.id)
+        if fresh is not None and fresh.state.terminal:
+            return
+        await self.ledger.release(job.id, reason="cancelled")
+        job.state = JobPhase.CANCELLED
+        await self.store.save(job)
+        self._finished(job)
+        _log.info("job cancelled job=%s", job.id)
+        await self._send(job, "failure", Failure(job_id=job.id, text=messages.cancelled(), refunded=True))
+
+    def _finished(self, job: JobRecord) -> None:
+        self._count(job, -1)
+        self._cancel_requested.discard(job.id)
+        self._pushed.pop(job.id, None)
+        self._last_progress.pop(job.id, None)
+        if self.metrics is not None:
+            self.metrics.jobs_total.labels(kind=job.spec.kind.value, state=job.state.value).inc()
+            if job.state is JobPhase.DONE:
+                self.metrics.credits_spent_total.labels(kind=job.spec.kind.value).inc(job.cost)
+
+    def _count(self, job: JobRecord, delta: int) -> None:
+        key = (job.tenant, job.actor.user_id)
+        self._active[key] = max(0, self._active.get(key, 0) + delta)
+
+    def _gauge_queue(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))
+
+    # --- talking back ----------------------------------------------------------------------
+
+    async def _progress(
+        self,
+        job: JobRecord,
+        phase: JobPhase,
+        text: str,
+        *,
+        position: int | None = None,
+        percent: float | None = None,
+        force: bool = False,
+    ) -> None:
+        now = self._clock()
+        last = self._last_progress.get(job.id)
+        if not force and last is not None and now - last < self.config.progress_interval:
+            return
+        self._last_progress[job.id] = now
+        buttons = () if phase.terminal else (Button(ButtonAction.CANCEL, job.id, "Cancel"),)
+        update = Progress(
+            job_id=job.id, phase=phase, text=text, position=position, percent=percent, buttons=buttons
+        )
+        await self._send(job, "progress", update)
+
+    async def _send(self, job: JobRecord, what: str, payload: Any) -> None:
+        reply = self._replies.get(job.id)
+        if reply is None:
+            restorer = self._restorers.get(job.actor.platform)
+            reply = restorer.restore(job.reply_ref) if restorer else LogReply(job.reply_ref)
+            self._replies[job.id] = reply
+        try:
+            await getattr(reply, what)(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("reply.%s failed job=%s platform=%s", what, job.id, job.actor.platform)
+        ref = reply.ref()
+        if ref != job.reply_ref:
+            job.reply_ref = ref
+            await self.store.save(job)
+        if what != "progress":
+            self._replies.pop(job.id, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts for /healthz."""
+        return {"queued": len(self._queue), "running": len(self._running), "routes": self.router.health()}
+
+
+class _VendorJobFailed(Exception):
+    """The vendor's job ended FAILED on every route we tried."""
+
+
+class _DeliveryError(Exception):
+    """Results could not be downloaded or stored."""
+
+
+def _user_error(what: str) -> UserError:
+    from bot.errors import BannedError
+
+    return BannedError(messages.banned()) if what == "banned" else UserError(what)
+
+
+def _public_url(image: ImageRef) -> str | None:
+    # Only a plain URL without private headers can be handed to a vendor as is.
+    return image.url if image.url and not image.headers else None
+
+
+def _file_json(f: OutputFile, root: Path) -> dict[str, Any]:
+    return {
+        "path": str(f.path.relative_to(root)) if f.path.is_relative_to(root) else str(f.path),
+        "filename": f.filename,
+        "content_type": f.content_type,
+        "size": f.size,
+        "role": f.role,
+        "width": f.width,
+        "height": f.height,
+        "url": f.url,
+    }
+
+
+def _file_from_json(d: dict[str, Any], media: Any) -> OutputFile:
+    path = Path(d["path"])
+    if not path.is_absolute():
+        path = media.files_dir / path
+    url = media.link_for(path) or d.get("url")
+    return OutputFile(
+        path=path,
+        filename=d["filename"],
+        content_type=d["content_type"],
+        size=d["size"],
+        role=d.get("role", "image"),
+        url=url,
+        width=d.get("width"),
+        height=d.get("height"),
+    )
+
+
+def _merge_updates(previous: JobUpdate | None, update: JobUpdate) -> JobUpdate:
+    # Vendors that call back once per image (Runware) deliver artifacts piecemeal.
+    if previous is None or not previous.artifacts:
+        return update
+    seen = {a.url for a in update.artifacts}
+    extra = tuple(a for a in previous.artifacts if a.url not in seen)
+    return update.model_copy(update={"artifacts": extra + update.artifacts})

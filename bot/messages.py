@@ -128,6 +128,166 @@ def lost_after_restart() -> str:
     return "I restarted and couldn't pick this job back up. You weren't charged — please try again."
 
 
+# --- results and views ---------------------------------------------------------------------
+
+
+def result_caption(
+    job_id: str, kind: str, prompt: str, size: tuple[int, int], seed: int | None, cost: int, images: int
+) -> str:
+    """The text under a delivered result."""
+    what = {"image": "Image" if images <= 1 else f"{images} images", "edit": "Edit", "model3d": "3D model"}[
+        kind
+    ]
+    short = prompt if len(prompt) <= 180 else prompt[:177] + "…"
+    bits = [f"{size[0]}×{size[1]}"] if kind != "model3d" else []
+    if seed is not None:
+        bits.append(f"seed {seed}")
+    bits.append(credits_word(cost))
+    head = f"**{short}**\n" if short else ""
+    return f"{head}{what} · {' · '.join(bits)} · job `{job_id}`"
+
+
+def single_caption(job_id: str, index: int, prompt: str) -> str:
+    """The text above one image of a multi-image result."""
+    return f"Image {index + 1} of job `{job_id}`" + (f" — {prompt[:150]}" if prompt else "")
+
+
+def not_finished(job_id: str, state: str) -> str:
+    """/show on a job without a result."""
+    return f"Job `{job_id}` has no result to show ({state})."
+
+
+def not_cancellable(job_id: str, state: str) -> str:
+    """/cancel on a finished job."""
+    return f"Job `{job_id}` is already {state}; there's nothing to cancel."
+
+
+def _when(ts: float) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def credits_view(
+    balance: int, held: int, allowance: int, next_refill: float, frozen_: bool, recent: tuple[dict, ...]
+) -> str:
+    """/credits."""
+    lines = [f"You have **{credits_word(balance)}**."]
+    if held:
+        lines.append(f"{credits_word(held)} are reserved for jobs still running.")
+    if allowance:
+        lines.append(
+            f"Your daily allowance tops you up to {credits_word(allowance)}; next refill {_when(next_refill)}."
+        )
+    if frozen_:
+        lines.append(frozen())
+    if recent:
+        lines.append("Recent jobs:")
+        for job in recent:
+            prompt = (job.get("prompt") or "")[:60]
+            lines.append(
+                f"• `{job['id']}` {job['kind']} — {job['state']} — {credits_word(job['cost'])} — {prompt}"
+            )
+    return "\n".join(lines)
+
+
+def mod_balance(op: str, user: str, amount: int, balance: int) -> str:
+    """After grant/take/set."""
+    verb = {
+        "grant": f"Granted {credits_word(amount)} to",
+        "take": f"Took {credits_word(amount)} from",
+        "set": "Set the balance of",
+    }[op]
+    return f"{verb} <@{user}>. Their balance is now {credits_word(balance)}."
+
+
+def mod_flag(op: str, user: str) -> str:
+    """After freeze/unfreeze/ban/unban."""
+    return {
+        "freeze": f"Froze the credits of <@{user}>.",
+        "unfreeze": f"Unfroze the credits of <@{user}>.",
+        "ban": f"Banned <@{user}> from generating here.",
+        "unban": f"<@{user}> may generate again.",
+    }[op]
+
+
+def mod_allowance(amount: int) -> str:
+    """After setting the daily allowance."""
+    return f"Everyone's daily allowance is now {credits_word(amount)}."
+
+
+def mod_cost(kind: str, amount: int) -> str:
+    """After setting a cost."""
+    unit = "per image" if kind == "image" else "per job"
+    return f"{kind} now costs {credits_word(amount)} {unit}."
+
+
+def mod_budget(amount: int | None) -> str:
+    """After setting or clearing the server budget."""
+    return (
+        "The server has no daily budget now."
+        if amount is None
+        else (f"The server's daily budget is now {credits_word(amount)}.")
+    )
+
+
+def blocklist_view(words: list[str] | tuple[str, ...]) -> str:
+    """/quota blocklist list."""
+    return "The blocklist is empty." if not words else "Blocked words: " + ", ".join(f"`{w}`" for w in words)
+
+
+def mod_blocklist(added: bool, words: list[str], now: list[str] | tuple[str, ...]) -> str:
+    """After blocklist add/remove."""
+    verb = "Added" if added else "Removed"
+    return f"{verb} {', '.join(f'`{w}`' for w in words)}. " + blocklist_view(now)
+
+
+def history_view(user: str, entries: list) -> str:
+    """/quota history @user."""
+    if not entries:
+        return f"<@{user}> has no credit history yet."
+    lines = [f"Credit history of <@{user}> (newest first):"]
+    for e in entries:
+        delta = f"{e.delta:+d}" if e.delta else "±0"
+        why = f" — {e.reason}" if e.reason else ""
+        by = f" by {e.actor}" if e.actor else ""
+        lines.append(f"• {_when(e.ts)} {e.kind} {delta} → {e.balance_after}{by}{why}")
+    return "\n".join(lines)
+
+
+def top_view(rows: list) -> str:
+    """/quota top."""
+    if not rows:
+        return "Nobody has spent credits yet."
+    return "Top spenders:\n" + "\n".join(
+        f"{i}. <@{user}> — {credits_word(spent)}" for i, (user, spent) in enumerate(rows, 1)
+    )
+
+
+def spend_view(rows: list[tuple[str, int, float]]) -> str:
+    """Vendor spend per tenant (operator and moderators)."""
+    if not rows:
+        return "No finished jobs yet."
+    return "\n".join(f"{tenant}: {n} jobs, ${usd:.2f} at the vendors" for tenant, n, usd in rows)
+
+
+def mod_log_line(actor: str, op: str, target: str | None, command: object, reason: str) -> str:
+    """One line for the moderation-log channel."""
+    amount = getattr(command, "amount", None)
+    bits = [f"{actor} ran `{op}`"]
+    if target:
+        bits.append(f"on <@{target}>")
+    if amount is not None:
+        bits.append(f"({amount})")
+    if getattr(command, "kind", None):
+        bits.append(f"for {command.kind}")  # type: ignore[attr-defined]
+    if getattr(command, "words", None):
+        bits.append(f"words: {command.words}")  # type: ignore[attr-defined]
+    if reason:
+        bits.append(f"— {reason}")
+    return " ".join(bits)
+
+
 # Reasons given inside `failed(...)`: short, no vendor internals.
 REASON_VENDORS_DOWN = "all image services are unavailable right now."
 REASON_TIMEOUT = "the generator took too long."

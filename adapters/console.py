@@ -1,0 +1,180 @@
+"""The console adapter: a terminal chat in which the local user is a moderator.
+
+Reads lines from standard input (interactive or piped), prints progress and where files were
+saved. At end of input it waits for its jobs to finish, so
+`printf '/imagine a red fox\\n' | imagine-bot demo` prints the result and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import sys
+from typing import Any, ClassVar, TextIO
+
+from bot.adapter import AdapterContext
+from bot.commands import Actor, CreditsCommand, ModCommand
+from bot.errors import UserError
+from bot.params import FLAGS_HELP
+from bot.reply import Failure, JobResult, Progress
+from bot.textcommands import parse_text
+
+__all__ = ["ConsoleAdapter", "ConsoleReply"]
+
+_log = logging.getLogger(__name__)
+
+HELP = (
+    "Commands:\n"
+    "  /imagine <prompt> [--ar W:H] [--seed N] [--no words] [--n 1-4] [--model NAME] [--size WxH]\n"
+    "  /edit <image path or URL> <instruction>\n"
+    "  /model3d <prompt>   or   /model3d <image path or URL>\n"
+    "  /credits   /show <job id>   /cancel <job id>   /quota …   /help   /quit\n" + FLAGS_HELP
+)
+
+
+class ConsoleReply:
+    """Prints one job's progress and results; `done` is set when the job ends."""
+
+    def __init__(self, out: TextIO, job_hint: str = "") -> None:
+        self._out = out
+        self.done = asyncio.Event()
+        self.failed = False
+        self._hint = job_hint
+
+    def ref(self) -> dict[str, Any]:
+        """Nothing to address: the console is the console."""
+        return {"console": True}
+
+    def _print(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+
+    async def progress(self, update: Progress) -> None:
+        """One line per status change."""
+        self._print(f"[{update.job_id}] {update.text}")
+
+    async def result(self, result: JobResult) -> None:
+        """The caption and every saved file's path."""
+        self._print(f"[{result.job_id}] {result.text.replace('**', '')}")
+        for f in result.files:
+            self._print(f"[{result.job_id}] saved {f.role}: {f.path}")
+        if result.preview is not None:
+            self._print(f"[{result.job_id}] saved grid: {result.preview.path}")
+        actions = [b.custom_id for b in result.buttons]
+        if actions:
+            self._print(f"[{result.job_id}] next: /imagine … again, or /show {result.job_id}")
+        self.done.set()
+
+    async def failure(self, failure: Failure) -> None:
+        """The failure text."""
+        self._print(f"[{failure.job_id}] {failure.text}")
+        self.failed = True
+        self.done.set()
+
+
+class ConsoleAdapter:
+    """Runs the console chat; `run()` returns the process exit code."""
+
+    name: ClassVar[str] = "console"
+
+    def __init__(
+        self, ctx: AdapterContext, *, stdin: TextIO | None = None, stdout: TextIO | None = None
+    ) -> None:
+        self.engine = ctx.engine
+        self._in = stdin or sys.stdin
+        self._out = stdout or sys.stdout
+        self.actor = Actor(
+            platform="console",
+            tenant_id="local",
+            user_id=_user(),
+            display_name=_user(),
+            is_moderator=True,
+        )
+        self._pending: list[ConsoleReply] = []
+        self.engine.register_restorer(self.name, self)
+
+    @classmethod
+    def configured(cls, settings: Any) -> bool:
+        """The console only runs when asked for (the demo)."""
+        return False
+
+    def restore(self, ref: dict[str, Any]) -> ConsoleReply:
+        """A job from an earlier run still prints here, and the run waits for it."""
+        reply = ConsoleReply(self._out)
+        self._pending.append(reply)
+        return reply
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to disconnect."""
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+
+    async def run(self) -> int:
+        """Read commands until end of input or /quit; then wait for running jobs."""
+        interactive = self._in.isatty()
+        if interactive:
+            self._say("imagine-bot console — type /help. Files are saved under the output folder.")
+        while True:
+            if interactive:
+                print("> ", end="", file=self._out, flush=True)
+            # Reading stdin blocks; keep it off the event loop.
+            line = await asyncio.to_thread(self._in.readline)
+            if not line:
+                break
+            if not line.strip():
+                continue
+            if await self.handle(line) == "quit":
+                break
+        waiting = [r.done.wait() for r in self._pending if not r.done.is_set()]
+        if waiting:
+            await asyncio.gather(*waiting)
+        failed = self._errors + sum(r.failed for r in self._pending)
+        return 1 if self._strict and failed else 0
+
+    async def handle(self, line: str) -> str | None:
+        """Run one line; user errors are printed, never raised."""
+        try:
+            parsed = parse_text(line)
+            match parsed.name:
+                case "quit" | "exit":
+                    return "quit"
+                case "help":
+                    self._say(HELP)
+                case "show":
+                    result = await self.engine.show(self.actor, parsed.arg)
+                    await ConsoleReply(self._out).result(result)
+                case "cancel":
+                    self._say(await self.engine.cancel(self.actor, parsed.arg))
+                case _:
+                    command = parsed.command
+                    if isinstance(command, CreditsCommand):
+                        self._say((await self.engine.credits(self.actor)).text.replace("**", ""))
+                    elif isinstance(command, ModCommand):
+                        self._say((await self.engine.moderate(self.actor, command)).text)
+                    elif command is not None:
+                        reply = ConsoleReply(self._out)
+                        self._pending.append(reply)
+                        try:
+                            await self.engine.submit(self.actor, command, reply)
+                        except BaseException:
+                            self._pending.remove(reply)
+                            raise
+        except UserError as err:
+            self._errors += 1
+            self._say(f"! {err}")
+        except Exception:
+            self._errors += 1
+            _log.exception("console command failed: %s", line.strip()[:200])
+            self._say("! Something went wrong on my side; the details are in the log.")
+        return None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "you"

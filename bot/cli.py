@@ -1,0 +1,320 @@
+"""`imagine-bot` (and `python -m bot`): the demo, the bot, one-off jobs and operator tools.
+
+imagine-bot demo                       console chat on the sandbox vendors
+imagine-bot run                        the configured Discord/Slack adapters
+imagine-bot imagine|edit|model3d …     one job through the engine and ledger
+imagine-bot credits show|grant|take|set|history USER [AMOUNT]
+imagine-bot providers check            try each configured vendor's key
+imagine-bot discord sync [--guild ID]  push slash commands to Discord
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from bot.config import Settings
+from bot.errors import ConfigError, UserError
+
+__all__ = ["main"]
+
+_log = logging.getLogger("bot")
+
+NOTHING_TO_RUN = (
+    "imagine-bot run: no platform configured — set DISCORD_TOKEN, and/or SLACK_BOT_TOKEN with "
+    "SLACK_SIGNING_SECRET (HTTP) or SLACK_APP_TOKEN (Socket Mode)"
+)
+NO_VENDOR = (
+    "no vendor configured — set at least one of APIINONE_API_KEY, PIXAZO_API_KEY, AIMLAPI_API_KEY, "
+    "NOVITA_API_KEY, RUNWARE_API_KEY (or SANDBOX=true for the loopback emulators)"
+)
+
+
+class _SecretFilter(logging.Filter):
+    """Last line of defence: mask configured secrets if any code path ever logs one."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            msg = record.getMessage()
+            if any(s in msg for s in self._secrets):
+                for s in self._secrets:
+                    msg = msg.replace(s, "***")
+                record.msg, record.args = msg, None
+        return True
+
+
+def _setup_logging(settings: Settings, level: str | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    secrets = [
+        v.get_secret_value()
+        for k, v in settings.__dict__.items()
+        if v is not None and hasattr(v, "get_secret_value") and k
+    ]
+    handler.addFilter(_SecretFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel((level or settings.log_level).upper())
+    for noisy in ("aiohttp.access", "discord.gateway", "discord.client", "slack_bolt"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagine-bot", description="Hunyuan Image 3 / Hunyuan3D chat bot")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    demo = sub.add_parser("demo", help="console chat against the embedded sandbox vendors")
+    demo.add_argument("--data-dir", help="where the database and output go (default: ./data)")
+
+    sub.add_parser("run", help="start the configured Discord/Slack adapters and the HTTP server")
+
+    for name, helptext in (
+        ("imagine", "text to image"),
+        ("edit", "change an image by instruction"),
+        ("model3d", "text or image to a 3D model"),
+    ):
+        job = sub.add_parser(name, help=f"one {helptext} job, printing where the files went")
+        job.add_argument("args", nargs="+", help="the same text you would type after the slash command")
+        job.add_argument("--sandbox", action="store_true", help="use the loopback emulators")
+        job.add_argument("--user", default="operator", help="ledger user to charge (default: operator)")
+        job.add_argument("--tenant", default="cli:local", help="ledger tenant, e.g. discord:GUILD_ID")
+
+    credits = sub.add_parser("credits", help="read and change the ledger")
+    credits.add_argument("action", choices=["show", "grant", "take", "set", "history", "spend"])
+    credits.add_argument("user", nargs="?", help="user id (not needed for spend)")
+    credits.add_argument("amount", nargs="?", type=int)
+    credits.add_argument(
+        "--tenant", default="console:local", help="tenant, e.g. discord:GUILD_ID or slack:TEAM_ID"
+    )
+    credits.add_argument("--reason", default="operator CLI")
+
+    prov = sub.add_parser("providers", help="vendor tools")
+    prov.add_argument("action", choices=["check"])
+    prov.add_argument("--sandbox", action="store_true", help="check the loopback emulators instead")
+
+    dc = sub.add_parser("discord", help="Discord tools")
+    dc.add_argument("action", choices=["sync"])
+    dc.add_argument("--guild", help="sync to one guild (instant) instead of globally")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        print(f"imagine-bot: setting {str(err['loc'][0]).upper()} is invalid: {err['msg']}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except ConfigError as exc:
+        print(f"imagine-bot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    match args.cmd:
+        case "demo":
+            return await _demo(args, settings)
+        case "run":
+            return await _run(settings)
+        case "imagine" | "edit" | "model3d":
+            return await _one_job(args, settings)
+        case "credits":
+            return await _credits(args, settings)
+        case "providers":
+            return await _providers(args, settings)
+        case "discord":
+            return await _discord(args, settings)
+    return 2
+
+
+def _demo_settings(settings: Settings, data_dir: str | None = None) -> Settings:
+    update: dict[str, Any] = {
+        "sandbox": True,
+        "media_allow_private": True,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "progress_interval": min(settings.progress_interval, 1.0),
+        "poll_initial": 0.3,
+        "poll_max": 1.0,
+    }
+    if data_dir:
+        update["data_dir"] = data_dir
+    return settings.model_copy(update=update)
+
+
+async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapter import load_adapter
+    from bot.app import BotApp
+
+    settings = _demo_settings(settings, args.data_dir)
+    _setup_logging(settings, "WARNING")
+    console_cls = load_adapter("console")
+    async with BotApp(settings, platforms=[], extra_adapters=[console_cls]) as app:
+        print(
+            f"imagine-bot demo: sandbox vendors on loopback, files under {settings.files_dir.resolve()}",
+            flush=True,
+        )
+        return int(await app.adapters["console"].run())  # type: ignore[attr-defined]
+
+
+async def _run(settings: Settings) -> int:
+    from bot.app import BotApp
+
+    _setup_logging(settings)
+    app = BotApp(settings)
+    if not app.adapter_names():
+        print(NOTHING_TO_RUN, file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with app:
+        await stop.wait()
+        _log.info("stopping: unfinished jobs will resume on the next start")
+    return 0
+
+
+async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapter import load_adapter
+    from bot.app import BotApp
+    from bot.commands import Actor
+
+    if args.sandbox:
+        settings = _demo_settings(settings)
+    _setup_logging(settings, "WARNING")
+    line = f"/{args.cmd} " + " ".join(args.args)
+    actor = Actor(
+        platform="cli", tenant_id=args.tenant, user_id=args.user, display_name=args.user, is_moderator=True
+    )
+    console_cls = load_adapter("console")
+
+    def cli_console(ctx: Any) -> Any:
+        return console_cls(ctx, stdin=io.StringIO(line + "\n"), actor=actor, strict=True)  # type: ignore[call-arg]
+
+    app = BotApp(settings, platforms=[], extra_adapters=[cli_console])
+    async with app:
+        if not app.router.providers:
+            raise ConfigError(NO_VENDOR)
+        return int(await app.adapters["console"].run())  # type: ignore[attr-defined]
+
+
+async def _credits(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import messages
+    from bot.db import Database
+    from bot.ledger import CreditLedger
+    from bot.store import JobStore
+
+    _setup_logging(settings, "WARNING")
+    async with Database(settings.db_path) as db:
+        ledger = CreditLedger(
+            db,
+            default_allowance=settings.daily_allowance,
+            default_costs={
+                "image": settings.cost_image,
+                "edit": settings.cost_edit,
+                "model3d": settings.cost_model3d,
+            },
+            max_amount=settings.max_grant,
+        )
+        tenant, who = args.tenant, "operator:cli"
+        if args.action == "spend":
+            print(messages.spend_view(await JobStore(db).spend(None if args.tenant == "all" else tenant)))
+            return 0
+        if not args.user:
+            print("imagine-bot credits: name the user id", file=sys.stderr)
+            return 2
+        try:
+            match args.action:
+                case "grant" | "take" | "set":
+                    if args.amount is None:
+                        print(f"imagine-bot credits {args.action}: give an amount", file=sys.stderr)
+                        return 2
+                    fn = {"grant": ledger.grant, "take": ledger.take, "set": ledger.set_balance}[args.action]
+                    await fn(tenant, args.user, args.amount, actor=who, reason=args.reason)
+                    account = await ledger.account(tenant, args.user)
+                    print(messages.mod_balance(args.action, args.user, args.amount, account.balance))
+                case "history":
+                    print(messages.history_view(args.user, await ledger.history(tenant, args.user, limit=50)))
+                case _:
+                    a = await ledger.account(tenant, args.user)
+                    flags = [f for f, on in (("frozen", a.frozen), ("banned", a.banned)) if on]
+                    print(
+                        f"{tenant} {args.user}: balance {a.balance}, held {a.held}, allowance {a.allowance}"
+                        + (f" ({', '.join(flags)})" if flags else "")
+                    )
+        except UserError as err:
+            return _exit_user_error(err)
+    return 0
+
+
+async def _providers(args: argparse.Namespace, settings: Settings) -> int:
+    import aiohttp
+
+    from bot.app import SANDBOX_KEY, build_providers
+
+    _setup_logging(settings, "WARNING")
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        urls = None
+        if args.sandbox or settings.sandbox:
+            from providers.sandbox.server import Sandbox
+
+            sandbox = await stack.enter_async_context(Sandbox(api_key=SANDBOX_KEY))
+            urls = {v: sandbox.base_url(v) for v in sandbox.emulators}
+        providers = build_providers(settings, session, urls)
+        if not providers:
+            raise ConfigError(NO_VENDOR)
+        rows: list[tuple[str, str, str]] = []
+        failed = 0
+        for name, provider in providers.items():
+            base = urls[name] if urls else settings.vendor_url(name)
+            try:
+                status = await provider.check()
+            except Exception as exc:  # each vendor's failure is a row, not a crash
+                status = f"FAILED: {type(exc).__name__}: {exc}"
+                failed += 1
+            rows.append((name, base, status))
+        width = max(len(r[0]) for r in rows)
+        bwidth = max(len(r[1]) for r in rows)
+        print(f"{'vendor':<{width}}  {'base URL':<{bwidth}}  status")
+        for name, base, status in rows:
+            print(f"{name:<{width}}  {base:<{bwidth}}  {status}")
+    return 1 if failed else 0
+
+
+async def _discord(args: argparse.Namespace, settings: Settings) -> int:
+    import importlib
+
+    _setup_logging(settings)
+    if settings.discord_token is None:
+        raise ConfigError("imagine-bot discord sync: set DISCORD_TOKEN")
+    module = importlib.import_module("adapters.discord_bot")  # the one platform the command is for
+    count = await module.sync_commands(settings, args.guild)
+    print(f"synced {count} command(s) " + (f"to guild {args.guild}" if args.guild else "globally"))
+    return 0
+
+
+def _exit_user_error(err: UserError) -> int:
+    print(f"imagine-bot: {err}", file=sys.stderr)
+    return 1

@@ -1,0 +1,190 @@
+"""Durable jobs: one row per job with enough to finish or refund it after a restart."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.commands import Actor
+from bot.db import Database
+from bot.params import JobSpec
+from bot.reply import JobPhase
+from providers.base import JobHandle
+
+__all__ = ["JobRecord", "JobStore", "new_job_id"]
+
+
+def new_job_id() -> str:
+    """A short, unguessable id users can type (`/show 3f9a1c02de`)."""
+    return secrets.token_hex(5)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job row, decoded."""
+
+    id: str
+    created: float
+    updated: float
+    actor: Actor
+    spec: JobSpec
+    state: JobPhase
+    reply_ref: dict[str, Any]
+    cost: int
+    route: str | None = None
+    handle: JobHandle | None = None
+    attempts: int = 0
+    routes_tried: list[str] = field(default_factory=list)
+    vendor_cost_usd: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    parent_id: str | None = None
+    request_key: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        """The ledger tenant of the job's actor."""
+        return self.actor.tenant
+
+
+_COLUMNS = (
+    "id, created, updated, platform, tenant, user_id, kind, state, spec, actor, reply_ref, cost, route, "
+    "handle, attempts, routes_tried, vendor_cost_usd, result, error, parent_id, request_key"
+)
+
+
+def _decode(row: sqlite3.Row | Any) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        created=row["created"],
+        updated=row["updated"],
+        actor=Actor.model_validate_json(row["actor"]),
+        spec=JobSpec.model_validate_json(row["spec"]),
+        state=JobPhase(row["state"]),
+        reply_ref=json.loads(row["reply_ref"]),
+        cost=row["cost"],
+        route=row["route"],
+        handle=JobHandle.model_validate_json(row["handle"]) if row["handle"] else None,
+        attempts=row["attempts"],
+        routes_tried=json.loads(row["routes_tried"]),
+        vendor_cost_usd=row["vendor_cost_usd"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        parent_id=row["parent_id"],
+        request_key=row["request_key"],
+    )
+
+
+class JobStore:
+    """Reads and writes the `jobs` table."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def create(self, job: JobRecord) -> None:
+        """Insert a new job (its id and request key must be new)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 21)})",
+                (
+                    job.id,
+                    job.created,
+                    job.updated,
+                    job.actor.platform,
+                    job.tenant,
+                    job.actor.user_id,
+                    job.spec.kind.value,
+                    job.state.value,
+                    job.spec.model_dump_json(),
+                    job.actor.model_dump_json(),
+                    json.dumps(job.reply_ref),
+                    job.cost,
+                    job.route,
+                    job.handle.model_dump_json() if job.handle else None,
+                    job.attempts,
+                    json.dumps(job.routes_tried),
+                    job.vendor_cost_usd,
+                    json.dumps(job.result) if job.result is not None else None,
+                    job.error,
+                    job.parent_id,
+                    job.request_key,
+                ),
+            )
+
+    async def save(self, job: JobRecord) -> None:
+        """Write back every mutable field of a job."""
+        job.updated = self.clock()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET updated=?, state=?, reply_ref=?, route=?, handle=?, attempts=?, "
+                "routes_tried=?, vendor_cost_usd=?, result=?, error=? WHERE id=?",
+                (
+                    job.updated,
+                    job.state.value,
+                    json.dumps(job.reply_ref),
+                    job.route,
+                    job.handle.model_dump_json() if job.handle else None,
+                    job.attempts,
+                    json.dumps(job.routes_tried),
+                    job.vendor_cost_usd,
+                    json.dumps(job.result) if job.result is not None else None,
+                    job.error,
+                    job.id,
+                ),
+            )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """A job by id, or None."""
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _decode(row) if row else None
+
+    async def by_request_key(self, key: str) -> JobRecord | None:
+        """The job a platform request already created, if any."""
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE request_key = ?", (key,))
+        return _decode(row) if row else None
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Every job not yet done, failed or cancelled, oldest first."""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN ('done','failed','cancelled') ORDER BY created"
+        )
+        return [_decode(r) for r in rows]
+
+    async def active_child(self, parent_id: str, user_id: str, kind: str) -> JobRecord | None:
+        """An unfinished job a button on `parent_id` already started (double-click guard)."""
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM jobs WHERE parent_id = ? AND user_id = ? AND kind = ? "
+            "AND state NOT IN ('done','failed','cancelled') LIMIT 1",
+            (parent_id, user_id, kind),
+        )
+        return _decode(row) if row else None
+
+    async def recent(self, tenant: str, user_id: str, limit: int = 5) -> list[JobRecord]:
+        """A user's latest jobs, newest first."""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND user_id = ? ORDER BY created DESC LIMIT ?",
+            (tenant, user_id, limit),
+        )
+        return [_decode(r) for r in rows]
+
+    async def spend(self, tenant: str | None = None) -> list[tuple[str, int, float]]:
+        """(tenant, finished jobs, vendor USD) per tenant, or for one tenant."""
+        sql = (
+            "SELECT tenant, COUNT(*) AS n, COALESCE(SUM(vendor_cost_usd), 0) AS usd FROM jobs "
+            "WHERE state = 'done' {} GROUP BY tenant ORDER BY usd DESC"
+        )
+        if tenant:
+            rows = await self.db.fetchall(sql.format("AND tenant = ?"), (tenant,))
+        else:
+            rows = await self.db.fetchall(sql.format(""))
+        return [(r["tenant"], int(r["n"]), float(r["usd"])) for r in rows]
+
+    async def ids(self) -> set[str]:
+        """Every job id (to find ledger holds that lost their job in a crash)."""
+        return {r["id"] for r in await self.db.fetchall("SELECT id FROM jobs")}
