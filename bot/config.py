@@ -52,16 +52,22 @@ class Settings(BaseSettings):
 
     # --- vendors -------------------------------------------------------------------------
     sandbox: bool = Field(False, description="Use the embedded loopback vendor emulators (the demo does).")
-    apiinone_api_key: SecretStr | None = None
-    apiinone_base_url: str = VENDOR_DEFAULT_URLS["apiinone"]
-    pixazo_api_key: SecretStr | None = None
-    pixazo_base_url: str = VENDOR_DEFAULT_URLS["pixazo"]
-    aimlapi_api_key: SecretStr | None = None
-    aimlapi_base_url: str = VENDOR_DEFAULT_URLS["aimlapi"]
-    novita_api_key: SecretStr | None = None
-    novita_base_url: str = VENDOR_DEFAULT_URLS["novita"]
-    runware_api_key: SecretStr | None = None
-    runware_base_url: str = VENDOR_DEFAULT_URLS["runware"]
+    apiinone_api_key: SecretStr | None = Field(
+        None, description="API in One API key; the vendor is used when set."
+    )
+    apiinone_base_url: str = Field(VENDOR_DEFAULT_URLS["apiinone"], description="API in One base URL.")
+    pixazo_api_key: SecretStr | None = Field(None, description="Pixazo API key; the vendor is used when set.")
+    pixazo_base_url: str = Field(VENDOR_DEFAULT_URLS["pixazo"], description="Pixazo base URL.")
+    aimlapi_api_key: SecretStr | None = Field(
+        None, description="AI/ML API API key; the vendor is used when set."
+    )
+    aimlapi_base_url: str = Field(VENDOR_DEFAULT_URLS["aimlapi"], description="AI/ML API base URL.")
+    novita_api_key: SecretStr | None = Field(None, description="Novita API key; the vendor is used when set.")
+    novita_base_url: str = Field(VENDOR_DEFAULT_URLS["novita"], description="Novita base URL.")
+    runware_api_key: SecretStr | None = Field(
+        None, description="Runware API key; the vendor is used when set."
+    )
+    runware_base_url: str = Field(VENDOR_DEFAULT_URLS["runware"], description="Runware base URL.")
     vendor_timeout: float = Field(
         180.0, description="Seconds for one vendor HTTP call (sync vendors are slow)."
     )
@@ -105,7 +111,7 @@ class Settings(BaseSettings):
     media_link_ttl: int = Field(3600, description="Seconds a signed media link stays valid.")
 
     # --- Discord -------------------------------------------------------------------------
-    discord_token: SecretStr | None = None
+    discord_token: SecretStr | None = Field(None, description="Discord bot token; enables Discord.")
     discord_api_base: str | None = Field(None, description="REST base, e.g. http://127.0.0.1:PORT/api/v10.")
     discord_gateway_url: str | None = Field(
         None, description="Gateway URL, e.g. ws://127.0.0.1:PORT/gateway."
@@ -115,9 +121,13 @@ class Settings(BaseSettings):
     discord_dev_guild: str | None = Field(None, description="Guild id to sync commands to while developing.")
 
     # --- Slack ---------------------------------------------------------------------------
-    slack_bot_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_app_token: SecretStr | None = None
+    slack_bot_token: SecretStr | None = Field(None, description="Slack bot token (xoxb-…); enables Slack.")
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Slack signing secret: HTTP mode at /slack/events."
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="Slack app-level token (xapp-…): Socket Mode."
+    )
     slack_api_base: str | None = Field(None, description="Web API base, e.g. http://127.0.0.1:PORT/api/.")
     slack_moderators: str = Field("", description="Comma-separated Slack user ids that are moderators.")
     slack_moderator_group: str | None = Field(None, description="Slack user group id whose members moderate.")
