@@ -86,9 +86,11 @@ class BotApp:
         settings: Settings,
         *,
         platforms: Sequence[str] | None = None,
-        extra_adapters: Sequence[type[Any]] = (),
+        extra_adapters: Sequence[Any] = (),
+        sandbox: Any = None,
     ) -> None:
         self.settings = settings
+        self._given_sandbox = sandbox  # tests pass their own (latency, faults)
         self._platforms = platforms
         self._extra = extra_adapters
         self._stack = AsyncExitStack()
@@ -137,7 +139,9 @@ class BotApp:
         if s.sandbox:
             from providers.sandbox.server import Sandbox  # the demo's vendors; never in production
 
-            self.sandbox = await stack.enter_async_context(Sandbox(api_key=SANDBOX_KEY, latency=(0.5, 2.0)))
+            self.sandbox = await stack.enter_async_context(
+                self._given_sandbox or Sandbox(api_key=SANDBOX_KEY, latency=(0.5, 2.0))
+            )
             urls = {v: self.sandbox.base_url(v) for v in self.sandbox.emulators}
         providers = build_providers(s, session, urls)
         routes = [r for p in providers.values() for r in p.routes()]

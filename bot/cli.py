@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     prov.add_argument("action", choices=["check"])
     prov.add_argument("--sandbox", action="store_true", help="check the loopback emulators instead")
 
+    jobs = sub.add_parser("jobs", help="unfinished jobs")
+    jobs.add_argument(
+        "action", choices=["list", "resume"], help="resume: finish or refund them all, then exit"
+    )
+
     dc = sub.add_parser("discord", help="Discord tools")
     dc.add_argument("action", choices=["sync"])
     dc.add_argument("--guild", help="sync to one guild (instant) instead of globally")
@@ -141,6 +146,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _credits(args, settings)
         case "providers":
             return await _providers(args, settings)
+        case "jobs":
+            return await _jobs(args, settings)
         case "discord":
             return await _discord(args, settings)
     return 2
@@ -159,6 +166,14 @@ def _demo_settings(settings: Settings, data_dir: str | None = None) -> Settings:
     if data_dir:
         update["data_dir"] = data_dir
     return settings.model_copy(update=update)
+
+
+def _local_settings(settings: Settings) -> Settings:
+    # One-off commands must not collide with a running bot's port; without a public URL their
+    # HTTP server (media links for vendors) only needs loopback.
+    if settings.public_base_url:
+        return settings
+    return settings.model_copy(update={"http_host": "127.0.0.1", "http_port": 0})
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -200,8 +215,7 @@ async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import BotApp
     from bot.commands import Actor
 
-    if args.sandbox:
-        settings = _demo_settings(settings)
+    settings = _local_settings(_demo_settings(settings) if args.sandbox else settings)
     _setup_logging(settings, "WARNING")
     line = f"/{args.cmd} " + " ".join(args.args)
     actor = Actor(
@@ -301,6 +315,34 @@ async def _providers(args: argparse.Namespace, settings: Settings) -> int:
         for name, base, status in rows:
             print(f"{name:<{width}}  {base:<{bwidth}}  {status}")
     return 1 if failed else 0
+
+
+async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapter import load_adapter
+    from bot.app import BotApp
+    from bot.db import Database
+    from bot.store import JobStore
+
+    _setup_logging(settings, "WARNING")
+    if args.action == "list":
+        async with Database(settings.db_path) as db:
+            jobs = await JobStore(db).unfinished()
+        for job in jobs:
+            print(
+                f"{job.id}  {job.state.value:<10} {job.actor.platform}:{job.actor.tenant_id}  {job.route or '-'}"
+            )
+        print(f"{len(jobs)} unfinished job(s)")
+        return 0
+    # resume: start the engine (and the console for local jobs), wait for every resumed job
+    console_cls = load_adapter("console")
+
+    def quiet_console(ctx: Any) -> Any:
+        return console_cls(ctx, stdin=io.StringIO(""))  # type: ignore[call-arg]
+
+    async with BotApp(_local_settings(settings), platforms=[], extra_adapters=[quiet_console]) as app:
+        code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
+        await app.engine.drain()
+    return code
 
 
 async def _discord(args: argparse.Namespace, settings: Settings) -> int:

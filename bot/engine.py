@@ -220,8 +220,12 @@ class Engine:
             if job.id in self._running or job.id in self._queue:
                 continue
             restorer = self._restorers.get(job.actor.platform)
-            reply: Reply = restorer.restore(job.reply_ref) if restorer else LogReply(job.reply_ref)
-            self._replies[job.id] = reply
+            if restorer is None:
+                # Its user can only be told through its platform: leave it to a process that
+                # runs that platform rather than finishing it silently here.
+                _log.warning("job %s left for a process with platform %s", job.id, job.actor.platform)
+                continue
+            self._replies[job.id] = restorer.restore(job.reply_ref)
             self._count(job, +1)
             if job.state is JobPhase.QUEUED:
                 self._queue.append(job.id)
@@ -916,6 +920,12 @@ class Engine:
             await self.store.save(job)
         if what != "progress":
             self._replies.pop(job.id, None)
+
+    async def drain(self) -> None:
+        """Wait until no job is queued or running (jobs of platforms without a restorer too)."""
+        while self._queue or self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+            await asyncio.sleep(0.05)
 
     def snapshot(self) -> dict[str, Any]:
         """Counts for /healthz."""

@@ -82,7 +82,7 @@ def test_malformed_or_extreme_aspect_is_refused(value: str) -> None:
 
 
 def test_flag_without_value_says_what_it_needs() -> None:
-    with pytest.raises(InvalidInputError, match="needs a value.*--seed 42"):
+    with pytest.raises(InvalidInputError, match=r"needs a value.*--seed 42"):
         imagine("a fox --seed")
 
 
