@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     """All of the bot's configuration. Names are the env vars, upper-cased."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,  # a blank line in .env means "use the default"
     )
 
     # --- storage and process ------------------------------------------------------------
