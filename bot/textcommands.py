@@ -56,8 +56,9 @@ def _looks_like_image(token: str) -> bool:
 def split_image_arg(text: str) -> tuple[ImageRef | None, str]:
     """`<image url or path> rest…` → (ImageRef, rest); (None, text) when no image comes first."""
     parts = text.strip().split(maxsplit=1)
-    if parts and _looks_like_image(parts[0]):
-        token = parts[0].strip("<>")
+    # Slack wraps links as <https://…> or <https://…|label>.
+    token = parts[0].strip("<>").split("|", 1)[0] if parts else ""
+    if token and _looks_like_image(token):
         ref = ImageRef(url=token) if token.startswith(("http://", "https://")) else ImageRef(path=token)
         return ref, parts[1] if len(parts) > 1 else ""
     return None, text.strip()

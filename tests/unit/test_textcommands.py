@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import CreditsCommand, EditCommand, ImagineCommand, ModCommand, ModOp, Model3DCommand
+from bot.commands import CreditsCommand, EditCommand, ImagineCommand, ModCommand, Model3DCommand, ModOp
 from bot.errors import InvalidInputError
 from bot.textcommands import mention_id, parse_mod, parse_text
 
