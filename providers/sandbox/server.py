@@ -64,6 +64,7 @@ class Sandbox:
             except ModuleNotFoundError:
                 continue  # a vendor whose emulator is not written yet
             self.emulators[name] = cls(api_key=api_key, **emulator_options)
+        self.request_counts: dict[str, int] = dict.fromkeys(self.emulators, 0)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -77,8 +78,9 @@ class Sandbox:
 
     def build_app(self) -> web.Application:
         """The root application with every emulator mounted and the control API."""
-        root = web.Application(client_max_size=32 * 1024 * 1024)
+        root = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[self._count])
         root.router.add_post("/_sandbox/{vendor}/faults", self._inject)
+        root.router.add_get("/_sandbox/{vendor}/jobs", self._jobs)
         root.router.add_get("/_sandbox/health", self._health)
         for name, emu in self.emulators.items():
             root.add_subapp(f"/{name}", emu.build_app())
@@ -96,6 +98,21 @@ class Sandbox:
             retry_after=float(body.get("retry_after", 1.0)),
         )
         return json_response({"ok": True})
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # Vendor API calls per vendor (file downloads excluded), for the benchmark.
+        vendor = request.path.split("/", 2)[1] if request.path.count("/") >= 2 else ""
+        if vendor in self.request_counts and "/files/" not in request.path:
+            self.request_counts[vendor] += 1
+        return await handler(request)
+
+    async def _jobs(self, request: web.Request) -> web.Response:
+        emu = self.emulators.get(request.match_info["vendor"])
+        if emu is None:
+            return json_response({"error": "unknown vendor"}, 404)
+        jobs = {j.id: {"done_at": j.created + j.latency, "model": j.model} for j in emu.jobs.values()}
+        return json_response({"jobs": jobs, "requests": self.request_counts.get(emu.name, 0)})
 
     async def _health(self, _request: web.Request) -> web.Response:
         return json_response({"ok": True, "vendors": list(self.emulators)})
@@ -141,3 +158,38 @@ class Sandbox:
             await self._runner.cleanup()
         if self._session:
             await self._session.close()
+
+
+async def _serve(args: Any) -> None:
+    import time
+
+    sandbox = Sandbox(
+        args.vendors.split(",") if args.vendors else None,
+        host="127.0.0.1",
+        port=args.port,
+        api_key=args.key,
+        latency=(args.latency[0], args.latency[1]),
+        clock=time.time,  # wall clock, so another process can compare completion times
+    )
+    async with sandbox:
+        print(f"SANDBOX_PORT={sandbox.port}", flush=True)
+        await asyncio.Event().wait()
+
+
+def main() -> None:
+    """`python -m providers.sandbox.server`: run the emulators alone (benchmarks, manual tests)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="imagine-bot vendor emulators on loopback")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key", default="sandbox-key")
+    parser.add_argument("--vendors", default="", help="comma-separated; default all")
+    parser.add_argument("--latency", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
