@@ -727,6 +727,9 @@ class Engine:
         event = self._wake.setdefault(job.id, asyncio.Event())
         delay = self.config.poll_initial
         webhook = self._webhook_url is not None and self.router.route(job.route).webhook
+        if webhook and job.id not in self._pushed:
+            # The vendor will call back; polling is only the slow fallback.
+            await self._nap(event, self.config.webhook_poll_interval)
         try:
             while True:
                 update = self._pushed.pop(job.id, None)
