@@ -59,7 +59,7 @@ async def test_demo_reports_bad_input_in_one_line_and_carries_on(tmp_path: Path)
 
 
 async def test_run_without_a_platform_exits_2_naming_the_settings(tmp_path: Path) -> None:
-    code, out, err = await _run(tmp_path, "run")
+    code, _out, err = await _run(tmp_path, "run")
     assert code == 2
     assert "DISCORD_TOKEN" in err and "SLACK_BOT_TOKEN" in err
     assert len(err.strip().splitlines()) == 1
@@ -101,7 +101,7 @@ async def test_providers_check_prints_a_table_of_the_sandbox(tmp_path: Path) -> 
 
 
 async def test_providers_check_reports_a_bad_key(tmp_path: Path) -> None:
-    code, out, err = await _run(
+    code, out, _err = await _run(
         tmp_path, "providers", "check", PIXAZO_API_KEY="wrong", PIXAZO_BASE_URL="http://127.0.0.1:9"
     )
     assert code == 1 and "FAILED" in out
@@ -109,7 +109,7 @@ async def test_providers_check_reports_a_bad_key(tmp_path: Path) -> None:
 
 async def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
     secret = "sk-supersecret-123456"
-    code, out, err = await _run(
+    _code, out, err = await _run(
         tmp_path,
         "providers",
         "check",
