@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from bot.ledger import CreditLedger
 
 from bot.db import Database
+from bot.ledger import CreditLedger
 from providers.sandbox.common import Fault
 from providers.sandbox.server import Sandbox
 
