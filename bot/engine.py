@@ -192,6 +192,8 @@ class Engine:
         await self._group.__aenter__()
         for i in range(self.config.workers):
             self._group.create_task(self._worker(), name=f"engine-worker-{i}")
+        if self.metrics is not None:
+            self._group.create_task(self._gauges(), name="engine-gauges")
         self._started = True
         return self
 
@@ -249,8 +251,9 @@ class Engine:
     async def _release_orphan_holds(self) -> None:
         # A crash between the hold and the job insert leaves a hold with no job: refund it.
         ids = await self.store.ids()
+        cutoff = time.time() - 60  # younger holds may belong to a job being admitted right now
         for hold in await self.ledger.open_holds():
-            if hold.job_id not in ids:
+            if hold.job_id not in ids and hold.created < cutoff:
                 await self.ledger.release(hold.job_id, reason="job lost before it was saved")
                 _log.warning("released orphan hold job=%s", hold.job_id)
 
@@ -923,6 +926,15 @@ class Engine:
             await self.store.save(job)
         if what != "progress":
             self._replies.pop(job.id, None)
+
+    async def _gauges(self, every: float = 5.0) -> None:
+        # Jobs by state for /metrics, from the database so other processes' jobs count too.
+        while True:
+            counts = dict.fromkeys((p.value for p in JobPhase if not p.terminal), 0)
+            counts.update(await self.store.count_unfinished())
+            for state, n in counts.items():
+                self.metrics.jobs_in_state.labels(state=state).set(n)
+            await self._sleep(every)
 
     async def drain(self) -> None:
         """Wait until no job is queued or running (jobs of platforms without a restorer too)."""

@@ -185,6 +185,13 @@ class JobStore:
             rows = await self.db.fetchall(sql.format(""))
         return [(r["tenant"], int(r["n"]), float(r["usd"])) for r in rows]
 
+    async def count_unfinished(self) -> dict[str, int]:
+        """How many jobs are in each unfinished state."""
+        rows = await self.db.fetchall(
+            "SELECT state, COUNT(*) AS n FROM jobs WHERE state NOT IN ('done','failed','cancelled') GROUP BY state"
+        )
+        return {r["state"]: int(r["n"]) for r in rows}
+
     async def ids(self) -> set[str]:
         """Every job id (to find ledger holds that lost their job in a crash)."""
         return {r["id"] for r in await self.db.fetchall("SELECT id FROM jobs")}
