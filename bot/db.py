@@ -52,6 +52,67 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_open ON jobs(state) WHERE state NOT IN ('done', 'failed', 'cancelled');
     CREATE INDEX jobs_user ON jobs(tenant, user_id, created);
     """,
+    # 2: the credit ledger (bot/ledger.py). `entries` is append-only: balances are derivable.
+    """
+    CREATE TABLE accounts (
+        tenant      TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        balance     INTEGER NOT NULL CHECK (balance >= 0),   -- available: open holds already taken
+        frozen      INTEGER NOT NULL DEFAULT 0,
+        banned      INTEGER NOT NULL DEFAULT 0,
+        refill_day  INTEGER,                                 -- UTC day (unix days) of the last top-up
+        PRIMARY KEY (tenant, user_id)
+    );
+    CREATE TABLE entries (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts            REAL NOT NULL,
+        tenant        TEXT NOT NULL,
+        user_id       TEXT,               -- NULL for tenant-wide settings
+        delta         INTEGER NOT NULL,
+        kind          TEXT NOT NULL CHECK (kind IN ('allowance', 'hold', 'settle', 'release', 'grant',
+                          'take', 'set', 'freeze', 'unfreeze', 'ban', 'unban', 'allowance_set',
+                          'cost_set', 'budget_set', 'block_add', 'block_remove')),
+        job_id        TEXT,
+        actor         TEXT,               -- NULL for the ledger's own acts (allowance, holds)
+        reason        TEXT NOT NULL DEFAULT '',
+        balance_after INTEGER,            -- NULL for tenant-wide settings
+        detail        TEXT                -- what a setting changed to, e.g. image:* = 5
+    );
+    CREATE INDEX entries_account ON entries(tenant, user_id, id);
+    CREATE UNIQUE INDEX entries_job_kind ON entries(job_id, kind) WHERE job_id IS NOT NULL;
+    CREATE UNIQUE INDEX entries_job_resolved ON entries(job_id) WHERE kind IN ('settle', 'release');
+    CREATE TABLE holds (
+        job_id    TEXT PRIMARY KEY,
+        tenant    TEXT NOT NULL,
+        user_id   TEXT NOT NULL,
+        amount    INTEGER NOT NULL CHECK (amount >= 0),
+        kind      TEXT NOT NULL,          -- command kind: image, edit, model3d
+        state     TEXT NOT NULL CHECK (state IN ('held', 'settled', 'released')),
+        created   REAL NOT NULL,
+        day       INTEGER NOT NULL,       -- UTC day of `created`: the budget period it counts in
+        resolved  REAL
+    );
+    CREATE INDEX holds_open ON holds(state) WHERE state = 'held';
+    CREATE INDEX holds_budget ON holds(tenant, day);
+    CREATE INDEX holds_user ON holds(tenant, user_id, state);
+    CREATE TABLE tenant_settings (
+        tenant          TEXT PRIMARY KEY,
+        daily_allowance INTEGER CHECK (daily_allowance >= 0),          -- NULL: the default
+        budget          INTEGER CHECK (budget IS NULL OR budget >= 0)  -- NULL: no daily cap
+    );
+    CREATE TABLE costs (
+        tenant  TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        model   TEXT NOT NULL,            -- '*' for any model
+        amount  INTEGER NOT NULL CHECK (amount >= 0),
+        PRIMARY KEY (tenant, kind, model)
+    );
+    CREATE TABLE blocklist (
+        tenant  TEXT NOT NULL,
+        word    TEXT NOT NULL,
+        PRIMARY KEY (tenant, word)
+    );
+    """,
 ]
 
 
