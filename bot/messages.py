@@ -288,6 +288,86 @@ def mod_log_line(actor: str, op: str, target: str | None, command: object, reaso
     return " ".join(bits)
 
 
+# --- media (input images for /edit and /model3d) ------------------------------------------
+
+
+def _mb(limit_bytes: int) -> str:
+    return f"{limit_bytes / (1024 * 1024):.3g}"
+
+
+def no_image() -> str:
+    """/edit or /model3d without any input image."""
+    return "Please attach an image (PNG, JPEG or WebP) or paste a link to one."
+
+
+def not_an_image(label: str) -> str:
+    """The input is not a PNG, JPEG or WebP picture (a text file, a login page…)."""
+    return (
+        f"“{label}” isn't an image I can use. Please attach a PNG, JPEG or WebP picture "
+        "(for a Slack file, make sure the bot can see it)."
+    )
+
+
+def image_too_big(limit_bytes: int) -> str:
+    """The input image is over the size cap."""
+    return f"That image is too big: the limit is {_mb(limit_bytes)} MB. Please send a smaller version."
+
+
+def image_too_many_pixels(limit_pixels: int) -> str:
+    """The input image's dimensions are beyond what the bot decodes."""
+    return (
+        f"That image has too many pixels (over {limit_pixels // 1_000_000} megapixels). "
+        "Please send a smaller version."
+    )
+
+
+def image_unreachable(label: str) -> str:
+    """The input URL could not be downloaded."""
+    return (
+        f"I couldn't download {label}. Check that the link works and is public, or attach the image instead."
+    )
+
+
+def image_unreadable(label: str) -> str:
+    """A local input file could not be read."""
+    return f"I couldn't read {label}. Check the path, or attach the image instead."
+
+
+def image_private_address(host: str) -> str:
+    """The input URL points at a private, loopback or otherwise non-public address."""
+    return (
+        f"For safety I only fetch images from public internet addresses, and {host} isn't one. "
+        "Please attach the image instead."
+    )
+
+
+def image_unsupported_scheme(scheme: str) -> str:
+    """The input URL is not http(s)."""
+    shown = f"{scheme}://" if scheme else "that kind of"
+    return f"I can only fetch images from http:// or https:// links, not {shown} links. Please attach the image instead."
+
+
+# --- platform notes ------------------------------------------------------------------------
+
+
+def something_went_wrong() -> str:
+    """An unexpected error while handling a command (the details go to the log, not the user)."""
+    return "Something went wrong on my side; the details are in the log. Please try again."
+
+
+def slack_cannot_post_here() -> str:
+    """Slack: the bot is not in the channel the command came from."""
+    return (
+        "I can't post in this channel, so I'll send this to you in a direct message. "
+        "Invite me with `/invite @imagine-bot` to get results here."
+    )
+
+
+def file_too_big(filename: str, size: str) -> str:
+    """A result file over the platform's attachment limit, with no link to offer instead."""
+    return f"{filename} ({size}) is too big to attach here; ask an operator to set PUBLIC_BASE_URL for links."
+
+
 # Reasons given inside `failed(...)`: short, no vendor internals.
 REASON_VENDORS_DOWN = "all image services are unavailable right now."
 REASON_TIMEOUT = "the generator took too long."

@@ -1,0 +1,634 @@
+"""Media: input images fetched safely, results downloaded at once, previews, signed links.
+
+Every byte that crosses the network is streamed under a size cap and its type is sniffed from
+the bytes themselves (a Slack login page answers 200 with HTML, vendors mislabel files). User
+URLs may only reach public addresses: each hop is resolved once, checked, and the connection
+pinned to the checked address, so DNS cannot swap in a private one between check and connect.
+Pillow and file work run in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import ipaddress
+import logging
+import math
+import os
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote
+
+import aiohttp
+from PIL import Image, ImageOps
+from yarl import URL
+
+from bot import messages
+from bot.commands import ImageRef
+from bot.errors import BotError, InvalidInputError
+from bot.reply import OutputFile
+from bot.signing import Signer
+from providers.base import Artifact
+
+__all__ = [
+    "GLB_CONTENT_TYPE",
+    "DownloadError",
+    "MediaStore",
+    "StoredImage",
+    "is_public_address",
+    "sniff",
+]
+
+_log = logging.getLogger(__name__)
+
+GLB_CONTENT_TYPE = "model/gltf-binary"
+#: Pillow format → (content type, extension) of the images we accept and deliver
+_IMAGE_FORMATS: dict[str, tuple[str, str]] = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+}
+_CHUNK = 64 * 1024
+_FLUSH = 1024 * 1024
+_MAX_REDIRECTS = 5
+_MAX_ADDRESSES = 4
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_GRID_LONG_SIDE = 1024
+_GRID_BACKGROUND = (24, 24, 24)
+_THUMB_START_SIDE = 2048
+_THUMB_MIN_SIDE = 32
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """An input image checked and stored under `files_dir`; `name` is its path relative to it."""
+
+    path: Path
+    name: str
+    content_type: str
+    width: int
+    height: int
+    size: int
+    sha256: str
+
+
+class DownloadError(BotError):
+    """A result file could not be downloaded or is not a usable image/model.
+
+    `retryable` is True for transport trouble (5xx, 429, timeouts, cut connections) and
+    False when the file itself is wrong (404, over the cap, not an image or GLB).
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def sniff(head: bytes) -> tuple[str, str] | None:
+    """(content type, extension) from a file's first bytes: PNG, JPEG, WebP or binary glTF."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _IMAGE_FORMATS["PNG"]
+    if head.startswith(b"\xff\xd8\xff"):
+        return _IMAGE_FORMATS["JPEG"]
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _IMAGE_FORMATS["WEBP"]
+    if head[:4] == b"glTF":
+        return GLB_CONTENT_TYPE, "glb"
+    return None
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """Whether a user-supplied URL may reach `ip`: globally routable unicast only."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 is judged by the IPv4 address it reaches.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            return is_public_address(embedded)
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class _TooBigError(Exception):
+    pass
+
+
+class _TooManyPixelsError(Exception):
+    pass
+
+
+class _NotImageError(Exception):
+    pass
+
+
+class MediaStore:
+    """Fetches, checks and stores media under `files_dir`, and signs links to it.
+
+    `link_base_url` (the bot HTTP server's public base) may be set after construction, once
+    the server knows its port.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        files_dir: Path,
+        signer: Signer,
+        max_input_bytes: int,
+        max_result_bytes: int,
+        allow_private: bool,
+        link_base_url: str | None = None,
+        link_ttl: int = 3600,
+        clock: Callable[[], float] = time.time,
+        input_timeout: float = 30.0,
+        result_timeout: float = 120.0,
+        max_pixels: int = 64_000_000,
+    ) -> None:
+        self._session = session
+        # abspath, not resolve(): no file-system access here, and paths built from this
+        # attribute by callers stay comparable with it.
+        self.files_dir = Path(os.path.abspath(files_dir))
+        self._signer = signer
+        self.max_input_bytes = max_input_bytes
+        self.max_result_bytes = max_result_bytes
+        self.allow_private = allow_private
+        self.link_base_url = link_base_url
+        self.link_ttl = link_ttl
+        self._clock = clock
+        self._input_timeout = aiohttp.ClientTimeout(total=input_timeout)
+        self._result_timeout = aiohttp.ClientTimeout(total=result_timeout)
+        self._max_pixels = max_pixels
+
+    # --- links ---------------------------------------------------------------------------
+
+    def name_for(self, path: Path) -> str | None:
+        """`path` (absolute, or relative to files_dir) as a link name; None if outside it."""
+        full = Path(os.path.normpath(self.files_dir / path))
+        try:
+            rel = full.relative_to(self.files_dir)
+        except ValueError:
+            return None
+        return rel.as_posix() if rel.parts else None
+
+    def link_for(self, path: Path) -> str | None:
+        """A signed link to a file under files_dir, valid for `link_ttl` seconds; None when
+        there is no link base or the path escapes files_dir."""
+        if not self.link_base_url:
+            return None
+        name = self.name_for(path)
+        if name is None:
+            _log.warning("refused a media link outside the files directory: %s", path)
+            return None
+        expires = int(self._clock()) + self.link_ttl
+        sig = self._signer.sign_media(name, expires)
+        return f"{self.link_base_url.rstrip('/')}/media/{quote(name)}?exp={expires}&sig={sig}"
+
+    # --- input images ---------------------------------------------------------------------
+
+    async def load_input(self, ref: ImageRef) -> StoredImage:
+        """Fetch, check and store the input image of /edit or /model3d.
+
+        Raises `InvalidInputError` with one friendly message for every failure: nothing
+        given, not a PNG/JPEG/WebP, over `max_input_bytes`, unreachable, private address,
+        unsupported scheme.
+        """
+        if ref.data is not None:
+            if len(ref.data) > self.max_input_bytes:
+                raise InvalidInputError(messages.image_too_big(self.max_input_bytes))
+            data = ref.data
+        elif ref.path:
+            data = await self._read_local(ref)
+        elif ref.url:
+            data = await self._fetch_input(ref)
+        else:
+            raise InvalidInputError(messages.no_image())
+        try:
+            stored = await asyncio.to_thread(self._store_input, data)
+        except _NotImageError:
+            _log.info("input refused, not an image: %s", ref.label)
+            raise InvalidInputError(messages.not_an_image(ref.label)) from None
+        except _TooManyPixelsError:
+            raise InvalidInputError(messages.image_too_many_pixels(self._max_pixels)) from None
+        _log.info(
+            "input stored %s (%dx%d, %d bytes) from %s",
+            stored.name,
+            stored.width,
+            stored.height,
+            stored.size,
+            ref.label,
+        )
+        return stored
+
+    async def _read_local(self, ref: ImageRef) -> bytes:
+        assert ref.path is not None
+        try:
+            return await asyncio.to_thread(_read_file_capped, Path(ref.path), self.max_input_bytes)
+        except _TooBigError:
+            raise InvalidInputError(messages.image_too_big(self.max_input_bytes)) from None
+        except OSError as exc:
+            _log.info("input file unreadable %s: %s", ref.label, exc.strerror)
+            raise InvalidInputError(messages.image_unreadable(ref.label)) from None
+
+    async def _fetch_input(self, ref: ImageRef) -> bytes:
+        assert ref.url is not None
+        unreachable = InvalidInputError(messages.image_unreachable(ref.label))
+        try:
+            url = URL(ref.url)
+        except (ValueError, TypeError):
+            raise unreachable from None
+        headers = dict(ref.headers)
+        for _ in range(_MAX_REDIRECTS + 1):
+            if url.scheme not in ("http", "https"):
+                raise InvalidInputError(messages.image_unsupported_scheme(url.scheme))
+            if not url.raw_host:
+                raise unreachable
+            targets, host_header, server_hostname = await self._pin(url, ref.label)
+            sent = dict(headers)
+            if host_header:
+                sent["Host"] = host_header
+            try:
+                resp = await self._connect(targets, sent, server_hostname)
+                async with resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        nxt = url.join(URL(location))
+                        if nxt.origin() != url.origin():
+                            headers = {}  # never send a platform token to another host
+                        url = nxt
+                        continue
+                    if resp.status != 200:
+                        _log.info("input fetch HTTP %d: %s", resp.status, ref.label)
+                        raise unreachable
+                    return await _read_response_capped(resp, self.max_input_bytes)
+            except _TooBigError:
+                raise InvalidInputError(messages.image_too_big(self.max_input_bytes)) from None
+            except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+                _log.info("input fetch failed %s: %s", ref.label, type(exc).__name__)
+                raise unreachable from None
+        _log.info("input fetch: too many redirects: %s", ref.label)
+        raise unreachable
+
+    async def _connect(
+        self, targets: Sequence[URL], headers: dict[str, str], server_hostname: str | None
+    ) -> aiohttp.ClientResponse:
+        """GET the first target that accepts a connection (the addresses of one host)."""
+        for i, target in enumerate(targets):
+            try:
+                return await self._session.get(
+                    target,
+                    headers=headers,
+                    allow_redirects=False,
+                    server_hostname=server_hostname,
+                    timeout=self._input_timeout,
+                )
+            except aiohttp.ClientConnectorError:
+                if i == len(targets) - 1:
+                    raise
+        raise aiohttp.ClientConnectionError("no address to connect to")
+
+    async def _pin(self, url: URL, label: str) -> tuple[list[URL], str | None, str | None]:
+        """Where to connect for `url`: (target URLs in order, Host header, TLS server name).
+
+        With `allow_private` the URL is used as is. Otherwise every address the host
+        resolves to must be public, and the connection goes to those checked addresses.
+        """
+        host = url.raw_host
+        assert host is not None
+        if self.allow_private:
+            return [url], None, None
+        refused = InvalidInputError(messages.image_private_address(url.host or host))
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if not is_public_address(literal):
+                _log.info("input refused, private address: %s", label)
+                raise refused
+            return [url], None, None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            _log.info("input host does not resolve: %s", label)
+            raise InvalidInputError(messages.image_unreachable(label)) from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos))
+        if not addresses or not all(is_public_address(a) for a in addresses):
+            _log.info("input refused, host resolves to a private address: %s", label)
+            raise refused
+        return (
+            [url.with_host(str(a)) for a in addresses[:_MAX_ADDRESSES]],
+            url.host_port_subcomponent,
+            host if url.scheme == "https" else None,
+        )
+
+    def _store_input(self, data: bytes) -> StoredImage:
+        fmt, width, height = _decode_image(io.BytesIO(data), self._max_pixels)
+        content_type, ext = _IMAGE_FORMATS[fmt]
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"inputs/{digest}.{ext}"
+        path = self.files_dir / name
+        if not path.exists():  # content-addressed: an existing file has these very bytes
+            _write_atomic(path, data)
+        return StoredImage(
+            path=path,
+            name=name,
+            content_type=content_type,
+            width=width,
+            height=height,
+            size=len(data),
+            sha256=digest,
+        )
+
+    # --- results --------------------------------------------------------------------------
+
+    async def save_result(self, source: Artifact, dest_dir: Path, stem: str) -> OutputFile:
+        """Download (or write) one vendor artifact to `dest_dir/<stem>.<ext>` now.
+
+        The extension and role come from the bytes: PNG/JPEG/WebP → "image" (or
+        "thumbnail" when the vendor said so), binary glTF → "model". Raises `DownloadError`.
+        """
+        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
+        part = dest_dir / f".{stem}.{secrets.token_hex(4)}.part"
+        try:
+            if source.data is not None:
+                if len(source.data) > self.max_result_bytes:
+                    raise DownloadError(self._too_big_text(len(source.data)), retryable=False)
+                await asyncio.to_thread(part.write_bytes, source.data)
+                head, size = source.data[:16], len(source.data)
+            elif source.url:
+                head, size = await self._download(source.url, part)
+            else:
+                raise DownloadError("the vendor returned a file with neither URL nor data", retryable=False)
+            kind = sniff(head)
+            if kind is None:
+                raise DownloadError("the vendor's file is neither an image nor a GLB model", retryable=False)
+            content_type, ext = kind
+            width = height = None
+            if content_type == GLB_CONTENT_TYPE:
+                _check_glb(head, size)
+                role = "model"
+            else:
+                width, height = await asyncio.to_thread(self._measure, part)
+                role = "image" if source.role == "image" else "thumbnail"
+            final = dest_dir / f"{stem}.{ext}"
+            await asyncio.to_thread(os.replace, part, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(part.unlink, missing_ok=True)
+            raise
+        _log.info("result saved %s (%s, %d bytes)", final.name, content_type, size)
+        return OutputFile(
+            path=final,
+            filename=final.name,
+            content_type=content_type,
+            size=size,
+            role=role,
+            url=self.link_for(final) or source.url,
+            width=width,
+            height=height,
+        )
+
+    async def _download(self, url: str, part: Path) -> tuple[bytes, int]:
+        """Stream `url` into `part` under the result cap; returns (first bytes, size)."""
+        shown = _redact(url)
+        try:
+            async with self._session.get(url, timeout=self._result_timeout) as resp:
+                if resp.status != 200:
+                    retryable = resp.status >= 500 or resp.status in (408, 425, 429)
+                    _log.warning("result download HTTP %d: %s", resp.status, shown)
+                    raise DownloadError(
+                        f"the result download failed (HTTP {resp.status})", retryable=retryable
+                    )
+                if resp.content_length is not None and resp.content_length > self.max_result_bytes:
+                    raise DownloadError(self._too_big_text(resp.content_length), retryable=False)
+                return await self._stream_to(resp, part)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _log.warning("result download failed %s: %s", shown, type(exc).__name__)
+            raise DownloadError("the result download was interrupted", retryable=True) from None
+
+    async def _stream_to(self, resp: aiohttp.ClientResponse, part: Path) -> tuple[bytes, int]:
+        out: BinaryIO = await asyncio.to_thread(part.open, "wb")
+        try:
+            head, size, buf = b"", 0, bytearray()
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > self.max_result_bytes:
+                    raise DownloadError(self._too_big_text(size), retryable=False)
+                if len(head) < 16:
+                    head = (head + chunk)[:16]
+                buf += chunk
+                if len(buf) >= _FLUSH:
+                    await asyncio.to_thread(out.write, buf)
+                    buf = bytearray()
+            if buf:
+                await asyncio.to_thread(out.write, buf)
+            return head, size
+        finally:
+            await asyncio.to_thread(out.close)
+
+    def _too_big_text(self, size: int) -> str:
+        return f"the result is larger than the {self.max_result_bytes // (1024 * 1024)} MB cap ({size} bytes)"
+
+    def _measure(self, path: Path) -> tuple[int, int]:
+        try:
+            with path.open("rb") as f:
+                _, width, height = _decode_image(f, self._max_pixels)
+        except (_NotImageError, _TooManyPixelsError):
+            raise DownloadError("the vendor's image is damaged or unreadable", retryable=False) from None
+        return width, height
+
+    # --- previews -------------------------------------------------------------------------
+
+    async def compose_grid(self, files: Sequence[OutputFile], dest: Path) -> OutputFile:
+        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px.
+
+        JPEG (quality 90) unless `dest` ends in `.png`; the extension is added when missing.
+        """
+        if not 1 <= len(files) <= 4:
+            raise ValueError(f"a grid takes 1 to 4 images, not {len(files)}")
+        out = _with_suffix(dest, (".png", ".jpg", ".jpeg"), ".jpg")
+        width, height, size = await asyncio.to_thread(_compose, [f.path for f in files], out)
+        return OutputFile(
+            path=out,
+            filename=out.name,
+            content_type="image/png" if out.suffix.lower() == ".png" else "image/jpeg",
+            size=size,
+            role="grid",
+            url=self.link_for(out),
+            width=width,
+            height=height,
+        )
+
+    async def thumbnail_under(self, file: OutputFile, limit_bytes: int, dest: Path) -> OutputFile:
+        """A downscaled JPEG of `file` of at most `limit_bytes`, for images over a platform's
+        attachment limit. Its `url` links to the full-size original. Raises ValueError when
+        even a tiny preview does not fit."""
+        out = _with_suffix(dest, (".jpg", ".jpeg"), ".jpg")
+        width, height, size = await asyncio.to_thread(_shrink_jpeg, file.path, limit_bytes, out)
+        return OutputFile(
+            path=out,
+            filename=out.name,
+            content_type="image/jpeg",
+            size=size,
+            role="thumbnail",
+            url=file.url or self.link_for(file.path),
+            width=width,
+            height=height,
+        )
+
+
+# --- helpers that run in threads --------------------------------------------------------------
+
+
+async def _read_response_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > cap:
+        raise _TooBigError
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        buf += chunk
+        if len(buf) > cap:
+            raise _TooBigError  # leaving the response unread closes the connection
+    return bytes(buf)
+
+
+def _read_file_capped(path: Path, cap: int) -> bytes:
+    with path.open("rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise _TooBigError
+    return data
+
+
+def _decode_image(fp: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
+    """(Pillow format, width, height) after a full decode; only PNG, JPEG and WebP pass."""
+    # Our own pixel cap is checked right after the header is parsed, before any decoding;
+    # Pillow's bomb guard still stops the absurd cases inside open().
+    try:
+        with Image.open(fp, formats=tuple(_IMAGE_FORMATS)) as img:
+            if img.width * img.height > max_pixels:
+                raise _TooManyPixelsError
+            img.load()
+            fmt, width, height = img.format, img.width, img.height
+    except Image.DecompressionBombError:
+        raise _TooManyPixelsError from None
+    except _TooManyPixelsError:
+        raise
+    except Exception:  # Pillow raises many types on malformed data
+        raise _NotImageError from None
+    if fmt not in _IMAGE_FORMATS:
+        raise _NotImageError
+    return fmt, width, height
+
+
+def _check_glb(head: bytes, size: int) -> None:
+    # GLB header: magic, version, total length; a short file was cut off in transit.
+    if len(head) < 12:
+        raise DownloadError("the vendor's GLB model is truncated", retryable=True)
+    version, length = struct.unpack("<II", head[4:12])
+    if version != 2:
+        raise DownloadError(f"the vendor's GLB model has unsupported version {version}", retryable=False)
+    if length != size:
+        raise DownloadError("the vendor's GLB model is truncated", retryable=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _with_suffix(dest: Path, allowed: tuple[str, ...], default: str) -> Path:
+    return dest if dest.suffix.lower() in allowed else dest.with_name(dest.name + default)
+
+
+def _flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return img.convert("RGB")
+
+
+def _save(img: Image.Image, out: Path) -> int:
+    buf = io.BytesIO()
+    if out.suffix.lower() == ".png":
+        img.save(buf, format="PNG", optimize=False)
+    else:
+        img.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    _write_atomic(out, data)
+    return len(data)
+
+
+def _compose(paths: Sequence[Path], out: Path) -> tuple[int, int, int]:
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(_flatten(img, _GRID_BACKGROUND))
+    cols = 1 if len(images) == 1 else 2
+    rows = 1 if len(images) <= 2 else 2
+    cell_w = max(i.width for i in images)
+    cell_h = max(i.height for i in images)
+    scale = min(1.0, _GRID_LONG_SIDE / max(cols * cell_w, rows * cell_h))
+    cell_w, cell_h = max(1, int(cell_w * scale)), max(1, int(cell_h * scale))
+    canvas = Image.new("RGB", (cols * cell_w, rows * cell_h), _GRID_BACKGROUND)
+    for index, img in enumerate(images):
+        fitted = ImageOps.contain(img, (cell_w, cell_h), Image.Resampling.LANCZOS)
+        col, row = index % cols, index // cols
+        x = col * cell_w + (cell_w - fitted.width) // 2
+        y = row * cell_h + (cell_h - fitted.height) // 2
+        canvas.paste(fitted, (x, y))
+    return canvas.width, canvas.height, _save(canvas, out)
+
+
+def _encode_jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def _shrink_jpeg(path: Path, limit: int, out: Path) -> tuple[int, int, int]:
+    with Image.open(path) as img:
+        source = _flatten(img, (255, 255, 255))
+    side = min(max(source.size), _THUMB_START_SIDE)
+    while side >= _THUMB_MIN_SIDE:
+        resized = ImageOps.contain(source, (side, side), Image.Resampling.LANCZOS)
+        size = 0
+        for quality in (85, 70, 55):
+            data = _encode_jpeg(resized, quality)
+            size = len(data)
+            if size <= limit:
+                _write_atomic(out, data)
+                return resized.width, resized.height, size
+        # Bytes scale roughly with the pixel count: aim for the limit, with some margin.
+        side = min(int(side * 0.85), int(side * math.sqrt(limit / size) * 0.9))
+    raise ValueError(f"no JPEG preview fits in {limit} bytes")
+
+
+def _redact(url: str) -> str:
+    # Vendor result URLs carry signatures in their query; logs get scheme, host and path only.
+    try:
+        return str(URL(url).with_query(None).with_fragment(None).with_user(None))
+    except (ValueError, TypeError):
+        return "<unparseable url>"
