@@ -1,0 +1,378 @@
+"""Runware client for HunyuanImage-3.0 (`runware:180@1`) over the REST task API.
+
+Every call is `POST /v1` with a JSON array of tasks and answers `{"data": […]}` and/or
+`{"errors": […]}`. Generation is synchronous by default (the images come back in the same
+call); with a webhook URL it is asynchronous, and `getResponse` polls the task, whose
+results are cumulative. Contract: docs/providers.md §5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, assert_never
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from providers.base import (
+    Artifact,
+    AuthError,
+    ContentBlockedError,
+    GenerationRequest,
+    JobHandle,
+    JobState,
+    JobUpdate,
+    Kind,
+    OutOfFundsError,
+    Provider,
+    ProviderError,
+    ProviderSettings,
+    RejectedInputError,
+    RetryableError,
+    RouteSpec,
+    Submission,
+    UnknownJobError,
+)
+from providers.http import VendorHTTP
+
+__all__ = ["MAX_RESULTS", "MODEL", "SIZES", "RunwareProvider", "parse_results"]
+
+_log = logging.getLogger(__name__)
+
+MODEL = "runware:180@1"
+MAX_RESULTS = 4  # the vendor allows 20; the bot never asks for more than 4
+
+#: the only width/height pairs the model accepts (sent together)
+SIZES: tuple[tuple[int, int], ...] = (
+    (1536, 512),
+    (1472, 576),
+    (1408, 640),
+    (1344, 704),
+    (1280, 768),
+    (1216, 832),
+    (1152, 896),
+    (1088, 960),
+    (1024, 1024),
+    (960, 1088),
+    (896, 1152),
+    (832, 1216),
+    (768, 1280),
+    (704, 1344),
+    (640, 1408),
+    (576, 1472),
+    (512, 1536),
+)
+
+#: error codes that are a verdict on the call (or the account), not on the job
+_CODE_ERRORS: dict[str, type[ProviderError]] = {
+    "invalidApiKey": AuthError,
+    "unauthorized": AuthError,
+    "insufficientCredits": OutOfFundsError,
+    "rateLimitExceeded": RetryableError,
+    "invalidParameter": RejectedInputError,
+    "contentPolicyViolation": ContentBlockedError,
+    "nsfwContentDetected": ContentBlockedError,
+    "unknownModel": ProviderError,  # our configuration, not the user's input: fail over
+    "taskFailedOrNotFound": UnknownJobError,
+}
+
+
+class _ItemStatus(StrEnum):
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    ERROR = "error"
+    # Tolerated by Runware's legacy SDK while a task waits for a worker.
+    QUEUED = "queued"
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    WAITING = "waiting"
+
+
+class _ApiError(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str = ""
+    message: str = ""
+    parameter: str | None = None
+    taskType: str | None = None  # the vendor's field names
+    taskUUID: str | None = None
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    taskType: str | None = None  # the vendor's field names
+    taskUUID: str | None = None
+    status: _ItemStatus | None = None  # absent on sync results and webhooks
+    imageUUID: str | None = None
+    imageURL: str | None = None
+    imageBase64Data: str | None = None
+    imageDataURI: str | None = None
+    seed: int | None = None
+    cost: float | None = None
+    error: _ApiError | None = None
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _error(cls, value: Any) -> Any:
+        return {"message": value} if isinstance(value, str) else value
+
+    @property
+    def has_image(self) -> bool:
+        return bool(self.imageURL or self.imageBase64Data or self.imageDataURI)
+
+    def state(self) -> _ItemStatus:
+        """The item's status; sync results carry none, so outputs (or an error) decide."""
+        if self.status is not None:
+            return self.status
+        if self.has_image:
+            return _ItemStatus.SUCCESS
+        return _ItemStatus.ERROR if self.error else _ItemStatus.PROCESSING
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[_Item] = []
+    errors: list[_ApiError] = []
+    error: _ApiError | None = None  # a pre-stream error: `{"error": {…}, "taskUUID": …}`
+    taskUUID: str | None = None
+
+
+class _Account(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    balance: float | None = None
+
+
+class _AccountAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[_Account] = []
+
+
+def _classify(status: int, body: Any) -> type[ProviderError] | None:
+    try:
+        env = _Envelope.model_validate(body)
+    except ValidationError:
+        return None
+    for err in [*env.errors, *([env.error] if env.error else [])]:
+        if err.code in _CODE_ERRORS:
+            return _CODE_ERRORS[err.code]
+    return None
+
+
+def _artifact(item: _Item) -> Artifact:
+    if item.imageURL:
+        return Artifact(url=item.imageURL, content_type="image/png", seed=item.seed)
+    inline = item.imageDataURI or item.imageBase64Data or ""
+    ctype = "image/png"
+    if inline.startswith("data:"):
+        header, _, inline = inline.partition(",")
+        ctype = header[5:].split(";", 1)[0] or ctype
+    try:
+        data = base64.b64decode(inline, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RetryableError("runware", "undecodable inline image") from exc
+    return Artifact(data=data, content_type=ctype, seed=item.seed)
+
+
+def parse_results(body: Any, *, task_uuid: str | None, expected: int, complete: bool) -> JobUpdate:
+    """Interpret an inference answer, a `getResponse` answer or a webhook body.
+
+    Only items of `task_uuid` count (any task when None). Results are de-duplicated by
+    `imageUUID`. Errors that judge the call (bad key, balance, rate limit, bad input,
+    content policy) are raised; any other task error makes the job FAILED. `complete` says
+    the answer is final (sync delivery, a webhook): it succeeds with whatever images it has.
+    """
+    try:
+        env = _Envelope.model_validate(body)
+    except ValidationError as exc:
+        raise RetryableError("runware", "malformed task answer") from exc
+    mine = [i for i in env.data if task_uuid is None or i.taskUUID in (None, task_uuid)]
+    errors = [
+        e
+        for e in [*env.errors, *([env.error] if env.error else [])]
+        if task_uuid is None or e.taskUUID in (None, task_uuid)
+    ]
+    images: dict[str, _Item] = {}
+    waiting = False
+    for item in mine:
+        status = item.state()
+        match status:
+            case _ItemStatus.SUCCESS:
+                if item.has_image:
+                    images.setdefault(item.imageUUID or item.imageURL or str(len(images)), item)
+            case _ItemStatus.ERROR:
+                errors.append(item.error or _ApiError(message="generation failed"))
+            case _ItemStatus.PROCESSING:
+                pass
+            case _ItemStatus.QUEUED | _ItemStatus.PENDING | _ItemStatus.SCHEDULED | _ItemStatus.WAITING:
+                waiting = True
+            case _:
+                assert_never(status)
+    for err in errors:
+        cls = _CODE_ERRORS.get(err.code)
+        if cls is not None and cls is not UnknownJobError:
+            raise cls("runware", err.message or err.code, code=err.code)
+    if errors:
+        text = "; ".join(f"{e.code}: {e.message}".strip(": ") for e in errors)
+        # Runware bills delivered results; a failed task produced none.
+        return JobUpdate(state=JobState.FAILED, error=text or "task failed", charged=False)
+    costs = [i.cost for i in images.values() if i.cost is not None]
+    cost = round(sum(costs), 6) if costs else None
+    if images and (complete or len(images) >= expected):
+        return JobUpdate(
+            state=JobState.SUCCEEDED,
+            progress=1.0,
+            artifacts=tuple(_artifact(i) for i in images.values()),
+            cost_usd=cost,
+        )
+    if complete:
+        raise RetryableError("runware", "the answer carries no image")
+    progress = len(images) / expected if images and expected > 1 else None
+    state = JobState.QUEUED if waiting and not images else JobState.RUNNING
+    return JobUpdate(state=state, progress=progress, cost_usd=cost)
+
+
+class RunwareProvider(Provider):
+    """Runware: HunyuanImage-3.0 over REST, sync by default, async with a webhook."""
+
+    name = "runware"
+
+    def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.http = VendorHTTP(
+            vendor=self.name,
+            session=session,
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=settings.timeout,
+        )
+
+    @classmethod
+    def routes(cls) -> tuple[RouteSpec, ...]:
+        """One text-to-image route: the 17 documented sizes, up to 4 images per task."""
+        return (
+            RouteSpec(
+                vendor=cls.name,
+                model=MODEL,
+                kind=Kind.IMAGE,
+                sizes=SIZES,
+                max_images=MAX_RESULTS,
+                max_prompt=3000,
+                supports_negative=True,
+                supports_seed=True,
+                webhook=True,
+                price_usd=None,  # not published; the answers report `cost` (≈ $0.15–0.18 an image)
+            ),
+        )
+
+    def task_for(self, request: GenerationRequest, task_uuid: str) -> dict[str, Any]:
+        """The `imageInference` task for a request."""
+        count = max(1, min(MAX_RESULTS, request.count))
+        task: dict[str, Any] = {
+            "taskType": "imageInference",
+            "taskUUID": task_uuid,
+            "model": MODEL,
+            "positivePrompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            "numberResults": count,
+            "outputType": "URL",
+            "outputFormat": "PNG",
+            "includeCost": True,
+            "deliveryMethod": "sync",
+        }
+        if request.negative_prompt and len(request.negative_prompt.strip()) >= 2:
+            task["negativePrompt"] = request.negative_prompt[:3000]
+        if request.seed is not None and request.seed >= 0:
+            task["seed"] = request.seed
+        # A webhook delivers one POST per image and cannot say how many are still due, and
+        # parse_webhook never sees the handle; so only single-image jobs go async, and
+        # several images come back together from one sync call.
+        if request.webhook_url and count == 1:
+            task["deliveryMethod"] = "async"
+            task["webhookURL"] = request.webhook_url
+        return task
+
+    async def submit(self, request: GenerationRequest) -> Submission:
+        """Run (sync) or start (async, with a webhook) an inference task; the handle's job id
+        is our `taskUUID`, and `data` keeps `numberResults` and the delivery method."""
+        if request.kind is not Kind.IMAGE or request.model != MODEL:
+            raise RejectedInputError(self.name, f"unsupported {request.kind} model {request.model!r}")
+        if (request.width, request.height) not in SIZES:
+            raise RejectedInputError(self.name, f"size {request.width}x{request.height} is not offered")
+        task_uuid = str(uuid.uuid4())
+        task = self.task_for(request, task_uuid)
+        answer = await self.http.request_json("POST", "/v1", json_body=[task], classify=_classify)
+        handle = JobHandle(
+            vendor=self.name,
+            model=MODEL,
+            job_id=task_uuid,
+            data={"numberResults": str(task["numberResults"]), "delivery": task["deliveryMethod"]},
+        )
+        if task["deliveryMethod"] == "async":
+            # The ack is `{"data": [{taskType, taskUUID, …}]}` or `{"data": []}`: only errors matter.
+            ack = parse_results(answer, task_uuid=task_uuid, expected=task["numberResults"], complete=False)
+            _log.info("runware task accepted task=%s delivery=async", task_uuid)
+            return Submission(handle=handle, update=ack if ack.terminal else None)
+        update = await asyncio.to_thread(  # may decode inline base64
+            parse_results, answer, task_uuid=task_uuid, expected=task["numberResults"], complete=True
+        )
+        _log.info("runware task done task=%s images=%d", task_uuid, len(update.artifacts))
+        return Submission(handle=handle, update=update, cost_usd=update.cost_usd)
+
+    async def poll(self, handle: JobHandle) -> JobUpdate:
+        """`getResponse` for the task; SUCCEEDED once `numberResults` images are in."""
+        answer = await self.http.request_json(
+            "POST",
+            "/v1",
+            json_body=[{"taskType": "getResponse", "taskUUID": handle.job_id}],
+            classify=_classify,
+        )
+        expected = int(handle.data.get("numberResults", "1"))
+        return parse_results(answer, task_uuid=handle.job_id, expected=expected, complete=False)
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> JobUpdate | None:
+        """One delivered result (`{"data": [item]}`, like a sync answer) as a SUCCEEDED update
+        with that image; an error delivery as FAILED (or the raised call-level error).
+
+        Runware posts once per finished image. Only single-image jobs ask for a webhook (see
+        `task_for`), so one delivery is the whole job; a core that ever receives several must
+        merge their artifacts (the engine's `_merge_updates` does) rather than expect all at once.
+        """
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise RejectedInputError(self.name, "webhook body is not JSON") from exc
+        if not isinstance(payload, dict) or not (payload.get("data") or payload.get("errors")):
+            return None
+        try:
+            return parse_results(payload, task_uuid=None, expected=1, complete=True)
+        except RetryableError as exc:
+            raise RejectedInputError(self.name, f"webhook body is not a result: {exc.message}") from exc
+
+    async def check(self) -> str:
+        """`accountManagement` / `getDetails`, which needs a valid key; reports the balance."""
+        answer = await self.http.request_json(
+            "POST",
+            "/v1",
+            json_body=[
+                {"taskType": "accountManagement", "taskUUID": str(uuid.uuid4()), "operation": "getDetails"}
+            ],
+            classify=_classify,
+        )
+        try:
+            accounts = _AccountAnswer.model_validate(answer).data
+        except ValidationError as exc:
+            raise RetryableError(self.name, "malformed account answer") from exc
+        balance = next((a.balance for a in accounts if a.balance is not None), None)
+        return "ok" if balance is None else f"ok (balance ${balance:.2f})"
