@@ -78,20 +78,26 @@ class ConsoleAdapter:
     name: ClassVar[str] = "console"
 
     def __init__(
-        self, ctx: AdapterContext, *, stdin: TextIO | None = None, stdout: TextIO | None = None
+        self,
+        ctx: AdapterContext,
+        *,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        actor: Actor | None = None,
+        strict: bool = False,
     ) -> None:
         self.engine = ctx.engine
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
-        self.actor = Actor(
-            platform="console",
-            tenant_id="local",
-            user_id=_user(),
-            display_name=_user(),
-            is_moderator=True,
+        self.actor = actor or Actor(
+            platform="console", tenant_id="local", user_id=_user(), display_name=_user(), is_moderator=True
         )
+        self._strict = strict  # the one-job CLI exits 1 when its job or command failed
+        self._errors = 0
         self._pending: list[ConsoleReply] = []
-        self.engine.register_restorer(self.name, self)
+        # Both local platforms print here: the chat console and the one-job CLI.
+        for platform in ("console", "cli"):
+            self.engine.register_restorer(platform, self)
 
     @classmethod
     def configured(cls, settings: Any) -> bool:

@@ -161,7 +161,8 @@ class Engine:
         self._restorers: dict[str, ReplyRestorer] = {}
         self._replies: dict[str, Reply] = {}
         self._queue: deque[str] = deque()
-        self._queue_ready = asyncio.Condition()
+        # One permit per queued job; a cancelled job leaves a permit that finds nothing.
+        self._queued = asyncio.Semaphore(0)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._active: dict[tuple[str, str], int] = {}  # (tenant, user) -> unfinished jobs
         self._pushed: dict[str, JobUpdate] = {}  # webhook updates waiting for their runner
@@ -231,6 +232,7 @@ class Engine:
             self._count(job, +1)
             if job.state is JobPhase.QUEUED:
                 self._queue.append(job.id)
+                self._queued.release()
             elif job.handle is None and job.state is JobPhase.SUBMITTED:
                 # The process died inside the submit call: whether the vendor took the job is
                 # unknown and there is nothing to re-attach to, so refund and say so.
@@ -242,8 +244,6 @@ class Engine:
                 self._spawn(job)
             resumed += 1
         await self._release_orphan_holds()
-        async with self._queue_ready:
-            self._queue_ready.notify_all()
         if resumed:
             _log.info("resumed %d unfinished job(s)", resumed)
         return resumed
@@ -358,8 +358,7 @@ class Engine:
             position,
         )
         await self._progress(job, JobPhase.QUEUED, messages.queued(position), position=position, force=True)
-        async with self._queue_ready:
-            self._queue_ready.notify()
+        self._queued.release()
         return Ticket(job_id=job_id, position=position, cost=cost, text=messages.queued(position))
 
     def _ticket(self, job: JobRecord) -> Ticket:
@@ -622,19 +621,22 @@ class Engine:
 
     async def _worker(self) -> None:
         while True:
-            async with self._queue_ready:
-                while not self._queue:
-                    await self._queue_ready.wait()
-                job_id = self._queue.popleft()
+            await self._queued.acquire()
+            if not self._queue:
+                continue
+            job_id = self._queue.popleft()
             self._gauge_queue()
             job = await self.store.get(job_id)
             if job is None or job.state.terminal:
                 continue
             task = self._spawn(job)
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
+                # Shielded: a user's /cancel ends the job, never the worker.
                 await asyncio.shield(task)
-            if task.cancelled() and not self._started:
-                return
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # shutdown
 
     def _spawn(self, job: JobRecord) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")

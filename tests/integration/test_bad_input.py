@@ -108,13 +108,15 @@ async def test_edit_with_a_file_over_the_cap(tmp_path: Path, files_server: str) 
 
 async def test_edit_with_an_unreachable_url(app: BotApp) -> None:
     ref = ImageRef(url="http://127.0.0.1:9/gone.png")  # discard port: nothing listens
-    await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "")
+    await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "couldn't download")
 
 
 async def test_edit_with_a_url_on_a_private_address(tmp_path: Path) -> None:
     async with running_app(tmp_path, media_allow_private=False) as app:
         ref = ImageRef(url="http://10.1.2.3/cat.png")
-        await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "")
+        await _refused(
+            app, EditCommand(image=ref, instruction="x"), InvalidInputError, "public internet addresses"
+        )
 
 
 async def test_moderator_command_from_a_member(app: BotApp) -> None:
@@ -147,6 +149,6 @@ async def test_a_blocklisted_word_in_the_negative_prompt_too(app: BotApp) -> Non
 
 async def test_out_of_credits_says_balance_and_cost(app: BotApp) -> None:
     await app.engine.moderate(MODERATOR, ModCommand(op=ModOp.SET, target=MEMBER.user_id, amount=15))
-    with pytest.raises(InsufficientCreditsError, match="need 40 credits, but you have 15 credits"):
+    with pytest.raises(InsufficientCreditsError, match="need 40 credits for this, but you have 15 credits"):
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox --n 4"), RecordingReply())
     await _nothing_happened(app, balance=15)
