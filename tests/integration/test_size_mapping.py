@@ -1,0 +1,54 @@
+"""Size mapping for every vendor: whatever aspect a user asks for, each route is sent a size its
+emulator accepts, and the size produced is the one the reply states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.catalog import ASPECT_CHOICES
+from bot.commands import ImagineCommand
+from bot.params import parse_imagine, size_for_aspect
+from bot.router import map_size
+from providers.base import Kind
+from tests.support.core import MEMBER, RecordingReply, running_app
+
+
+async def test_every_image_route_accepts_the_mapped_size_for_every_aspect(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        routes = app.router.catalog.for_kind(Kind.IMAGE)
+        assert len(routes) == 6  # all six text-to-image routes are in the catalog
+        for aspect in ASPECT_CHOICES:
+            spec = parse_imagine(ImagineCommand(prompt=f"size check --ar {aspect}"), app.router.catalog)
+            for route in routes:
+                request = app.router.request_for(route, spec, image_url=None, webhook_url=None)
+                if route.sizes:
+                    assert (request.width, request.height) in route.sizes
+                else:
+                    assert route.min_side <= min(request.width, request.height)
+                    assert max(request.width, request.height) <= route.max_side
+                # the emulator validates sizes as the vendor documents them (400 otherwise)
+                submission = await app.router.providers[route.vendor].submit(request)
+                assert submission.handle.vendor == route.vendor, (aspect, route.key)
+
+
+async def test_mapping_keeps_the_orientation(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        for aspect in ("16:9", "9:16", "1:1", "3:2", "2:3"):
+            w, h = (int(x) for x in aspect.split(":"))
+            want = size_for_aspect(w, h)
+            for route in app.router.catalog.for_kind(Kind.IMAGE):
+                mw, mh = map_size(route, *want)
+                assert (mw > mh, mw < mh) == (want[0] > want[1], want[0] < want[1]), (aspect, route.key)
+
+
+async def test_the_reply_states_the_size_actually_produced(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        # Runware only makes its 17 sizes: 16:9 (1024×576) becomes 1280×768 (5:3, the nearest ratio) there.
+        reply = RecordingReply()
+        await app.engine.submit(
+            MEMBER, ImagineCommand(prompt="wide harbour --ar 16:9 --model runware"), reply
+        )
+        await reply.wait()
+        image = reply.results[0].files[0]
+        assert (image.width, image.height) == (1280, 768)
+        assert "1280×768" in reply.results[0].text
