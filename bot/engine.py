@@ -684,12 +684,17 @@ class Engine:
             if update.state is JobState.SUCCEEDED:
                 await self._deliver(job, update)
                 return
-            # The vendor's job failed. A system-side failure (not charged, or no artifacts
-            # without an error) may succeed elsewhere; try the next route a bounded number of times.
+            # The vendor's job failed. A system-side failure (the vendor did not bill it) may
+            # succeed elsewhere, so try the next route a bounded number of times; a billed
+            # failure is about the request itself and is not sent to another vendor.
             reason = update.error or "vendor reported failure"
-            _log.warning("vendor job failed job=%s route=%s: %s", job.id, job.route, reason)
-            if job.attempts >= self.config.max_attempts or not self.router.candidates(
-                job.spec, exclude=job.routes_tried
+            _log.warning(
+                "vendor job failed job=%s route=%s charged=%s: %s", job.id, job.route, update.charged, reason
+            )
+            if (
+                update.charged
+                or job.attempts >= self.config.max_attempts
+                or not self.router.candidates(job.spec, exclude=job.routes_tried)
             ):
                 raise _VendorJobFailed(reason)
             job.handle = None
