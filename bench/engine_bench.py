@@ -262,6 +262,7 @@ async def main() -> None:
         "--latency",
         str(args.latency[0]),
         str(args.latency[1]),
+        "--render-cache",
         cwd=str(ROOT),
         stdout=asyncio.subprocess.PIPE,
     )

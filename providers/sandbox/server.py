@@ -170,6 +170,7 @@ async def _serve(args: Any) -> None:
         api_key=args.key,
         latency=(args.latency[0], args.latency[1]),
         clock=time.time,  # wall clock, so another process can compare completion times
+        render_cache=args.render_cache,
     )
     async with sandbox:
         print(f"SANDBOX_PORT={sandbox.port}", flush=True)
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--key", default="sandbox-key")
     parser.add_argument("--vendors", default="", help="comma-separated; default all")
     parser.add_argument("--latency", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"))
+    parser.add_argument("--render-cache", action="store_true", help="draw one image per size and reuse it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
