@@ -102,8 +102,32 @@ class EngineConfig:
     max_attempts: int = 3  # vendor jobs tried (failover after a vendor-side failure)
 
 
-class _Cancelled(Exception):
-    """Raised inside a runner when its job was cancelled by a user."""
+class _TenantCache:
+    """Tenant settings read on every admission (blocklist, costs), kept for a few seconds.
+
+    This process's moderator changes drop the tenant at once; changes made by another
+    process (the operator CLI) show after at most `ttl` seconds.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._values: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    async def get(self, key: tuple[str, ...], load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value, or a fresh one from `load`."""
+        hit = self._values.get(key)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        value = await load()
+        self._values[key] = (now, value)
+        return value
+
+    def drop(self, tenant: str) -> None:
+        """Forget everything about one tenant."""
+        for key in [k for k in self._values if k[0] == tenant]:
+            del self._values[key]
 
 
 class LogReply:
@@ -170,6 +194,7 @@ class Engine:
         self._last_progress: dict[str, float] = {}
         self._cancel_requested: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tenant_cache = _TenantCache(ttl=10.0, clock=clock)
         self._group: asyncio.TaskGroup | None = None
         self._started = False
 
@@ -303,7 +328,8 @@ class Engine:
         account = await self.ledger.account(tenant, actor.user_id)
         if account.banned:
             raise _user_error("banned")
-        check_prompt(actor, (spec.prompt, spec.negative), await self.ledger.blocklist(tenant))
+        blocklist = await self._tenant_cache.get((tenant, "blocklist"), lambda: self.ledger.blocklist(tenant))
+        check_prompt(actor, (spec.prompt, spec.negative), blocklist)
         key = (tenant, actor.user_id)
         if self._active.get(key, 0) >= self.config.max_jobs_per_user:
             raise BusyError(messages.busy(self.config.max_jobs_per_user))
@@ -312,7 +338,11 @@ class Engine:
         if image is not None and (image.url or image.path or image.data):
             stored = await self.media.load_input(image)
             spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})
-        cost = await self.ledger.cost_for(tenant, spec.kind.value, spec.model) * spec.count
+        unit = await self._tenant_cache.get(
+            (tenant, "cost", spec.kind.value, spec.model or "*"),
+            lambda: self.ledger.cost_for(tenant, spec.kind.value, spec.model),
+        )
+        cost = unit * spec.count
         # Re-check the cap: the awaits above may have let a concurrent command in.
         if self._active.get(key, 0) >= self.config.max_jobs_per_user:
             raise BusyError(messages.busy(self.config.max_jobs_per_user))
@@ -507,6 +537,7 @@ class Engine:
     async def moderate(self, actor: Actor, command: ModCommand) -> ModResult:
         """Run a moderator operation; refused with `NotModeratorError` for members."""
         require_moderator(actor)
+        self._tenant_cache.drop(actor.tenant)
         t, led, who, why = (
             actor.tenant,
             self.ledger,
@@ -584,6 +615,7 @@ class Engine:
                 text = messages.top_view(await led.top_spenders(t, limit=10))
             case ModOp.SPEND:
                 text = messages.spend_view(await self.store.spend(t))
+        self._tenant_cache.drop(actor.tenant)  # again: an admission may have re-read it meanwhile
         log_line = messages.mod_log_line(actor.display_name or actor.user_id, op.value, target, command, why)
         _log.info("moderation tenant=%s actor=%s op=%s target=%s", t, who, op.value, target)
         return ModResult(text=text, log_line=log_line)
@@ -781,7 +813,8 @@ class Engine:
     async def _nap(self, event: asyncio.Event, seconds: float) -> None:
         event.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):  # cheaper than wait_for: no extra task per nap
+                await event.wait()
 
     async def _deliver(self, job: JobRecord, update: JobUpdate) -> None:
         job.state = JobPhase.DELIVERING
@@ -801,13 +834,15 @@ class Engine:
         except BotError as exc:  # media.DownloadError and friends
             raise _DeliveryError(str(exc)) from exc
         size = (job.result or {}).get("size")
+        # Settle first, then record the result and DONE in one write: a crash in between leaves
+        # the job DELIVERING with a settled hold, and the resumed job re-delivers (settle is
+        # idempotent), so the user is never charged without getting the files.
+        await self.ledger.settle(job.id)
         job.result = {
             "size": size,
             "files": [_file_json(f, self.media.files_dir) for f in files],
             "preview": _file_json(preview, self.media.files_dir) if preview else None,
         }
-        await self.store.save(job)
-        await self.ledger.settle(job.id)
         job.state = JobPhase.DONE
         await self.store.save(job)
         self._finished(job)
