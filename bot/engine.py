@@ -27,6 +27,7 @@ from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModComman
 from bot.errors import BotError, BusyError, InvalidInputError, NotFoundError, QueueFullError, UserError
 from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
 from bot.policy import check_prompt, require_moderator
+from bot.polling import RouteTimes
 from bot.reply import (
     Button,
     ButtonAction,
@@ -195,6 +196,7 @@ class Engine:
         self._cancel_requested: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tenant_cache = _TenantCache(ttl=10.0, clock=clock)
+        self._route_times = RouteTimes()
         self._group: asyncio.TaskGroup | None = None
         self._started = False
 
@@ -708,11 +710,12 @@ class Engine:
             )
 
     async def _follow(self, job: JobRecord) -> None:
-        started = self._clock()
+        resumed = job.handle is not None  # after a restart the job may have finished meanwhile
         while True:
             if job.handle is None:
                 await self._submit(job)
-            update = await self._wait_for_result(job, started)
+            update = await self._wait_for_result(job, immediate=resumed)
+            resumed = False
             if update.state is JobState.SUCCEEDED:
                 await self._deliver(job, update)
                 return
@@ -764,51 +767,49 @@ class Engine:
         _log.info("job submitted job=%s route=%s vendor_job=%s", job.id, job.route, job.handle.job_id)
         await self._progress(job, JobPhase.SUBMITTED, messages.submitted())
 
-    async def _wait_for_result(self, job: JobRecord, started: float) -> JobUpdate:
+    async def _wait_for_result(self, job: JobRecord, *, immediate: bool = False) -> JobUpdate:
         assert job.handle is not None and job.route is not None
+        route = job.route
         event = self._wake.setdefault(job.id, asyncio.Event())
-        delay = self.config.poll_initial
-        webhook = self._webhook_url is not None and self.router.route(job.route).webhook
-        if webhook and job.id not in self._pushed:
-            # The vendor will call back; polling is only the slow fallback.
-            await self._nap(event, self.config.webhook_poll_interval)
+        started = self._clock()
+        webhook = self._webhook_url is not None and self.router.route(route).webhook
+        schedule = self._route_times.schedule(route, self.config.poll_initial, self.config.poll_max)
+        # With a webhook the vendor calls back and polling is only the slow fallback.
+        first = self.config.webhook_poll_interval if webhook else (0.0 if immediate else schedule.first)
+        if first and job.id not in self._pushed:
+            await self._nap(event, first)
         try:
             while True:
                 update = self._pushed.pop(job.id, None)
+                elapsed = self._clock() - started
                 if update is None:
                     try:
-                        update = await self.router.poll(job.route, job.handle)
+                        update = await self.router.poll(route, job.handle)
                     except RetryableError as exc:
-                        wait = max(delay, exc.retry_after or 0.0)
+                        wait = max(schedule.next_wait(elapsed), exc.retry_after or 0.0)
                         _log.info("poll retry job=%s in %.1fs: %s", job.id, wait, exc)
                         await self._nap(event, wait)
-                        delay = min(self.config.poll_max, delay * 1.5)
                         continue
                 if update.terminal:
                     if update.cost_usd is not None:
                         job.vendor_cost_usd = update.cost_usd
+                    if update.state is JobState.SUCCEEDED and not immediate:
+                        self._route_times.record(route, elapsed)
                     return update
                 if job.state is not JobPhase.RUNNING:
                     job.state = JobPhase.RUNNING
                     await self.store.save(job)
-                elapsed = self._clock() - started
                 await self._progress(
                     job, JobPhase.RUNNING, messages.running(elapsed, update.progress), percent=update.progress
                 )
-                wait = self._next_delay(delay, update, webhook)
+                wait = (
+                    self.config.webhook_poll_interval
+                    if webhook
+                    else schedule.next_wait(elapsed, update.eta_seconds)
+                )
                 await self._nap(event, wait)
-                delay = min(self.config.poll_max, delay * 1.5)
         finally:
             self._wake.pop(job.id, None)
-
-    def _next_delay(self, delay: float, update: JobUpdate, webhook: bool) -> float:
-        # Shape the backoff by the vendor's ETA when it gives one; slow polling is only the
-        # fallback when a webhook will wake us.
-        if webhook:
-            return self.config.webhook_poll_interval
-        if update.eta_seconds is not None and update.eta_seconds > 0:
-            return max(self.config.poll_initial, min(self.config.poll_max, update.eta_seconds * 0.5))
-        return delay
 
     async def _nap(self, event: asyncio.Event, seconds: float) -> None:
         event.clear()
