@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -167,14 +167,17 @@ class Database:
         """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any exception (also cancellation)."""
         async with self._lock:
             conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await _to_completion(conn.execute("BEGIN IMMEDIATE"))
                 yield conn
             except BaseException:
-                await conn.execute("ROLLBACK")
+                # Also when cancelled during BEGIN: the statement still ran in aiosqlite's
+                # thread, and a connection left inside a transaction breaks every later one.
+                if conn.in_transaction:
+                    await _to_completion(conn.execute("ROLLBACK"))
                 raise
             else:
-                await conn.execute("COMMIT")
+                await _to_completion(conn.execute("COMMIT"))
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
         """Run one read under the lock (never inside someone else's transaction)."""
@@ -186,6 +189,23 @@ class Database:
         """Run one read returning its first row, or None."""
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+
+async def _to_completion(statement: Awaitable[Any]) -> None:
+    """Await a statement to its end even if the caller is cancelled meanwhile, then let the
+    cancellation through: BEGIN, COMMIT and ROLLBACK must never be abandoned half-way."""
+    task = asyncio.ensure_future(statement)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _split(script: str) -> list[str]:

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -52,7 +52,7 @@ from providers.base import (
     UnknownJobError,
 )
 
-__all__ = ["CreditsView", "Engine", "EngineConfig", "ModResult", "Ticket"]
+__all__ = ["CreditsView", "Engine", "EngineConfig", "LogReply", "ModResult", "Ticket"]
 
 _log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tenant_cache = _TenantCache(ttl=10.0, clock=clock)
         self._route_times = RouteTimes()
+        self._click_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._group: asyncio.TaskGroup | None = None
         self._started = False
 
@@ -226,16 +227,17 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # Unfinished jobs stay in the database and are resumed by the next start.
-        for task in list(self._tasks):
+        # Unfinished jobs stay in the database and are resumed by the next start; wait for
+        # their tasks to unwind before the caller closes the database under them.
+        self._started = False
+        jobs = list(self._tasks)
+        for task in jobs:
             task.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         if self._group is not None:
-            for task in list(self._running.values()):
-                task.cancel()
             self._stop_workers()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._group.__aexit__(None, None, None)
-        self._started = False
 
     def _stop_workers(self) -> None:
         assert self._group is not None
@@ -408,18 +410,29 @@ class Engine:
             raise UserError(messages.not_your_job())
         return job
 
-    async def _guard_double_click(self, parent: JobRecord, actor: Actor, kind: Kind) -> None:
-        if await self.store.active_child(parent.id, actor.user_id, kind.value):
-            raise UserError(messages.already_running())
+    @contextlib.asynccontextmanager
+    async def _one_click(self, parent: JobRecord, actor: Actor, kind: Kind) -> AsyncIterator[None]:
+        """Concurrent clicks on one result's button start one job: the check for a running
+        child and the admission of a new one happen under one lock per (job, user, kind)."""
+        key = (parent.id, actor.user_id, kind.value)
+        lock = self._click_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                if await self.store.active_child(parent.id, actor.user_id, kind.value):
+                    raise UserError(messages.already_running())
+                yield
+        finally:
+            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
+                self._click_locks.pop(key, None)
 
     async def reroll(
         self, actor: Actor, job_id: str, reply: Reply, *, request_key: str | None = None
     ) -> Ticket:
         """Same parameters as `job_id`, a new seed. Owner or moderator only."""
         parent = await self._own_job(actor, job_id)
-        await self._guard_double_click(parent, actor, parent.spec.kind)
         spec = parent.spec.model_copy(update={"seed": random.randint(0, SEED_MAX)})
-        return await self._admit(actor, spec, reply, request_key=request_key, parent_id=parent.id)
+        async with self._one_click(parent, actor, parent.spec.kind):
+            return await self._admit(actor, spec, reply, request_key=request_key, parent_id=parent.id)
 
     async def edit_result(
         self,
@@ -434,18 +447,12 @@ class Engine:
         """Edit image `index` (default 0) of a finished job by instruction."""
         parent = await self._own_job(actor, job_id)
         image = self._result_image(parent, index)
-        spec = parse_edit(
-            EditCommand(image=ImageRef(path=str(image.path)), instruction=instruction), self.catalog
-        )
-        await self._guard_double_click(parent, actor, Kind.EDIT)
-        return await self._admit(
-            actor,
-            spec,
-            reply,
-            image=ImageRef(path=str(image.path)),
-            request_key=request_key,
-            parent_id=parent.id,
-        )
+        ref = ImageRef(path=str(image.path))
+        spec = parse_edit(EditCommand(image=ref, instruction=instruction), self.catalog)
+        async with self._one_click(parent, actor, Kind.EDIT):
+            return await self._admit(
+                actor, spec, reply, image=ref, request_key=request_key, parent_id=parent.id
+            )
 
     async def make_3d(
         self, actor: Actor, job_id: str, index: int | None, reply: Reply, *, request_key: str | None = None
@@ -453,16 +460,12 @@ class Engine:
         """Image → 3D from image `index` (default 0) of a finished job."""
         parent = await self._own_job(actor, job_id)
         image = self._result_image(parent, index)
-        spec = parse_model3d(Model3DCommand(image=ImageRef(path=str(image.path))), self.catalog)
-        await self._guard_double_click(parent, actor, Kind.MODEL3D)
-        return await self._admit(
-            actor,
-            spec,
-            reply,
-            image=ImageRef(path=str(image.path)),
-            request_key=request_key,
-            parent_id=parent.id,
-        )
+        ref = ImageRef(path=str(image.path))
+        spec = parse_model3d(Model3DCommand(image=ref), self.catalog)
+        async with self._one_click(parent, actor, Kind.MODEL3D):
+            return await self._admit(
+                actor, spec, reply, image=ref, request_key=request_key, parent_id=parent.id
+            )
 
     def _result_image(self, job: JobRecord, index: int | None) -> OutputFile:
         images = [f for f in self._files(job) if f.role == "image"]
@@ -477,7 +480,7 @@ class Engine:
         """One image of a finished multi-image job, alone at full size (costs nothing)."""
         job = await self._own_job(actor, job_id, spending=False)
         image = self._result_image(job, index)
-        buttons = self._result_buttons(job, 1)
+        buttons = self._result_buttons(job, 1, index=index)
         return JobResult(
             job_id=job.id,
             kind=job.spec.kind.value,
@@ -681,7 +684,8 @@ class Engine:
 
     async def _run(self, job: JobRecord) -> None:
         try:
-            await asyncio.wait_for(self._follow(job), timeout=self.config.job_timeout)
+            async with asyncio.timeout(self.config.job_timeout):
+                await self._follow(job)
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
                 await self._finish_cancelled(job)
@@ -875,15 +879,17 @@ class Engine:
             buttons=self._result_buttons(job, len(images)),
         )
 
-    def _result_buttons(self, job: JobRecord, images: int) -> tuple[Button, ...]:
+    def _result_buttons(self, job: JobRecord, images: int, *, index: int | None = None) -> tuple[Button, ...]:
+        """Reroll, Edit and Make 3D (on image `index`, or the first), and U1…U4 for several."""
         if job.spec.kind is Kind.MODEL3D:
             return (Button(ButtonAction.REROLL, job.id, "Reroll"),)
         kinds = self.catalog.kinds()
+        target = index if index is not None else (0 if images > 1 else None)
         buttons = [Button(ButtonAction.REROLL, job.id, "Reroll")]
         if Kind.EDIT in kinds:
-            buttons.append(Button(ButtonAction.EDIT, job.id, "Edit", 0 if images > 1 else None))
+            buttons.append(Button(ButtonAction.EDIT, job.id, "Edit", target))
         if any(r.needs_image for r in self.catalog.for_kind(Kind.MODEL3D)):
-            buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", 0 if images > 1 else None))
+            buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", target))
         if images > 1:
             buttons += [Button(ButtonAction.SINGLE, job.id, f"U{i + 1}", i) for i in range(images)]
         return tuple(buttons)

@@ -259,3 +259,29 @@ async def test_show_reposts_a_finished_result(tmp_path: Path) -> None:
         shown = await app.engine.show(MEMBER, ticket.job_id)
         assert shown.files[0].path == reply.results[0].files[0].path
         assert {b.action for b in shown.buttons} >= {ButtonAction.REROLL}
+
+
+async def test_concurrent_clicks_on_one_result_start_one_job(tmp_path: Path) -> None:
+    async with running_app(tmp_path, max_jobs_per_user=10) as app:
+        first = RecordingReply()
+        t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), first)
+        await first.wait()
+        outcomes = await asyncio.gather(
+            *(app.engine.reroll(MEMBER, t1.job_id, RecordingReply()) for _ in range(3)),
+            return_exceptions=True,
+        )
+        started = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(started) == 1
+        assert all("already running" in str(e) for e in refused)
+
+
+async def test_single_image_buttons_act_on_that_image(tmp_path: Path) -> None:
+    async with running_app(tmp_path, route_order="pixazo") as app:
+        reply = RecordingReply()
+        ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="foxes --n 3"), reply)
+        await reply.wait()
+        single = await app.engine.single(MEMBER, ticket.job_id, 2)
+        assert single.files[0].path == reply.results[0].files[2].path
+        edit = next(b for b in single.buttons if b.action is ButtonAction.EDIT)
+        assert edit.index == 2
