@@ -1,0 +1,491 @@
+"""The Discord adapter: slash commands, result buttons and the Edit modal, on discord.py 2.7.
+
+Every interaction is acknowledged first (Discord drops answers after 3 s), then translated by
+small pure functions into the core's `Actor` and command models and handed to the engine. The
+buttons carry `ib:<action>:<job id>[:<index>]` custom ids and are handled by one dispatcher in
+`on_interaction`, without discord.py views, so they keep working after a restart. Command sync
+is not done on every start: only when the command payload's hash changed (or on demand through
+`sync_commands`, the CLI's `imagine-bot discord sync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import discord
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from pydantic import ValidationError
+
+from adapters.discord_commands import (
+    INSTRUCTION_FIELD,
+    actor_for,
+    build_tree,
+    command_digest,
+    command_payload,
+    modal_value,
+)
+from adapters.discord_reply import DiscordReply, ReplyRef, clip
+from bot import messages
+from bot.adapter import AdapterContext
+from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand, ModOp
+from bot.config import Settings
+from bot.engine import LogReply
+from bot.errors import ConfigError, UserError
+from bot.reply import ButtonAction, Reply, parse_custom_id
+
+__all__ = ["COMMANDS_HASH_FILE", "DiscordAdapter", "apply_endpoints", "sync_commands"]
+
+_log = logging.getLogger(__name__)
+
+COMMANDS_HASH_FILE = "discord-commands.sha256"
+_DEFAULT_API_BASE = discord.http.Route.BASE
+_DEFAULT_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
+#: how long stop() lets running handlers finish before cancelling them
+_STOP_GRACE = 5.0
+_CONNECT_TIMEOUT = 60.0
+
+
+def apply_endpoints(settings: Settings) -> None:
+    """Point discord.py at DISCORD_API_BASE / DISCORD_GATEWAY_URL, or its defaults when unset."""
+    api, gateway = settings.discord_api_base, settings.discord_gateway_url
+    if api and not api.startswith(("http://", "https://")):
+        raise ConfigError(f"DISCORD_API_BASE must be an http(s) URL, not {api!r}")
+    if gateway and not gateway.startswith(("ws://", "wss://")):
+        raise ConfigError(f"DISCORD_GATEWAY_URL must be a ws(s) URL, not {gateway!r}")
+    # Route builds every URL from this class attribute (platforms.md §1.1–1.2).
+    discord.http.Route.BASE = api.rstrip("/") if api else _DEFAULT_API_BASE
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway) if gateway else _DEFAULT_GATEWAY
+
+
+async def _sync(tree: app_commands.CommandTree[Any], guild_id: str | None) -> int:
+    if guild_id:
+        guild = discord.Object(id=int(guild_id))
+        tree.copy_global_to(guild=guild)
+        return len(await tree.sync(guild=guild))
+    return len(await tree.sync())
+
+
+async def _write_digest(settings: Settings, digest: str) -> None:
+    path = settings.data_dir / COMMANDS_HASH_FILE
+    await asyncio.to_thread(_write_text, path, digest + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _token(settings: Settings) -> str:
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    if not token:
+        raise ConfigError("DISCORD_TOKEN is not set")
+    return token
+
+
+async def sync_commands(settings: Settings, guild_id: str | None) -> int:
+    """Register the slash commands (globally, or in one guild at once); returns how many.
+
+    For the CLI's `imagine-bot discord sync [--guild ID]`; logs in over REST only.
+    """
+    apply_endpoints(settings)
+    token = _token(settings)
+    client = discord.Client(intents=discord.Intents(guilds=True))  # REST only; never connects
+    async with client:
+        try:
+            await client.login(token)
+        except discord.LoginFailure:
+            raise ConfigError("DISCORD_TOKEN was refused by Discord; check the bot token") from None
+        tree = build_tree(client, None)
+        count = await _sync(tree, guild_id)
+        await _write_digest(settings, command_digest(command_payload(tree), guild_id or "global"))
+    _log.info("synced %d discord command(s) to %s", count, f"guild {guild_id}" if guild_id else "all guilds")
+    return count
+
+
+# --- the adapter -------------------------------------------------------------------------------
+
+
+class _Client(discord.Client):
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels and roles in the cache (moderator role by name)
+        # The bot has no voice: skip discord.py's warnings about voice libraries.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.adapter = adapter
+
+    async def on_connect(self) -> None:
+        self.adapter.connected.set()
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        await self.adapter.on_interaction(interaction)
+
+
+class _EditModal(discord.ui.Modal):
+    """Asks for an edit instruction. Submissions are handled in `on_interaction` (by custom id),
+    so one opened before a restart still works."""
+
+    def __init__(self, custom_id: str) -> None:
+        super().__init__(title="Edit this image", custom_id=custom_id, timeout=900)
+        self.add_item(
+            discord.ui.Label(
+                text="What should change?",
+                component=discord.ui.TextInput(
+                    custom_id=INSTRUCTION_FIELD,
+                    style=discord.TextStyle.paragraph,
+                    placeholder="e.g. make it night time, add snow",
+                    min_length=1,
+                    max_length=1000,
+                ),
+            )
+        )
+
+
+class DiscordAdapter:
+    """Connects to Discord and turns interactions into engine calls."""
+
+    name: ClassVar[str] = "discord"
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.engine = ctx.engine
+        self.settings = ctx.settings
+        self.session = ctx.session
+        self.media = ctx.media
+        self.clock: Callable[[], float] = time.time  # tests move it to age tokens
+        self.connected = asyncio.Event()
+        self.client: _Client | None = None
+        self._gateway: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        ctx.engine.register_restorer(self.name, self)
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Discord runs when DISCORD_TOKEN is set."""
+        return bool(settings.discord_token and settings.discord_token.get_secret_value())
+
+    # --- Platform (for replies) ------------------------------------------------------------
+
+    @property
+    def http(self) -> discord.http.HTTPClient:
+        """The bot's REST client (channel messages)."""
+        if self.client is None:
+            raise RuntimeError("the Discord adapter is not started")
+        return self.client.http
+
+    def now(self) -> float:
+        """Unix time, for the age of interaction tokens."""
+        return self.clock()
+
+    def restore(self, ref: dict[str, Any]) -> Reply:
+        """A reply that writes where a job's reply wrote before a restart (a log-only one
+        when the saved address is unusable, so resuming never fails)."""
+        try:
+            return DiscordReply(self, ReplyRef.model_validate(ref))
+        except ValidationError as err:
+            _log.warning(
+                "unusable discord reply address (%d problems); job replies go to the log", err.error_count()
+            )
+            return LogReply(ref)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Log in, sync commands if they changed, connect the gateway; returns once READY.
+        Raises ConfigError for a refused token; undoes what it started on any failure."""
+        apply_endpoints(self.settings)
+        token = _token(self.settings)
+        client = self.client = _Client(self)
+        try:
+            await self._connect(client, token)
+        except BaseException:
+            await self.stop()
+            raise
+        _log.info("discord connected as %s", client.user)
+
+    async def _connect(self, client: _Client, token: str) -> None:
+        tree = build_tree(client, self)
+        try:
+            await client.login(token)
+        except discord.LoginFailure:
+            raise ConfigError("DISCORD_TOKEN was refused by Discord; check the bot token") from None
+        await self._sync_if_changed(tree)
+        gateway = self._gateway = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
+        gateway.add_done_callback(self._gateway_ended)
+        ready = asyncio.create_task(self.connected.wait(), name="discord-ready")
+        try:
+            done, _ = await asyncio.wait(
+                {gateway, ready}, timeout=_CONNECT_TIMEOUT, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+        if gateway in done:
+            exc = gateway.exception()
+            if isinstance(exc, discord.LoginFailure):
+                raise ConfigError("DISCORD_TOKEN was refused by the Discord gateway") from None
+            if exc is not None:
+                raise exc
+            raise ConfigError("the Discord gateway closed before READY")
+        if not done:
+            raise ConfigError(f"no READY from the Discord gateway within {_CONNECT_TIMEOUT:.0f}s")
+
+    def _gateway_ended(self, task: asyncio.Task[None]) -> None:
+        # discord.py reconnects by itself; it only gives up for good (bad token, intents).
+        if not task.cancelled() and (exc := task.exception()) is not None and self.connected.is_set():
+            _log.error("the Discord gateway stopped: %r; restart the bot", exc)
+
+    async def stop(self) -> None:
+        """Close the gateway and REST client; running handlers get a moment to finish."""
+        if self._handlers:
+            _, pending = await asyncio.wait(set(self._handlers), timeout=_STOP_GRACE)
+            for task in pending:
+                task.cancel()
+        if self.client is not None:
+            await self.client.close()
+        if self._gateway is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._gateway
+        self.connected.clear()
+
+    async def _sync_if_changed(self, tree: app_commands.CommandTree[Any]) -> None:
+        guild = self.settings.discord_dev_guild
+        digest = command_digest(command_payload(tree), guild or "global")
+        path = self.settings.data_dir / COMMANDS_HASH_FILE
+        if await asyncio.to_thread(_read_text, path) == digest:
+            return
+        try:
+            count = await _sync(tree, guild)
+        except discord.HTTPException:
+            _log.exception("discord command sync failed; Discord keeps the previous commands")
+            return
+        await _write_digest(self.settings, digest)
+        _log.info("synced %d discord command(s) (command set changed)", count)
+
+    # --- translation from discord objects --------------------------------------------------
+
+    def actor(self, interaction: discord.Interaction) -> Actor:
+        """The Actor behind an interaction."""
+        user = interaction.user
+        roles = [(str(r.id), r.name) for r in getattr(user, "roles", [])]
+        return actor_for(
+            user_id=str(user.id),
+            display_name=user.display_name,
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+            permissions=interaction.permissions.value,
+            roles=roles,
+            moderator_role=self.settings.discord_moderator_role,
+        )
+
+    def reply_for(self, interaction: discord.Interaction, head: str = "") -> DiscordReply:
+        """A reply on this interaction's token (its original response is the status message)."""
+        short = " ".join(head.split())
+        short = short if len(short) <= 100 else short[:99] + "…"
+        return DiscordReply(
+            self,
+            ReplyRef(
+                app_id=str(interaction.application_id),
+                token=interaction.token,
+                issued=interaction.created_at.timestamp(),
+                channel_id=str(interaction.channel_id),
+                guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+                user_id=str(interaction.user.id),
+                limit=interaction.filesize_limit,
+                head=f"<@{interaction.user.id}>" + (f" **{short}**" if short else ""),
+            ),
+        )
+
+    # --- handling --------------------------------------------------------------------------
+
+    async def _handle(
+        self,
+        interaction: discord.Interaction,
+        what: str,
+        work: Callable[[], Awaitable[None]],
+        *,
+        defer: str | None,
+    ) -> None:
+        """Acknowledge first (`defer`: "public", "private", "update" or None when `work`
+        answers itself), then run `work`; user errors are shown privately, others logged."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            if defer == "update":
+                await interaction.response.defer()
+            elif defer is not None:
+                interaction.extras["private"] = defer == "private"
+                await interaction.response.defer(thinking=True, ephemeral=defer == "private")
+            await work()
+        except UserError as err:
+            await self._tell(interaction, str(err))
+        except Exception:
+            _log.exception(
+                "discord %s failed interaction=%s user=%s guild=%s",
+                what,
+                interaction.id,
+                interaction.user.id,
+                interaction.guild_id,
+            )
+            await self._tell(interaction, messages.something_went_wrong())
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _tell(self, interaction: discord.Interaction, text: str) -> None:
+        """Say something only the user sees, whatever state the response is in."""
+        response = interaction.response
+        try:
+            if not response.is_done():
+                await response.send_message(clip(text), ephemeral=True)
+            elif interaction.extras.get("private"):
+                await interaction.edit_original_response(content=clip(text))
+            else:
+                if response.type is discord.InteractionResponseType.deferred_channel_message:
+                    # The public "thinking…" message would show the error to everyone.
+                    with contextlib.suppress(discord.HTTPException):
+                        await interaction.delete_original_response()
+                await interaction.followup.send(clip(text), ephemeral=True)
+        except discord.HTTPException as err:
+            _log.warning("could not answer interaction=%s: %s", interaction.id, err)
+
+    async def _say(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.edit_original_response(content=clip(text))
+
+    async def run_job(
+        self,
+        interaction: discord.Interaction,
+        command: ImagineCommand | EditCommand | Model3DCommand,
+        head: str,
+    ) -> None:
+        """/imagine, /edit, /model3d: the deferred response becomes the job's status message."""
+
+        async def work() -> None:
+            reply = self.reply_for(interaction, head)
+            await self.engine.submit(
+                self.actor(interaction), command, reply, request_key=f"discord:{interaction.id}"
+            )
+
+        await self._handle(
+            interaction, interaction.command.name if interaction.command else "job", work, defer="public"
+        )
+
+    async def show_credits(self, interaction: discord.Interaction) -> None:
+        """/credits, privately."""
+
+        async def work() -> None:
+            view = await self.engine.credits(self.actor(interaction))
+            await self._say(interaction, view.text)
+
+        await self._handle(interaction, "credits", work, defer="private")
+
+    async def show_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """/show: the job's result again, with its buttons."""
+
+        async def work() -> None:
+            result = await self.engine.show(self.actor(interaction), job_id)
+            await self.reply_for(interaction).result(result)
+
+        await self._handle(interaction, "show", work, defer="public")
+
+    async def cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """/cancel: the job's own status message says "Cancelled" too."""
+
+        async def work() -> None:
+            await self._say(interaction, await self.engine.cancel(self.actor(interaction), job_id))
+
+        await self._handle(interaction, "cancel", work, defer="private")
+
+    async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None:
+        """/quota …: answered privately with the new state, logged to the mod-log channel."""
+
+        async def work() -> None:
+            result = await self.engine.moderate(self.actor(interaction), command)
+            await self._say(interaction, result.text)
+            if command.op not in (ModOp.BLOCK_LIST, ModOp.HISTORY, ModOp.TOP, ModOp.SPEND):
+                await self._modlog(result.log_line)
+
+        await self._handle(interaction, f"quota {command.op.value}", work, defer="private")
+
+    async def _modlog(self, line: str) -> None:
+        channel = self.settings.discord_modlog_channel
+        if not channel or self.client is None:
+            return
+        try:
+            await self.client.get_partial_messageable(int(channel)).send(
+                clip(line), allowed_mentions=discord.AllowedMentions.none()
+            )
+        except (discord.HTTPException, ValueError) as err:
+            _log.warning("could not write to the moderation log channel %s: %s", channel, err)
+
+    # --- buttons and the Edit modal --------------------------------------------------------
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """The one dispatcher for result/status buttons and the Edit modal."""
+        if interaction.type not in (discord.InteractionType.component, discord.InteractionType.modal_submit):
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        parsed = parse_custom_id(str(data.get("custom_id", "")))
+        if parsed is None:
+            return
+        action, job_id, index = parsed
+        key = f"discord:{interaction.id}"
+        actor = self.actor(interaction)
+
+        if interaction.type is discord.InteractionType.modal_submit:
+            instruction = modal_value(data.get("components", [])) or ""
+
+            async def edit() -> None:
+                reply = self.reply_for(interaction, instruction)
+                await self.engine.edit_result(actor, job_id, index, instruction, reply, request_key=key)
+
+            await self._handle(interaction, "edit modal", edit, defer="public")
+            return
+
+        match action:
+            case ButtonAction.EDIT:
+
+                async def open_modal() -> None:
+                    await interaction.response.send_modal(_EditModal(str(data["custom_id"])))
+
+                await self._handle(interaction, "edit button", open_modal, defer=None)
+            case ButtonAction.CANCEL:
+
+                async def cancel() -> None:
+                    await self.engine.cancel(actor, job_id)
+
+                await self._handle(interaction, "cancel button", cancel, defer="update")
+            case ButtonAction.REROLL:
+
+                async def reroll() -> None:
+                    await self.engine.reroll(actor, job_id, self.reply_for(interaction), request_key=key)
+
+                await self._handle(interaction, "reroll", reroll, defer="public")
+            case ButtonAction.MAKE_3D:
+
+                async def make_3d() -> None:
+                    await self.engine.make_3d(
+                        actor, job_id, index, self.reply_for(interaction), request_key=key
+                    )
+
+                await self._handle(interaction, "make 3d", make_3d, defer="public")
+            case ButtonAction.SINGLE:
+
+                async def single() -> None:
+                    result = await self.engine.single(actor, job_id, index or 0)
+                    await self.reply_for(interaction).result(result)
+
+                await self._handle(interaction, "single", single, defer="public")

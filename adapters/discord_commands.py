@@ -1,0 +1,416 @@
+"""The Discord command set and the pure functions that translate its options.
+
+`build_tree` declares every slash command; the callbacks only translate options into the core's
+command models (small pure functions, testable without a gateway) and hand them to a
+`CommandHandler` — the running adapter, or nothing when the tree is built only to be synced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import discord
+from discord import app_commands
+
+from bot.catalog import ASPECT_CHOICES, SEED_MAX
+from bot.commands import (
+    Actor,
+    EditCommand,
+    ImageRef,
+    ImagineCommand,
+    ModCommand,
+    Model3DCommand,
+    ModOp,
+    Platform,
+)
+
+__all__ = [
+    "INSTRUCTION_FIELD",
+    "CommandHandler",
+    "actor_for",
+    "build_tree",
+    "command_digest",
+    "command_payload",
+    "edit_command",
+    "imagine_command",
+    "mod_command",
+    "modal_value",
+    "model3d_command",
+]
+
+INSTRUCTION_FIELD = "instruction"
+_MAX_AMOUNT = 1_000_000
+_P_ADMINISTRATOR = 1 << 3
+_P_MANAGE_GUILD = 1 << 5
+
+
+class CommandHandler(Protocol):
+    """What the command callbacks call: the running Discord adapter."""
+
+    engine: Any
+
+    async def run_job(
+        self,
+        interaction: discord.Interaction,
+        command: ImagineCommand | EditCommand | Model3DCommand,
+        head: str,
+    ) -> None: ...
+
+    async def show_credits(self, interaction: discord.Interaction) -> None: ...
+
+    async def show_job(self, interaction: discord.Interaction, job_id: str) -> None: ...
+
+    async def cancel_job(self, interaction: discord.Interaction, job_id: str) -> None: ...
+
+    async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None: ...
+
+
+# --- pure translation ------------------------------------------------------------------------
+
+
+def actor_for(
+    *,
+    user_id: str,
+    display_name: str,
+    guild_id: str | None,
+    permissions: int,
+    roles: Iterable[tuple[str, str]] = (),
+    moderator_role: str | None = None,
+) -> Actor:
+    """The core's Actor for a Discord user. Moderators: Manage Server, Administrator, or the
+    configured moderator role (by id or name). DMs are their own tenant and have none."""
+    is_dm = guild_id is None
+    wanted = (moderator_role or "").strip().lstrip("@").lower()
+    by_role = bool(wanted) and any(wanted in (rid, name.lower()) for rid, name in roles)
+    by_perm = bool(permissions & (_P_ADMINISTRATOR | _P_MANAGE_GUILD))
+    return Actor(
+        platform=Platform.DISCORD.value,
+        tenant_id=guild_id or f"dm:{user_id}",
+        user_id=user_id,
+        display_name=display_name,
+        is_moderator=not is_dm and (by_perm or by_role),
+        is_dm=is_dm,
+    )
+
+
+def _text(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def imagine_command(
+    prompt: str,
+    *,
+    aspect: str | None = None,
+    seed: int | None = None,
+    negative: str | None = None,
+    count: int | None = None,
+    model: str | None = None,
+) -> ImagineCommand:
+    """/imagine's options; inline `--flags` stay in the prompt for the core's parser."""
+    return ImagineCommand(
+        prompt=prompt.strip(),
+        aspect=_text(aspect),
+        seed=seed,
+        negative=_text(negative),
+        count=count,
+        model=_text(model),
+    )
+
+
+def edit_command(
+    *, url: str, filename: str, instruction: str, seed: int | None = None, model: str | None = None
+) -> EditCommand:
+    """/edit with an attached image (downloaded once, at admission, from its CDN URL)."""
+    return EditCommand(
+        image=ImageRef(url=url, filename=filename),
+        instruction=instruction.strip(),
+        seed=seed,
+        model=_text(model),
+    )
+
+
+def model3d_command(
+    *,
+    prompt: str | None = None,
+    url: str | None = None,
+    filename: str | None = None,
+    face_count: int | None = None,
+    geometry_only: bool | None = None,
+    model: str | None = None,
+) -> Model3DCommand:
+    """/model3d from a prompt or an attached image."""
+    return Model3DCommand(
+        prompt=_text(prompt),
+        image=ImageRef(url=url, filename=filename) if url else None,
+        face_count=face_count,
+        geometry_only=bool(geometry_only),
+        model=_text(model),
+    )
+
+
+def mod_command(
+    op: ModOp,
+    *,
+    member: str | None = None,
+    amount: int | None = None,
+    kind: str | None = None,
+    words: str | None = None,
+    reason: str | None = None,
+) -> ModCommand:
+    """A /quota subcommand."""
+    return ModCommand(
+        op=op,
+        target=member,
+        amount=amount,
+        kind=_text(kind),
+        words=_text(words),
+        reason=(reason or "").strip(),
+    )
+
+
+def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTION_FIELD) -> str | None:
+    """The value typed into text input `custom_id` of a submitted modal (rows or labels)."""
+    for c in components:
+        if c.get("type") == 1:
+            found = modal_value(c.get("components", []), custom_id)
+        elif c.get("type") == 18:
+            found = modal_value([c.get("component", {})], custom_id)
+        else:
+            found = c.get("value") if c.get("custom_id") == custom_id else None
+        if found is not None:
+            return str(found)
+    return None
+
+
+def command_digest(payload: list[dict[str, Any]], scope: str) -> str:
+    """sha256 of the command set and where it is synced; a new digest means sync again."""
+    blob = json.dumps({"scope": scope, "commands": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def command_payload(tree: app_commands.CommandTree[Any]) -> list[dict[str, Any]]:
+    """The command set as Discord receives it, in a stable order."""
+    return sorted((c.to_dict(tree) for c in tree.get_commands()), key=lambda c: str(c["name"]))
+
+
+# --- the command set ---------------------------------------------------------------------------
+
+
+def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_commands.CommandTree[Any]:
+    """Every slash command. `adapter` is None when the tree is built only to be synced."""
+    tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
+    aspects = [app_commands.Choice(name=a, value=a) for a in ASPECT_CHOICES]
+
+    def models(kind: str) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
+        async def complete(_: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            names = adapter.engine.model_names(kind) if adapter else []
+            cur = current.lower()
+            return [app_commands.Choice(name=n, value=n) for n in names if cur in n.lower()][:25]
+
+        return complete
+
+    @tree.command(name="imagine", description="Create images from a text prompt (Hunyuan Image 3)")
+    @app_commands.describe(
+        prompt="What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
+        aspect="Aspect ratio",
+        seed="Seed, to repeat a result",
+        negative="Things to leave out",
+        count="How many images",
+        model="Model or vendor",
+    )
+    @app_commands.choices(aspect=aspects)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 4000],
+        aspect: str | None = None,
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        negative: str | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        model: str | None = None,
+    ) -> None:
+        if adapter:
+            cmd = imagine_command(
+                prompt, aspect=aspect, seed=seed, negative=negative, count=count, model=model
+            )
+            await adapter.run_job(interaction, cmd, head=prompt)
+
+    imagine.autocomplete("model")(models("image"))
+
+    @tree.command(name="edit", description="Change an image by instruction")
+    @app_commands.describe(image="The image to change", instruction="What should change", seed="Seed")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def edit(
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        instruction: app_commands.Range[str, 1, 2000],
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        model: str | None = None,
+    ) -> None:
+        if adapter:
+            cmd = edit_command(
+                url=image.url, filename=image.filename, instruction=instruction, seed=seed, model=model
+            )
+            await adapter.run_job(interaction, cmd, head=instruction)
+
+    edit.autocomplete("model")(models("edit"))
+
+    @tree.command(name="model3d", description="Make a 3D model (.glb) from a prompt or an image")
+    @app_commands.describe(
+        prompt="What to model (or attach an image instead)",
+        image="An image to turn into 3D",
+        face_count="Mesh detail: 40,000 to 1,500,000 faces",
+        geometry_only="Skip textures (faster)",
+        model="Model or vendor",
+    )
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def model3d(
+        interaction: discord.Interaction,
+        prompt: str | None = None,
+        image: discord.Attachment | None = None,
+        face_count: app_commands.Range[int, 40_000, 1_500_000] | None = None,
+        geometry_only: bool | None = None,
+        model: str | None = None,
+    ) -> None:
+        if adapter:
+            cmd = model3d_command(
+                prompt=prompt,
+                url=image.url if image else None,
+                filename=image.filename if image else None,
+                face_count=face_count,
+                geometry_only=geometry_only,
+                model=model,
+            )
+            await adapter.run_job(interaction, cmd, head=prompt or (image.filename if image else ""))
+
+    model3d.autocomplete("model")(models("model3d"))
+
+    @tree.command(name="credits", description="Your credits, daily allowance and recent jobs")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def credits(interaction: discord.Interaction) -> None:
+        if adapter:
+            await adapter.show_credits(interaction)
+
+    @tree.command(name="show", description="Post a finished job's result again, with its buttons")
+    @app_commands.describe(job_id="The job id from the result's caption")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def show(interaction: discord.Interaction, job_id: str) -> None:
+        if adapter:
+            await adapter.show_job(interaction, job_id.strip())
+
+    @tree.command(name="cancel", description="Cancel a job that is still running (you are not charged)")
+    @app_commands.describe(job_id="The job id from its status message")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def cancel(interaction: discord.Interaction, job_id: str) -> None:
+        if adapter:
+            await adapter.cancel_job(interaction, job_id.strip())
+
+    tree.add_command(_quota_group(adapter))
+    return tree
+
+
+def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
+    quota = app_commands.Group(
+        name="quota",
+        description="Manage members' credits (moderators)",
+        default_permissions=discord.Permissions(manage_guild=True),
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
+    )
+
+    async def run(interaction: discord.Interaction, command: ModCommand) -> None:
+        if adapter:
+            await adapter.moderate(interaction, command)
+
+    def uid(member: discord.abc.User) -> str:
+        return str(member.id)
+
+    @quota.command(name="grant", description="Give a member credits")
+    async def grant(
+        interaction: discord.Interaction,
+        member: discord.User,
+        amount: app_commands.Range[int, 1, _MAX_AMOUNT],
+        reason: str | None = None,
+    ) -> None:
+        await run(interaction, mod_command(ModOp.GRANT, member=uid(member), amount=amount, reason=reason))
+
+    @quota.command(name="take", description="Take credits from a member")
+    async def take(
+        interaction: discord.Interaction,
+        member: discord.User,
+        amount: app_commands.Range[int, 1, _MAX_AMOUNT],
+        reason: str | None = None,
+    ) -> None:
+        await run(interaction, mod_command(ModOp.TAKE, member=uid(member), amount=amount, reason=reason))
+
+    @quota.command(name="set", description="Set a member's balance")
+    async def set_(
+        interaction: discord.Interaction,
+        member: discord.User,
+        amount: app_commands.Range[int, 0, _MAX_AMOUNT],
+        reason: str | None = None,
+    ) -> None:
+        await run(interaction, mod_command(ModOp.SET, member=uid(member), amount=amount, reason=reason))
+
+    def flag(op: ModOp, description: str) -> None:
+        async def callback(
+            interaction: discord.Interaction, member: discord.User, reason: str | None = None
+        ) -> None:
+            await run(interaction, mod_command(op, member=uid(member), reason=reason))
+
+        quota.command(name=op.value, description=description)(callback)
+
+    flag(ModOp.FREEZE, "Freeze a member's credits")
+    flag(ModOp.UNFREEZE, "Unfreeze a member's credits")
+    flag(ModOp.BAN, "Stop a member from generating here")
+    flag(ModOp.UNBAN, "Let a banned member generate again")
+
+    @quota.command(name="allowance", description="Daily credits every member gets")
+    async def allowance(
+        interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
+    ) -> None:
+        await run(interaction, mod_command(ModOp.ALLOWANCE, amount=amount))
+
+    @quota.command(name="cost", description="Credits a command kind costs")
+    @app_commands.choices(kind=[app_commands.Choice(name=k, value=k) for k in ("image", "edit", "model3d")])
+    async def cost(
+        interaction: discord.Interaction, kind: str, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
+    ) -> None:
+        await run(interaction, mod_command(ModOp.COST, kind=kind, amount=amount))
+
+    @quota.command(name="budget", description="Server-wide daily credit cap (0 removes it)")
+    async def budget(
+        interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
+    ) -> None:
+        await run(interaction, mod_command(ModOp.BUDGET, amount=amount))
+
+    @quota.command(name="history", description="A member's credit history")
+    async def history(interaction: discord.Interaction, member: discord.User) -> None:
+        await run(interaction, mod_command(ModOp.HISTORY, member=uid(member)))
+
+    @quota.command(name="top", description="Who spent the most credits")
+    async def top(interaction: discord.Interaction) -> None:
+        await run(interaction, mod_command(ModOp.TOP))
+
+    @quota.command(name="spend", description="What generation cost at the vendors")
+    async def spend(interaction: discord.Interaction) -> None:
+        await run(interaction, mod_command(ModOp.SPEND))
+
+    blocklist = app_commands.Group(name="blocklist", description="Words refused in prompts", parent=quota)
+
+    @blocklist.command(name="add", description="Refuse prompts with these words")
+    async def block_add(interaction: discord.Interaction, words: str) -> None:
+        await run(interaction, mod_command(ModOp.BLOCK_ADD, words=words))
+
+    @blocklist.command(name="remove", description="Allow these words again")
+    async def block_remove(interaction: discord.Interaction, words: str) -> None:
+        await run(interaction, mod_command(ModOp.BLOCK_REMOVE, words=words))
+
+    @blocklist.command(name="list", description="Show the blocked words")
+    async def block_list(interaction: discord.Interaction) -> None:
+        await run(interaction, mod_command(ModOp.BLOCK_LIST))
+
+    return quota

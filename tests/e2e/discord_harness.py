@@ -1,0 +1,105 @@
+"""Runs the real bot (BotApp with the Discord adapter, real discord.py) against the loopback
+Discord fake and the sandbox vendors, and waits for what a user would see."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from bot.app import BotApp
+from bot.config import Settings
+from providers.sandbox.server import Sandbox
+from tests.fakes.discord_fake import DiscordFake, FakeInteraction, FakeMessage
+from tests.support.core import core_settings
+
+__all__ = [
+    "borrowed",
+    "discord_bot",
+    "discord_settings",
+    "wait_done",
+    "wait_original",
+    "wait_result",
+]
+
+
+class _Borrowed:
+    """Hands BotApp a sandbox that outlives it (a restart keeps the vendors' jobs)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    async def __aenter__(self) -> Sandbox:
+        return self.sandbox
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def borrowed(sandbox: Sandbox) -> Any:
+    """A sandbox BotApp uses without closing it."""
+    return _Borrowed(sandbox)
+
+
+def discord_settings(tmp_path: Path, fake: DiscordFake, **overrides: Any) -> Settings:
+    """Core test settings plus Discord pointed at the fake."""
+    values: dict[str, Any] = {
+        "discord_token": fake.token,
+        "discord_api_base": fake.api_base,
+        "discord_gateway_url": fake.gateway_url,
+        "discord_modlog_channel": fake.modlog_channel_id,
+        "discord_moderator_role": "Moderators",
+    }
+    values.update(overrides)
+    return core_settings(tmp_path, **values)
+
+
+@asynccontextmanager
+async def discord_bot(
+    tmp_path: Path, fake: DiscordFake, sandbox: Sandbox, **overrides: Any
+) -> AsyncIterator[BotApp]:
+    """The bot, connected to the fake (READY received) and to the sandbox vendors."""
+    settings = discord_settings(tmp_path, fake, **overrides)
+    async with BotApp(settings, platforms=["discord"], sandbox=borrowed(sandbox)) as app:
+        yield app
+
+
+async def wait_original(
+    fake: DiscordFake, ix: FakeInteraction, check: Callable[[FakeMessage], bool], timeout: float = 15.0
+) -> FakeMessage:
+    """The interaction's original response once `check` holds for it."""
+
+    def ready() -> FakeMessage | None:
+        msg = fake.original(ix)
+        return msg if msg is not None and not msg.deleted and check(msg) else None
+
+    try:
+        result: FakeMessage = await fake.wait_for(ready, timeout)
+    except TimeoutError:
+        raise AssertionError(
+            f"original of {ix.name or ix.custom_id} never matched; now: {fake.original(ix)!r}; "
+            f"replies: {[m.content for m in fake.replies(ix)]}"
+        ) from None
+    return result
+
+
+def _has_result(msg: FakeMessage) -> bool:
+    return any(cid.startswith("ib:reroll:") for cid in msg.custom_ids)
+
+
+async def wait_result(fake: DiscordFake, ix: FakeInteraction, timeout: float = 15.0) -> FakeMessage:
+    """The status message once it became a result (it carries a Reroll button)."""
+    return await wait_original(fake, ix, _has_result, timeout)
+
+
+async def wait_done(fake: DiscordFake, ix: FakeInteraction, timeout: float = 15.0) -> FakeMessage:
+    """The status message once the job ended either way (no Cancel button, not loading)."""
+    return await wait_original(
+        fake,
+        ix,
+        lambda m: (
+            not m.loading and not any(c.startswith("ib:cancel:") for c in m.custom_ids) and bool(m.content)
+        ),
+        timeout,
+    )
