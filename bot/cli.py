@@ -162,6 +162,8 @@ def _demo_settings(settings: Settings, data_dir: str | None = None) -> Settings:
         "progress_interval": min(settings.progress_interval, 1.0),
         "poll_initial": 0.3,
         "poll_max": 1.0,
+        # one local user typing (or piping) several commands in a row
+        "max_jobs_per_user": max(settings.max_jobs_per_user, 8),
     }
     if data_dir:
         update["data_dir"] = data_dir

@@ -118,3 +118,26 @@ async def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
         LOG_LEVEL="DEBUG",
     )
     assert secret not in out + err
+
+
+async def test_demo_edits_a_local_image_and_builds_3d_models(tmp_path: Path) -> None:
+    from PIL import Image
+
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (320, 240), (200, 120, 40)).save(picture)
+    script = f"/edit {picture} make it night\n/model3d {picture}\n/model3d a wooden chair\n"
+    code, out, err = await _run(tmp_path, "demo", stdin=script)
+    assert code == 0, err
+    assert out.count("saved image: ") == 1  # the edit
+    assert out.count("saved model: ") == 2  # image → 3D and text → 3D
+    assert out.count("saved thumbnail: ") >= 1
+    models = [line.split("saved model: ", 1)[1] for line in out.splitlines() if "saved model: " in line]
+    assert all(Path(m).read_bytes()[:4] == b"glTF" for m in models)
+
+
+async def test_credits_spend_reads_vendor_cost_per_tenant(tmp_path: Path) -> None:
+    code, _out, err = await _run(tmp_path, "imagine", "a lighthouse", "--sandbox", "--tenant", "acme")
+    assert code == 0, err
+    code, out, err = await _run(tmp_path, "credits", "spend", "--tenant", "all")
+    assert code == 0, err
+    assert "cli:acme: 1 jobs, $" in out

@@ -97,3 +97,35 @@ def test_cheapest_first_orders_by_published_price() -> None:
     c = RouteSpec("c", "m", Kind.IMAGE)
     assert [r.vendor for r in Catalog([a, b, c]).ordered([], cheapest=True).routes] == ["b", "a", "c"]
     assert [r.vendor for r in Catalog([a, b, c]).ordered(["c", "a"]).routes] == ["c", "a", "b"]
+
+
+async def test_vendor_concurrency_limit_caps_calls_in_flight() -> None:
+    import asyncio
+
+    from providers.base import GenerationRequest, JobHandle, JobUpdate, Provider, Submission
+
+    class CountingProvider(Provider):
+        """Counts overlapping submit calls; a test double for the router's semaphore only."""
+
+        name = "v"
+        in_flight = 0
+        peak = 0
+
+        @classmethod
+        def routes(cls) -> tuple[RouteSpec, ...]:
+            return (RouteSpec("v", "m", Kind.IMAGE),)
+
+        async def submit(self, request: GenerationRequest) -> Submission:
+            type(self).in_flight += 1
+            type(self).peak = max(type(self).peak, type(self).in_flight)
+            await asyncio.sleep(0.01)
+            type(self).in_flight -= 1
+            return Submission(JobHandle(vendor="v", model="m", job_id="j"))
+
+        async def poll(self, handle: JobHandle) -> JobUpdate:
+            raise NotImplementedError
+
+    router = Router({"v": CountingProvider()}, Catalog(CountingProvider.routes()), vendor_concurrency=3)
+    spec = JobSpec(kind=Kind.IMAGE, prompt="x")
+    await asyncio.gather(*(router.submit(spec) for _ in range(12)))
+    assert CountingProvider.peak == 3
