@@ -9,8 +9,10 @@ failing half-way). Reads that must see a consistent picture use a transaction to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -168,16 +170,16 @@ class Database:
         async with self._lock:
             conn = self.conn
             try:
-                await _to_completion(conn.execute("BEGIN IMMEDIATE"))
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
-                # Also when cancelled during BEGIN: the statement still ran in aiosqlite's
-                # thread, and a connection left inside a transaction breaks every later one.
-                if conn.in_transaction:
-                    await _to_completion(conn.execute("ROLLBACK"))
+                # Also when cancelled during BEGIN: the statement still runs in aiosqlite's
+                # thread, whose queue keeps order, so this ROLLBACK always runs after it.
+                with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
+                    await conn.execute("ROLLBACK")
                 raise
             else:
-                await _to_completion(conn.execute("COMMIT"))
+                await _commit(conn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
         """Run one read under the lock (never inside someone else's transaction)."""
@@ -191,21 +193,15 @@ class Database:
         return rows[0] if rows else None
 
 
-async def _to_completion(statement: Awaitable[Any]) -> None:
-    """Await a statement to its end even if the caller is cancelled meanwhile, then let the
-    cancellation through: BEGIN, COMMIT and ROLLBACK must never be abandoned half-way."""
-    task = asyncio.ensure_future(statement)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError
+async def _commit(conn: aiosqlite.Connection) -> None:
+    """COMMIT, finished even if the caller is cancelled meanwhile (then the cancellation goes
+    on): the lock must not pass to the next transaction while this one is half-way."""
+    commit = asyncio.ensure_future(conn.execute("COMMIT"))
+    try:
+        await asyncio.shield(commit)
+    except asyncio.CancelledError:
+        await asyncio.wait([commit])
+        raise
 
 
 def _split(script: str) -> list[str]:
