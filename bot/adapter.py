@@ -8,11 +8,10 @@ restart can use the adapter's live connection.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from bot.errors import ConfigError
+from bot.registry import load
 
 if TYPE_CHECKING:
     import aiohttp
@@ -65,9 +64,4 @@ class Adapter(Protocol):
 
 def load_adapter(name: str) -> type[Adapter]:
     """The adapter class registered under `name`; unknown names list the valid ones."""
-    try:
-        target = ADAPTERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown platform {name!r}; known: {', '.join(ADAPTERS)}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return load(ADAPTERS, name, "platform")  # type: ignore[no-any-return]

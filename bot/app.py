@@ -7,7 +7,6 @@ The only place that names concrete vendors (through `providers.PROVIDERS`) and a
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -20,10 +19,10 @@ from bot.catalog import Catalog
 from bot.config import Settings
 from bot.db import Database
 from bot.engine import Engine, EngineConfig
-from bot.errors import ConfigError
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.metrics import Metrics
+from bot.registry import load
 from bot.router import Router
 from bot.signing import Signer, load_or_create_key
 from bot.store import JobStore
@@ -40,12 +39,7 @@ SANDBOX_KEY = "sandbox-key"
 
 def load_provider(vendor: str) -> type[Provider]:
     """The client class of a vendor; unknown names list the valid ones."""
-    try:
-        target = PROVIDERS[vendor]
-    except KeyError:
-        raise ConfigError(f"unknown vendor {vendor!r}; known: {', '.join(PROVIDERS)}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return load(PROVIDERS, vendor, "vendor")  # type: ignore[no-any-return]
 
 
 def build_providers(

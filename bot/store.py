@@ -58,6 +58,22 @@ _COLUMNS = (
 )
 
 
+def _mutable(job: JobRecord) -> dict[str, Any]:
+    """The columns that change over a job's life, encoded for SQLite."""
+    return {
+        "updated": job.updated,
+        "state": job.state.value,
+        "reply_ref": json.dumps(job.reply_ref),
+        "route": job.route,
+        "handle": job.handle.model_dump_json() if job.handle else None,
+        "attempts": job.attempts,
+        "routes_tried": json.dumps(job.routes_tried),
+        "vendor_cost_usd": job.vendor_cost_usd,
+        "result": json.dumps(job.result) if job.result is not None else None,
+        "error": job.error,
+    }
+
+
 def _decode(row: sqlite3.Row | Any) -> JobRecord:
     return JobRecord(
         id=row["id"],
@@ -89,54 +105,33 @@ class JobStore:
 
     async def create(self, job: JobRecord) -> None:
         """Insert a new job (its id and request key must be new)."""
+        row = {
+            "id": job.id,
+            "created": job.created,
+            "platform": job.actor.platform,
+            "tenant": job.tenant,
+            "user_id": job.actor.user_id,
+            "kind": job.spec.kind.value,
+            "spec": job.spec.model_dump_json(),
+            "actor": job.actor.model_dump_json(),
+            "cost": job.cost,
+            "parent_id": job.parent_id,
+            "request_key": job.request_key,
+            **_mutable(job),
+        }
         async with self.db.transaction() as conn:
             await conn.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 21)})",
-                (
-                    job.id,
-                    job.created,
-                    job.updated,
-                    job.actor.platform,
-                    job.tenant,
-                    job.actor.user_id,
-                    job.spec.kind.value,
-                    job.state.value,
-                    job.spec.model_dump_json(),
-                    job.actor.model_dump_json(),
-                    json.dumps(job.reply_ref),
-                    job.cost,
-                    job.route,
-                    job.handle.model_dump_json() if job.handle else None,
-                    job.attempts,
-                    json.dumps(job.routes_tried),
-                    job.vendor_cost_usd,
-                    json.dumps(job.result) if job.result is not None else None,
-                    job.error,
-                    job.parent_id,
-                    job.request_key,
-                ),
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row
             )
 
     async def save(self, job: JobRecord) -> None:
         """Write back every mutable field of a job."""
         job.updated = self.clock()
+        row = _mutable(job)
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE jobs SET updated=?, state=?, reply_ref=?, route=?, handle=?, attempts=?, "
-                "routes_tried=?, vendor_cost_usd=?, result=?, error=? WHERE id=?",
-                (
-                    job.updated,
-                    job.state.value,
-                    json.dumps(job.reply_ref),
-                    job.route,
-                    job.handle.model_dump_json() if job.handle else None,
-                    job.attempts,
-                    json.dumps(job.routes_tried),
-                    job.vendor_cost_usd,
-                    json.dumps(job.result) if job.result is not None else None,
-                    job.error,
-                    job.id,
-                ),
+                f"UPDATE jobs SET {', '.join(f'{k} = :{k}' for k in row)} WHERE id = :id",
+                {**row, "id": job.id},
             )
 
     async def get(self, job_id: str) -> JobRecord | None:
