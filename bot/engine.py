@@ -24,7 +24,16 @@ from typing import Any, Self
 from bot import messages
 from bot.catalog import SEED_MAX, Catalog
 from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModCommand, Model3DCommand, ModOp
-from bot.errors import BotError, BusyError, InvalidInputError, NotFoundError, QueueFullError, UserError
+from bot.errors import (
+    BannedError,
+    BotError,
+    BusyError,
+    FrozenError,
+    InvalidInputError,
+    NotFoundError,
+    QueueFullError,
+    UserError,
+)
 from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
 from bot.policy import check_prompt, require_moderator
 from bot.polling import RouteTimes
@@ -198,8 +207,7 @@ class Engine:
         self._tenant_cache = _TenantCache(ttl=10.0, clock=clock)
         self._route_times = RouteTimes()
         self._click_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._group: asyncio.TaskGroup | None = None
-        self._started = False
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -217,32 +225,28 @@ class Engine:
         self._restorers[platform] = restorer
 
     async def __aenter__(self) -> Self:
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        for i in range(self.config.workers):
-            self._group.create_task(self._worker(), name=f"engine-worker-{i}")
-        if self.metrics is not None:
-            self._group.create_task(self._gauges(), name="engine-gauges")
-        self._started = True
+        self._supervisor = asyncio.get_running_loop().create_task(self._loops(), name="engine")
         return self
+
+    async def _loops(self) -> None:
+        # The long-running loops live in one TaskGroup; cancelling this task stops them all.
+        async with asyncio.TaskGroup() as group:
+            for i in range(self.config.workers):
+                group.create_task(self._worker(), name=f"engine-worker-{i}")
+            if self.metrics is not None:
+                group.create_task(self._gauges(), name="engine-gauges")
 
     async def __aexit__(self, *exc: object) -> None:
         # Unfinished jobs stay in the database and are resumed by the next start; wait for
         # their tasks to unwind before the caller closes the database under them.
-        self._started = False
         jobs = list(self._tasks)
         for task in jobs:
             task.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
-        if self._group is not None:
-            self._stop_workers()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._group.__aexit__(None, None, None)
-
-    def _stop_workers(self) -> None:
-        assert self._group is not None
-        for task in list(self._group._tasks):  # type: ignore[attr-defined]
-            task.cancel()
+                await self._supervisor
 
     async def resume(self) -> int:
         """Pick up every unfinished job from the database; returns how many were resumed."""
@@ -329,9 +333,12 @@ class Engine:
         parent_id: str | None = None,
     ) -> Ticket:
         tenant = actor.tenant
+        # Refuse banned or frozen members before anything is downloaded; the hold checks again.
         account = await self.ledger.account(tenant, actor.user_id)
         if account.banned:
-            raise _user_error("banned")
+            raise BannedError(messages.banned())
+        if account.frozen:
+            raise FrozenError(messages.frozen())
         blocklist = await self._tenant_cache.get((tenant, "blocklist"), lambda: self.ledger.blocklist(tenant))
         check_prompt(actor, (spec.prompt, spec.negative), blocklist)
         key = (tenant, actor.user_id)
@@ -1002,12 +1009,6 @@ class _VendorJobFailed(Exception):
 
 class _DeliveryError(Exception):
     """Results could not be downloaded or stored."""
-
-
-def _user_error(what: str) -> UserError:
-    from bot.errors import BannedError
-
-    return BannedError(messages.banned()) if what == "banned" else UserError(what)
 
 
 def _public_url(image: ImageRef) -> str | None:
