@@ -183,7 +183,10 @@ async def test_bounded_queue_reports_positions_then_refuses(tmp_path: Path) -> N
     sandbox = fast_sandbox(latency=(1.0, 1.0))
     async with running_app(tmp_path, sandbox=sandbox, workers=1, queue_size=2, max_jobs_per_user=10) as app:
         await app.engine.submit(MEMBER, ImagineCommand(prompt="running"), RecordingReply())
-        await asyncio.sleep(0.2)  # the worker takes it
+        for _ in range(200):  # until the one worker has taken it
+            if app.engine.snapshot()["queued"] == 0:
+                break
+            await asyncio.sleep(0.02)
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a"), RecordingReply())
         t2 = await app.engine.submit(MEMBER, ImagineCommand(prompt="b"), RecordingReply())
         assert (t1.position, t2.position) == (1, 2)
