@@ -8,8 +8,6 @@ Contract: docs/providers.md §2.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import uuid
 from typing import Any
@@ -36,7 +34,7 @@ from providers.base import (
     Submission,
     UnknownJobError,
 )
-from providers.http import VendorHTTP, error_text
+from providers.http import VendorHTTP, decode_data_uri, error_text
 
 __all__ = ["MODEL", "PRESETS", "AimlApiProvider"]
 
@@ -108,15 +106,6 @@ def _classify(status: int, body: Any) -> type[ProviderError] | None:
     return None
 
 
-def _decode_data_uri(value: str) -> tuple[bytes, str | None]:
-    """Bytes and media type of a `data:` URI or of bare base64."""
-    ctype = None
-    if value.startswith("data:"):
-        header, _, value = value.partition(",")
-        ctype = header[5:].split(";", 1)[0] or None
-    return base64.b64decode(value, validate=True), ctype
-
-
 def _artifacts(images: list[_Image]) -> tuple[Artifact, ...]:
     """Artifacts from the `data[]` list (CDN URL, data URI in `url`, or `b64_json`)."""
     out: list[Artifact] = []
@@ -124,8 +113,8 @@ def _artifacts(images: list[_Image]) -> tuple[Artifact, ...]:
         inline = image.b64_json or (image.url if image.url and image.url.startswith("data:") else None)
         if inline:
             try:
-                data, ctype = _decode_data_uri(inline)
-            except (binascii.Error, ValueError) as exc:
+                data, ctype = decode_data_uri(inline)
+            except ValueError as exc:
                 raise RetryableError("aimlapi", "undecodable inline image") from exc
             out.append(Artifact(data=data, content_type=ctype or image.content_type or "image/png"))
         elif image.url:
@@ -157,13 +146,7 @@ class AimlApiProvider(Provider):
 
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
         self.settings = settings
-        self.http = VendorHTTP(
-            vendor=self.name,
-            session=session,
-            base_url=settings.base_url,
-            headers={"Authorization": f"Bearer {settings.api_key}"},
-            timeout=settings.timeout,
-        )
+        self.http = VendorHTTP.from_settings(self.name, session, settings)
         # The balance lives on billing.aimlapi.com; a proxy or the sandbox serves it at the base.
         self.billing_url = str(
             settings.extra.get("billing_url") or settings.base_url.replace("://api.", "://billing.", 1)

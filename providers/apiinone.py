@@ -9,8 +9,7 @@ undocumented, so parsing accepts every plausible shape and compares statuses cas
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -39,7 +38,7 @@ from providers.base import (
     Submission,
     UnknownJobError,
 )
-from providers.http import VendorHTTP, error_for_status, error_text
+from providers.http import VendorHTTP, classify_error, content_type_from_name, decode_data_uri, error_text
 
 __all__ = ["ApiInOneProvider"]
 
@@ -160,13 +159,7 @@ class ApiInOneProvider(Provider):
     name: ClassVar[str] = VENDOR
 
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
-        self.http = VendorHTTP(
-            vendor=VENDOR,
-            session=session,
-            base_url=settings.base_url,
-            headers={"Authorization": f"Bearer {settings.api_key}", "Content-Type": "application/json"},
-            timeout=settings.timeout,
-        )
+        self.http = VendorHTTP.from_settings(VENDOR, session, settings)
 
     @classmethod
     def routes(cls) -> tuple[RouteSpec, ...]:
@@ -208,7 +201,7 @@ class ApiInOneProvider(Provider):
             body["callback_url"] = request.webhook_url
         raw = await self.http.request_json("POST", SUBMIT_PATH, json_body=body, classify=_classify)
         answer = _parse(raw)
-        task_id, update = _read(answer)
+        task_id, update = await asyncio.to_thread(_read, answer)  # may decode inline base64
         if task_id is None and update is None:
             raise RetryableError(VENDOR, "submit answer has neither a task id nor images")
         handle = JobHandle(
@@ -227,7 +220,7 @@ class ApiInOneProvider(Provider):
             # A synchronous answer created no task; there is nothing to read back.
             raise UnknownJobError(VENDOR, "a synchronous result cannot be polled")
         raw = await self.http.request_json("GET", TASK_PATH.format(task_id=handle.job_id), classify=_classify)
-        _task_id, update = _read(_parse(raw))
+        _task_id, update = await asyncio.to_thread(_read, _parse(raw))  # may decode inline base64
         if update is None:
             raise RetryableError(VENDOR, "task answer has no status and no images")
         return update
@@ -299,7 +292,7 @@ def _raise_for_code(answer: _Answer) -> None:
 
 
 def _raise_status(status: int, text: str) -> NoReturn:
-    cls = _classify(status, {"message": text}) or error_for_status(status)
+    cls = classify_error(status, {"message": text}, _classify)
     raise cls(VENDOR, text, status=status)
 
 
@@ -367,26 +360,22 @@ def _image_refs(task: _Task) -> list[_ImageRef]:
 def _artifact(ref: _ImageRef) -> Artifact | None:
     if isinstance(ref, _ImageItem):
         if ref.b64_json:
-            data = _b64(ref.b64_json)
-            return Artifact(data=data, content_type=_sniff(data)) if data else None
+            return _inline(ref.b64_json)
         ref = ref.url or ref.image_url or ""
-    if not ref:
-        return None
     if ref.startswith("data:"):
-        header, _, payload = ref.partition(",")
-        data = _b64(payload) if header.endswith(";base64") else None
-        ctype = header[5:].split(";", 1)[0] or None
-        return Artifact(data=data, content_type=ctype or _sniff(data)) if data else None
+        return _inline(ref)
     if not ref.startswith(("http://", "https://")):
         return None
-    return Artifact(url=ref, content_type=_type_from_name(ref))
+    return Artifact(url=ref, content_type=content_type_from_name(ref))
 
 
-def _b64(text: str) -> bytes | None:
+def _inline(value: str) -> Artifact | None:
+    # Undocumented answers: be lenient (stray characters skipped) and drop what cannot be read.
     try:
-        return base64.b64decode(text, validate=False)
-    except (binascii.Error, ValueError):
+        data, ctype = decode_data_uri(value, strict=False)
+    except ValueError:
         return None
+    return Artifact(data=data, content_type=ctype or _sniff(data)) if data else None
 
 
 def _sniff(data: bytes | None) -> str | None:
@@ -398,19 +387,6 @@ def _sniff(data: bytes | None) -> str | None:
         return "image/jpeg"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    return None
-
-
-def _type_from_name(url: str) -> str | None:
-    name = url.split("?", 1)[0].lower()
-    for ext, ctype in (
-        (".png", "image/png"),
-        (".jpg", "image/jpeg"),
-        (".jpeg", "image/jpeg"),
-        (".webp", "image/webp"),
-    ):
-        if name.endswith(ext):
-            return ctype
     return None
 
 

@@ -225,7 +225,7 @@ class ProviderSettings:
     """What every client needs: where the vendor lives and the key to use."""
 
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
     timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 

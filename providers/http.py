@@ -9,12 +9,14 @@ errors) passes a `classify` hook that sees the status and parsed body first.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -23,12 +25,23 @@ from providers.base import (
     ContentBlockedError,
     OutOfFundsError,
     ProviderError,
+    ProviderSettings,
     RejectedInputError,
     RetryableError,
     UnknownJobError,
 )
 
-__all__ = ["Classifier", "VendorHTTP", "error_for_status", "error_text", "parse_retry_after"]
+__all__ = [
+    "Classifier",
+    "VendorHTTP",
+    "classify_error",
+    "content_type_from_name",
+    "decode_data_uri",
+    "error_code",
+    "error_for_status",
+    "error_text",
+    "parse_retry_after",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -45,10 +58,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        import datetime as _dt
-
         when = parsedate_to_datetime(value)
-        return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
+        return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
 
@@ -88,6 +99,16 @@ def error_for_status(status: int) -> type[ProviderError]:
     return RejectedInputError
 
 
+#: bodies larger than this are decoded off the event loop (inline base64 images run to megabytes)
+_LARGE_BODY = 256 * 1024
+
+
+def classify_error(status: int, body: Any, classify: Classifier | None = None) -> type[ProviderError]:
+    """The error class for a refused call: the vendor's `classify` hook first, then the
+    common meaning of the status. Also for error codes a vendor puts inside a 2xx body."""
+    return (classify(status, body) if classify else None) or error_for_status(status)
+
+
 @dataclass(slots=True)
 class VendorHTTP:
     """A vendor's base URL and auth headers over the process's one aiohttp session."""
@@ -95,8 +116,27 @@ class VendorHTTP:
     vendor: str
     session: aiohttp.ClientSession
     base_url: str
-    headers: Mapping[str, str]
+    # The headers carry the API key: keep them out of repr() so no log line or traceback shows it.
+    headers: Mapping[str, str] = field(repr=False)
     timeout: float = 60.0
+
+    @classmethod
+    def from_settings(
+        cls,
+        vendor: str,
+        session: aiohttp.ClientSession,
+        settings: ProviderSettings,
+        *,
+        key_header: str | None = None,
+    ) -> Self:
+        """A client for `settings`: the key goes in `Authorization: Bearer …`, or bare in
+        `key_header` for vendors that name their own header (Pixazo's APIM gateway)."""
+        auth = (
+            {key_header: settings.api_key} if key_header else {"Authorization": f"Bearer {settings.api_key}"}
+        )
+        return cls(
+            vendor=vendor, session=session, base_url=settings.base_url, headers=auth, timeout=settings.timeout
+        )
 
     def url(self, path: str) -> str:
         """Join the base URL and a path without doubling or dropping slashes."""
@@ -113,7 +153,9 @@ class VendorHTTP:
         classify: Classifier | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """Send one request and return the parsed JSON of a 2xx answer, or raise."""
+        """Send one request and return the parsed JSON of a 2xx answer, or raise a
+        `ProviderError`: `RetryableError` for transport faults and malformed success bodies,
+        otherwise the class `classify` (then `error_for_status`) picks for the status."""
         url = path if path.startswith(("http://", "https://")) else self.url(path)
         merged = {**self.headers, **(headers or {})}
         try:
@@ -130,24 +172,18 @@ class VendorHTTP:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except TimeoutError as exc:
             raise RetryableError(self.vendor, "request timed out") from exc
-        except asyncio.CancelledError:
-            raise
         except aiohttp.ClientError as exc:
             raise RetryableError(self.vendor, f"connection failed: {type(exc).__name__}") from exc
 
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            body: Any = json.loads(text) if text.strip() else None
-        except ValueError:
-            body = text
+        body = await asyncio.to_thread(_decode, raw) if len(raw) > _LARGE_BODY else _decode(raw)
         if 200 <= status < 300:
             if body is None or isinstance(body, str):
                 raise RetryableError(self.vendor, "malformed JSON in a success answer", status=status)
             return body
 
-        cls = (classify(status, body) if classify else None) or error_for_status(status)
+        cls = classify_error(status, body, classify)
         message = error_text(body)
-        code = _error_code(body)
+        code = error_code(body)
         _log.warning(
             "vendor call failed vendor=%s method=%s path=%s status=%s code=%s error=%s",
             self.vendor,
@@ -162,7 +198,20 @@ class VendorHTTP:
         raise cls(self.vendor, message, status=status, code=code)
 
 
-def _error_code(body: Any) -> str | None:
+def _decode(raw: bytes) -> Any:
+    """Parsed JSON, the text itself when it is not JSON, or None for an empty body."""
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def error_code(body: Any) -> str | None:
+    """The vendor's symbolic error code, from a flat `{code | reason}` body or the first of a
+    nested `error` / `errors[]`; None when there is no string code."""
     if isinstance(body, dict):
         for key in ("code", "reason"):
             if isinstance(body.get(key), str):
@@ -172,8 +221,36 @@ def _error_code(body: Any) -> str | None:
             if isinstance(inner, list) and inner:
                 inner = inner[0]
             if isinstance(inner, dict):
-                return _error_code(inner)
+                return error_code(inner)
     return None
+
+
+def decode_data_uri(value: str, *, strict: bool = True) -> tuple[bytes, str | None]:
+    """Bytes and media type of a base64 `data:` URI or of bare base64. Raises ValueError
+    (`binascii.Error`) when the payload is not base64; `strict=False` skips stray characters."""
+    ctype = None
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise ValueError("not a base64 data URI")
+        ctype = header[5:].split(";", 1)[0] or None
+    return base64.b64decode(value, validate=strict), ctype
+
+
+_TYPES_BY_SUFFIX = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".glb": "model/gltf-binary",
+    ".obj": "model/obj",
+}
+
+
+def content_type_from_name(url: str) -> str | None:
+    """The media type a result URL's file name implies (query string ignored), if any."""
+    name = url.split("?", 1)[0].lower()
+    return next((ctype for ext, ctype in _TYPES_BY_SUFFIX.items() if name.endswith(ext)), None)
 
 
 def _path_only(url: str) -> str:

@@ -35,7 +35,7 @@ from providers.base import (
     Submission,
     UnknownJobError,
 )
-from providers.http import VendorHTTP
+from providers.http import VendorHTTP, error_code
 
 __all__ = ["MODEL", "PRICE_USD", "NovitaProvider", "parse_task_result"]
 
@@ -109,20 +109,10 @@ class _Balance(BaseModel):
     availableBalance: float | None = None  # the vendor's field; 1/10000 USD, often a string
 
 
-def _error_code(body: Any) -> str:
-    """The symbolic code of either error envelope: flat `{code, reason, message}` (observed
-    in production) or `{"error": {"message", "code"}}` (Novita's own skill file)."""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("code"), str):
-            return err["code"].upper()
-        if isinstance(body.get("reason"), str):
-            return body["reason"].upper()
-    return ""
-
-
 def _classify(status: int, body: Any) -> type[ProviderError] | None:
-    code = _error_code(body)
+    # Two envelopes: flat `{code: <int>, reason, message}` (observed in production) and
+    # `{"error": {"message", "code"}}` (Novita's own skill file); the shared reader takes both.
+    code = (error_code(body) or "").upper()
     # Out of balance is a 403 (observed) or a 400 (documented), never a 402.
     if "BALANCE" in code:
         return OutOfFundsError
@@ -184,13 +174,7 @@ class NovitaProvider(Provider):
 
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
         self.settings = settings
-        self.http = VendorHTTP(
-            vendor=self.name,
-            session=session,
-            base_url=settings.base_url,
-            headers={"Authorization": f"Bearer {settings.api_key}"},
-            timeout=settings.timeout,
-        )
+        self.http = VendorHTTP.from_settings(self.name, session, settings)
 
     @classmethod
     def routes(cls) -> tuple[RouteSpec, ...]:

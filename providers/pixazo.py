@@ -35,7 +35,7 @@ from providers.base import (
     Submission,
     UnknownJobError,
 )
-from providers.http import VendorHTTP
+from providers.http import VendorHTTP, content_type_from_name
 
 __all__ = ["IMAGE_PRESETS", "PixazoProvider"]
 
@@ -157,12 +157,8 @@ class PixazoProvider(Provider):
     name: ClassVar[str] = VENDOR
 
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
-        self.http = VendorHTTP(
-            vendor=VENDOR,
-            session=session,
-            base_url=settings.base_url,
-            headers={"Ocp-Apim-Subscription-Key": settings.api_key, "Content-Type": "application/json"},
-            timeout=settings.timeout,
+        self.http = VendorHTTP.from_settings(
+            VENDOR, session, settings, key_header="Ocp-Apim-Subscription-Key"
         )
 
     @classmethod
@@ -416,14 +412,14 @@ def _artifacts(output: _Output | None, model: str | None) -> tuple[Artifact, ...
     if glb is not None and glb.url:
         out.append(Artifact(url=glb.url, role="model", content_type=_model_type(glb.content_type, glb.url)))
     if output.thumbnail is not None and output.thumbnail.url:
-        ctype = output.thumbnail.content_type or _type_from_name(output.thumbnail.url)
+        ctype = output.thumbnail.content_type or content_type_from_name(output.thumbnail.url)
         out.append(Artifact(url=output.thumbnail.url, role="thumbnail", content_type=ctype))
     urls = [output.media_url] if isinstance(output.media_url, str) else list(output.media_url or [])
     known = {a.url for a in out}
     for url in urls:
         if not url or url in known:
             continue
-        guessed = _type_from_name(url)
+        guessed = content_type_from_name(url)
         if is_3d or guessed == "model/gltf-binary":
             # A 3D job's media list: the mesh, and a picture (if any) is its thumbnail.
             if guessed is not None and guessed.startswith("image/"):
@@ -441,16 +437,3 @@ def _model_type(declared: str | None, url: str) -> str | None:
     if declared in ("model/glb", "model/gltf-binary") or url.split("?", 1)[0].lower().endswith(".glb"):
         return "model/gltf-binary"
     return declared
-
-
-def _type_from_name(url: str) -> str | None:
-    name = url.split("?", 1)[0].lower()
-    types = {
-        ".png": "image/png",
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-        ".webp": "image/webp",
-        ".glb": "model/gltf-binary",
-        ".obj": "model/obj",
-    }
-    return next((ctype for ext, ctype in types.items() if name.endswith(ext)), None)

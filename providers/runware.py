@@ -9,8 +9,6 @@ results are cumulative. Contract: docs/providers.md §5.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import uuid
@@ -40,7 +38,7 @@ from providers.base import (
     Submission,
     UnknownJobError,
 )
-from providers.http import VendorHTTP
+from providers.http import VendorHTTP, decode_data_uri
 
 __all__ = ["MAX_RESULTS", "MODEL", "SIZES", "RunwareProvider", "parse_results"]
 
@@ -172,16 +170,11 @@ def _classify(status: int, body: Any) -> type[ProviderError] | None:
 def _artifact(item: _Item) -> Artifact:
     if item.imageURL:
         return Artifact(url=item.imageURL, content_type="image/png", seed=item.seed)
-    inline = item.imageDataURI or item.imageBase64Data or ""
-    ctype = "image/png"
-    if inline.startswith("data:"):
-        header, _, inline = inline.partition(",")
-        ctype = header[5:].split(";", 1)[0] or ctype
     try:
-        data = base64.b64decode(inline, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        data, ctype = decode_data_uri(item.imageDataURI or item.imageBase64Data or "")
+    except ValueError as exc:
         raise RetryableError("runware", "undecodable inline image") from exc
-    return Artifact(data=data, content_type=ctype, seed=item.seed)
+    return Artifact(data=data, content_type=ctype or "image/png", seed=item.seed)
 
 
 def parse_results(body: Any, *, task_uuid: str | None, expected: int, complete: bool) -> JobUpdate:
@@ -249,13 +242,7 @@ class RunwareProvider(Provider):
 
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
         self.settings = settings
-        self.http = VendorHTTP(
-            vendor=self.name,
-            session=session,
-            base_url=settings.base_url,
-            headers={"Authorization": f"Bearer {settings.api_key}"},
-            timeout=settings.timeout,
-        )
+        self.http = VendorHTTP.from_settings(self.name, session, settings)
 
     @classmethod
     def routes(cls) -> tuple[RouteSpec, ...]:

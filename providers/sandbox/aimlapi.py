@@ -7,7 +7,6 @@ STUCK waits for the gateway's 504 "Generation timeout", JOB_FAILED / JOB_ERROR a
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from providers.sandbox.common import Fault, VendorEmulator, json_response
+from providers.sandbox.common import FAL_PRESETS, Fault, Phase, VendorEmulator, json_response
 
 __all__ = ["PRESET_SIZES", "AimlApiEmulator"]
 
@@ -27,14 +26,7 @@ MODEL = "hunyuan/hunyuan-image-v3-text-to-image"
 GENERATIONS = "/v1/images/generations"
 
 #: pixel sizes of the enum presets (assumed: fal's standard ones; the docs give none)
-PRESET_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
+PRESET_SIZES = FAL_PRESETS
 
 _MESSAGES = {
     401: "This request requires a valid API key. You can create a new API key on the Billing page: "
@@ -119,11 +111,8 @@ class AimlApiEmulator(VendorEmulator):
 
     async def generate(self, request: web.Request) -> web.Response:
         """POST /v1/images/generations: validate, wait the job's latency, answer 201."""
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("submit")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return _error(401, _MESSAGES[401])
+        if (refused := await self.admit(request, "submit")) is not None:
+            return refused
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -135,14 +124,13 @@ class AimlApiEmulator(VendorEmulator):
             return _invalid(problem)
         assert size is not None
         job = self.new_job(MODEL, body)
-        if Fault.STUCK in job.faults:
-            await asyncio.sleep(self.timeout_seconds)
+        if not await self.hold(job):
             return _error(504, _MESSAGES[504])
-        await asyncio.sleep(job.latency)
-        if Fault.JOB_FAILED in job.faults:
-            return _error(500, "Something wrong with the server. Please, try again later.")
-        if Fault.JOB_ERROR in job.faults:
-            return _error(500, "The model is under maintenance, please contact us at help@aimlapi.com.")
+        match job.outcome():
+            case Phase.FAILED:
+                return _error(500, "Something wrong with the server. Please, try again later.")
+            case Phase.ERROR:
+                return _error(500, "The model is under maintenance, please contact us at help@aimlapi.com.")
         width, height = size
         count = int(body.get("num_images", 1))
         urls = await self.produce_images(job, body["prompt"], width, height, count, body.get("seed"))

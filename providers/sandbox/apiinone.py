@@ -22,12 +22,11 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
-import aiohttp
 from aiohttp import web
 
-from providers.sandbox.common import Fault, SandboxJob, VendorEmulator, json_response
+from providers.sandbox.common import Fault, Phase, SandboxJob, VendorEmulator, json_response
 
 __all__ = ["ApiInOneEmulator"]
 
@@ -96,22 +95,14 @@ class ApiInOneEmulator(VendorEmulator):
 
     async def tick(self) -> None:
         """Send `callback_url` POSTs once a task ends."""
-        now = self.clock()
-        for job in list(self.jobs.values()):
-            if not job.webhook_url or job.webhook_sent:
-                continue
-            if job.phase(now) in ("succeeded", "failed", "error"):
-                job.webhook_sent = True
-                self.send_webhook(job.webhook_url, await self._task_body(job))
+        for job, url in self.claim_webhooks(self.clock()):
+            self.send_webhook(url, await self._task_body(job))
 
     # --- handlers ----------------------------------------------------------------------------
 
     async def _submit(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("submit")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.error_response(Fault.AUTH)
+        if (refused := await self.admit(request, "submit")) is not None:
+            return refused
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -124,7 +115,7 @@ class ApiInOneEmulator(VendorEmulator):
         if "nsfw" in body["prompt"].lower():
             return _error(400, "Prompt rejected by content moderation", "content_policy_violation")
         for url in body.get("images") or ():
-            if not await self._fetchable(url):
+            if not await self.fetchable(url):
                 return _error(400, f"Failed to download image: {url}", "invalid_request_error")
 
         job = self.new_job(MODEL, body, prefix="task_")
@@ -136,11 +127,8 @@ class ApiInOneEmulator(VendorEmulator):
         return json_response(self._envelope(job, "pending"))
 
     async def _task(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("poll")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.error_response(Fault.AUTH)
+        if (refused := await self.admit(request, "poll")) is not None:
+            return refused
         job = self.jobs.get(request.match_info["task_id"])
         if job is None:
             return _error(404, "Task not found", "not_found_error")
@@ -177,41 +165,26 @@ class ApiInOneEmulator(VendorEmulator):
             return "seed must be an integer"
         return None
 
-    async def _fetchable(self, url: str) -> bool:
-        # The real backend downloads edit inputs itself; so do we.
-        assert self.session is not None
-        try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
-
     async def _answer_sync(self, job: SandboxJob) -> web.Response:
-        if Fault.STUCK in job.faults:
-            await asyncio.sleep(self.timeout_seconds)
+        if not await self.hold(job):
             return _error(504, "Generation timed out", "timeout_error")
-        await asyncio.sleep(job.latency)
-        if Fault.JOB_ERROR in job.faults:
-            phase = "error"
-        elif Fault.JOB_FAILED in job.faults:
-            phase = "failed"
-        else:
-            phase = "succeeded"
-        return json_response(await self._task_body(job, phase))
+        return json_response(await self._task_body(job, job.outcome()))
 
-    async def _task_body(self, job: SandboxJob, phase: str | None = None) -> dict[str, Any]:
-        match phase or job.phase(self.clock()):
-            case "queued":
+    async def _task_body(self, job: SandboxJob, phase: Phase | None = None) -> dict[str, Any]:
+        phase = phase or job.phase(self.clock())
+        match phase:
+            case Phase.QUEUED:
                 return self._envelope(job, "pending")
-            case "running":
+            case Phase.RUNNING:
                 return self._envelope(job, "processing")
-            case "failed":
+            case Phase.FAILED:
                 return self._envelope(job, "failed", error="Generation failed: the model returned no image")
-            case "error":
+            case Phase.ERROR:
                 return self._envelope(job, "error", error="Internal error at the upstream provider")
-            case _:
+            case Phase.SUCCEEDED:
                 return self._envelope(job, "completed", urls=await self._outputs(job))
+            case _:
+                assert_never(phase)
 
     async def _outputs(self, job: SandboxJob) -> list[str]:
         # Polls and the webhook ticker may race to draw the same job's image once.

@@ -29,8 +29,10 @@ from aiohttp import web
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "FAL_PRESETS",
     "Fault",
     "FaultPlan",
+    "Phase",
     "SandboxJob",
     "VendorEmulator",
     "json_response",
@@ -72,6 +74,32 @@ REQUEST_FAULTS = frozenset(
 )
 
 
+#: pixel sizes of fal's `image_size` presets, which AI/ML API and Pixazo name without sizes (assumed)
+FAL_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+
+class Phase(StrEnum):
+    """Where an emulated job is; each emulator maps these to its vendor's status words."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the job failed (charged per vendor rules)
+    ERROR = "error"  # a system error (not charged)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job will not change any more."""
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.ERROR)
+
+
 @dataclass(slots=True)
 class FaultPlan:
     """`count` requests (or jobs) in a row suffer `fault`; `stage` limits it to
@@ -98,18 +126,22 @@ class SandboxJob:
     webhook_sent: bool = False
     cost_usd: float | None = None
 
-    def phase(self, now: float) -> str:
-        """ "queued", "running", "succeeded", "failed" or "error" at time `now`."""
+    def phase(self, now: float) -> Phase:
+        """The job's phase at time `now`."""
         elapsed = now - self.created
         if elapsed < min(0.25 * self.latency, 1.0):
-            return "queued"
+            return Phase.QUEUED
         if Fault.STUCK in self.faults or elapsed < self.latency:
-            return "running"
+            return Phase.RUNNING
+        return self.outcome()
+
+    def outcome(self) -> Phase:
+        """How the job ends once its latency has passed (STUCK aside): ERROR, FAILED or SUCCEEDED."""
         if Fault.JOB_ERROR in self.faults:
-            return "error"
+            return Phase.ERROR
         if Fault.JOB_FAILED in self.faults:
-            return "failed"
-        return "succeeded"
+            return Phase.FAILED
+        return Phase.SUCCEEDED
 
     def progress(self, now: float) -> float:
         """Fraction done, for vendors that report progress."""
@@ -215,6 +247,16 @@ class VendorEmulator(abc.ABC):
             resp.headers["Retry-After"] = f"{plan.retry_after:g}"
         return resp
 
+    async def admit(self, request: web.Request, stage: str) -> web.Response | None:
+        """Record a vendor call, then answer it with an injected fault at `stage` or the
+        vendor's refusal of a wrong key; None lets the handler go on."""
+        self.requests.append((request.method, request.path))
+        if (fault := await self.fault_response(stage)) is not None:
+            return fault
+        if not self.key_ok(request):
+            return self.error_response(Fault.AUTH)
+        return None
+
     @abc.abstractmethod
     def error_response(self, fault: Fault) -> web.Response:
         """The vendor's own status and error body for AUTH, FUNDS, RATE_LIMIT, SERVER_ERROR
@@ -242,6 +284,25 @@ class VendorEmulator(abc.ABC):
         )
         self.jobs[job.id] = job
         return job
+
+    async def hold(self, job: SandboxJob) -> bool:
+        """Keep a synchronous call open as the vendor would: the job's latency, or
+        `timeout_seconds` for a STUCK job (then False: answer with the vendor's timeout)."""
+        if Fault.STUCK in job.faults:
+            await asyncio.sleep(self.timeout_seconds)
+            return False
+        await asyncio.sleep(job.latency)
+        return True
+
+    async def fetchable(self, url: str) -> bool:
+        """Whether an input URL downloads: vendors fetch edit and image→3D inputs themselves."""
+        assert self.session is not None
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
 
     def file_url(self, name: str) -> str:
         """Where a produced file is served."""
@@ -324,6 +385,17 @@ class VendorEmulator(abc.ABC):
         task = asyncio.get_running_loop().create_task(self._deliver(url, payload, attempts))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+    def claim_webhooks(self, now: float) -> list[tuple[SandboxJob, str]]:
+        """Finished jobs whose one terminal callback is due, with its URL; marks them sent."""
+        due = [
+            (job, job.webhook_url)
+            for job in self.jobs.values()
+            if job.webhook_url and not job.webhook_sent and job.phase(now).finished
+        ]
+        for job, _url in due:
+            job.webhook_sent = True
+        return due
 
     async def _deliver(self, url: str, payload: dict[str, Any], attempts: int) -> None:
         assert self.session is not None

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from providers.sandbox.common import Fault, SandboxJob, VendorEmulator, json_response
+from providers.sandbox.common import Fault, Phase, SandboxJob, VendorEmulator, json_response
 
 __all__ = ["NovitaEmulator"]
 
@@ -29,12 +29,12 @@ SEED_MAX = 2**31 - 1
 URL_TTL = 3600
 _SIZE = re.compile(r"^(\d+)\*(\d+)$")
 
-_STATUS = {
-    "queued": "TASK_STATUS_QUEUED",
-    "running": "TASK_STATUS_PROCESSING",
-    "succeeded": "TASK_STATUS_SUCCEED",
-    "failed": "TASK_STATUS_FAILED",
-    "error": "TASK_STATUS_FAILED",
+_STATUS: dict[Phase, str] = {
+    Phase.QUEUED: "TASK_STATUS_QUEUED",
+    Phase.RUNNING: "TASK_STATUS_PROCESSING",
+    Phase.SUCCEEDED: "TASK_STATUS_SUCCEED",
+    Phase.FAILED: "TASK_STATUS_FAILED",
+    Phase.ERROR: "TASK_STATUS_FAILED",
 }
 
 
@@ -77,10 +77,6 @@ class NovitaEmulator(VendorEmulator):
             case _:
                 return self.error(503, "SERVICE_NOT_AVAILABLE", "Service unavailable")
 
-    def auth_error(self) -> web.Response:
-        """The answer to a missing or wrong key."""
-        return self.error_response(Fault.AUTH)
-
     def key_ok(self, request: web.Request) -> bool:
         """`Authorization: Bearer <key>`."""
         return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
@@ -95,11 +91,8 @@ class NovitaEmulator(VendorEmulator):
 
     async def submit(self, request: web.Request) -> web.Response:
         """POST /v3/async/hunyuan-image-3 → `{"task_id": …}`."""
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("submit")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.auth_error()
+        if (refused := await self.admit(request, "submit")) is not None:
+            return refused
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -117,11 +110,8 @@ class NovitaEmulator(VendorEmulator):
 
     async def task_result(self, request: web.Request) -> web.Response:
         """GET /v3/async/task-result?task_id=…"""
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("poll")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.auth_error()
+        if (refused := await self.admit(request, "poll")) is not None:
+            return refused
         task_id = request.query.get("task_id", "")
         if not task_id:
             return self.error(400, "INVALID_REQUEST_BODY", "task_id is required")
@@ -132,11 +122,8 @@ class NovitaEmulator(VendorEmulator):
 
     async def balance_detail(self, request: web.Request) -> web.Response:
         """GET /openapi/v1/billing/balance/detail (units of 1/10000 USD, as strings)."""
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("check")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.auth_error()
+        if (refused := await self.admit(request, "check")) is not None:
+            return refused
         return json_response(
             {
                 "availableBalance": str(self.balance),
@@ -154,7 +141,7 @@ class NovitaEmulator(VendorEmulator):
         now = self.clock()
         phase = job.phase(now)
         images: list[dict[str, Any]] = []
-        if phase == "succeeded":
+        if phase is Phase.SUCCEEDED:
             for url in await self._outputs(job):
                 images.append(
                     {
@@ -166,13 +153,13 @@ class NovitaEmulator(VendorEmulator):
                     }
                 )
         reason = ""
-        if phase == "failed":
+        if phase is Phase.FAILED:
             reason = "the model could not generate an image for this prompt"
-        elif phase == "error":
+        elif phase is Phase.ERROR:
             reason = "internal error, please try again later"
-        if phase == "queued":
+        if phase is Phase.QUEUED:
             percent = 0
-        elif phase == "running":
+        elif phase is Phase.RUNNING:
             percent = int(job.progress(now) * 100)
         else:
             percent = 100
@@ -195,9 +182,7 @@ class NovitaEmulator(VendorEmulator):
                 "task_type": "HUNYUAN_IMAGE_3",
                 "status": _STATUS[phase],
                 "reason": reason,
-                "eta": max(0, math.ceil(job.latency - (now - job.created)))
-                if phase in ("queued", "running")
-                else 0,
+                "eta": max(0, math.ceil(job.latency - (now - job.created))) if not phase.finished else 0,
                 "progress_percent": percent,
             },
             "images": images,
@@ -228,15 +213,9 @@ class NovitaEmulator(VendorEmulator):
 
     async def tick(self) -> None:
         """Deliver `ASYNC_TASK_RESULT` once for every finished job that asked for a webhook."""
-        now = self.clock()
-        for job in list(self.jobs.values()):
-            if not job.webhook_url or job.webhook_sent:
-                continue
-            if job.phase(now) not in ("succeeded", "failed", "error"):
-                continue
-            job.webhook_sent = True
+        for job, url in self.claim_webhooks(self.clock()):
             payload = await self.result_body(job, ttl_as_string=True)
-            self.send_webhook(job.webhook_url, {"event_type": "ASYNC_TASK_RESULT", "payload": payload})
+            self.send_webhook(url, {"event_type": "ASYNC_TASK_RESULT", "payload": payload})
 
 
 def _size(body: dict[str, Any]) -> tuple[int, int]:

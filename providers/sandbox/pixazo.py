@@ -18,13 +18,12 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
-from providers.sandbox.common import Fault, SandboxJob, VendorEmulator, json_response
+from providers.sandbox.common import FAL_PRESETS, Fault, Phase, SandboxJob, VendorEmulator, json_response
 
 __all__ = ["PixazoEmulator"]
 
@@ -42,14 +41,7 @@ SUBMIT_PATHS: dict[str, str] = {
     IMAGE_3D: "/hunyuan3d-3-0-api-294/v1/hunyuan3d-3-0-api-request",
 }
 #: fal's pixel sizes for the `image_size` presets (Pixazo names them only) — an assumption
-PRESETS: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
+PRESETS = FAL_PRESETS
 INSTRUCT_SIZES: dict[str, tuple[int, int]] = {
     "auto": (1024, 1024),
     "512x512": (512, 512),
@@ -133,7 +125,7 @@ class PixazoEmulator(VendorEmulator):
             if not job.webhook_url or job.webhook_sent:
                 continue
             phase = job.phase(now)
-            terminal = phase in ("succeeded", "failed", "error")
+            terminal = phase.finished
             if terminal or (job.id in self._sync_mode and self._last_posted.get(job.id) != phase):
                 self._last_posted[job.id] = phase
                 job.webhook_sent = terminal
@@ -148,11 +140,8 @@ class PixazoEmulator(VendorEmulator):
         return submit
 
     async def _submit(self, model: str, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("submit")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.error_response(Fault.AUTH)
+        if (refused := await self.admit(request, "submit")) is not None:
+            return refused
         if model in self.disabled_models:
             return json_response(
                 {"error": "Model not found", "message": f"Model '{model}' not found or is disabled"}, 400
@@ -173,7 +162,7 @@ class PixazoEmulator(VendorEmulator):
         if webhook is not None and (problem := _check_webhook(webhook, mode)):
             return _bad(problem)
         image_url = body.get("input_image_url")
-        if image_url and not await self._fetchable(image_url):
+        if image_url and not await self.fetchable(image_url):
             return _bad(f"Could not download input_image_url: {image_url}")
 
         job = self.new_job(model, body, prefix=f"{model}_")
@@ -192,27 +181,14 @@ class PixazoEmulator(VendorEmulator):
         )
 
     async def _status(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
-        if (fault := await self.fault_response("poll")) is not None:
-            return fault
-        if not self.key_ok(request):
-            return self.error_response(Fault.AUTH)
+        if (refused := await self.admit(request, "poll")) is not None:
+            return refused
         job = self.jobs.get(request.match_info["request_id"])
         if job is None:
             return json_response({"error": "Not Found", "message": "Request not found"}, 404)
         return json_response(await self._status_body(job))
 
     # --- helpers -----------------------------------------------------------------------------
-
-    async def _fetchable(self, url: str) -> bool:
-        # Pixazo downloads the input image itself ("must be publicly accessible"); so do we.
-        assert self.session is not None
-        try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
 
     async def _status_body(self, job: SandboxJob) -> dict[str, Any]:
         created = self._created.get(job.id, datetime.now(UTC))
@@ -227,20 +203,22 @@ class PixazoEmulator(VendorEmulator):
             "updated_at": now.strftime("%Y-%m-%d %H:%M:%S"),
             "completed_at": None,
         }
-        match job.phase(self.clock()):
-            case "queued":
+        phase = job.phase(self.clock())
+        match phase:
+            case Phase.QUEUED:
                 body["status"] = "QUEUED"
-            case "running":
+            case Phase.RUNNING:
                 body["status"] = "PROCESSING"
-            case "failed":
+            case Phase.FAILED:
                 body |= {"status": "FAILED", "error": "Generation failed: the model could not produce output"}
-                body["completed_at"] = body["updated_at"]
-            case "error":
+            case Phase.ERROR:
                 body |= {"status": "ERROR", "error": "Internal system error while processing the request"}
-                body["completed_at"] = body["updated_at"]
-            case _:
+            case Phase.SUCCEEDED:
                 body |= {"status": "COMPLETED", "output": await self._outputs(job)}
-                body["completed_at"] = body["updated_at"]
+            case _:
+                assert_never(phase)
+        if phase.finished:
+            body["completed_at"] = body["updated_at"]
         return body
 
     async def _outputs(self, job: SandboxJob) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from providers.sandbox.common import Fault, SandboxJob, VendorEmulator, json_response
+from providers.sandbox.common import Fault, Phase, SandboxJob, VendorEmulator, json_response
 
 __all__ = ["SIZES", "RunwareEmulator"]
 
@@ -241,10 +241,8 @@ class RunwareEmulator(VendorEmulator):
         if task.get("deliveryMethod", "sync") == "async":
             job.webhook_url = task.get("webhookURL")
             return [{"taskType": _INFERENCE, "taskUUID": task_uuid, "status": "processing"}], []
-        if Fault.STUCK in job.faults:
-            await asyncio.sleep(self.timeout_seconds)
+        if not await self.hold(job):
             raise _TaskError(504, "timeoutProvider", "The task exceeded the maximum queue wait.")
-        await asyncio.sleep(job.latency)
         if (failure := self._failure(job)) is not None:
             return [], [failure]
         results = await self._produce(job)
@@ -259,10 +257,10 @@ class RunwareEmulator(VendorEmulator):
         job = self.jobs[job_id]
         head = {"taskType": _INFERENCE, "taskUUID": task_uuid}
         phase = job.phase(self.clock())
-        if phase in ("failed", "error"):
+        if phase in (Phase.FAILED, Phase.ERROR):
             failure = self._failure(job)
             assert failure is not None
-            if phase == "failed":
+            if phase is Phase.FAILED:
                 return [
                     {
                         **head,
@@ -285,7 +283,7 @@ class RunwareEmulator(VendorEmulator):
 
     def _ready(self, job: SandboxJob) -> int:
         """How many of the job's images are finished: one every latency/n seconds."""
-        if Fault.STUCK in job.faults or job.phase(self.clock()) in ("queued", "failed", "error"):
+        if Fault.STUCK in job.faults or job.phase(self.clock()) in (Phase.QUEUED, Phase.FAILED, Phase.ERROR):
             return 0
         n = _count(job)
         elapsed = self.clock() - job.created
@@ -293,15 +291,20 @@ class RunwareEmulator(VendorEmulator):
 
     def _failure(self, job: SandboxJob) -> dict[str, Any] | None:
         uuid_ = job.request["taskUUID"]
-        if Fault.JOB_FAILED in job.faults:
-            return _error_obj(
-                "inferenceError", "Inference failed for this task.", task_type=_INFERENCE, task_uuid=uuid_
-            )
-        if Fault.JOB_ERROR in job.faults:
-            return _error_obj(
-                "timeoutProvider", "The inference provider timed out.", task_type=_INFERENCE, task_uuid=uuid_
-            )
-        return None
+        match job.outcome():
+            case Phase.FAILED:
+                return _error_obj(
+                    "inferenceError", "Inference failed for this task.", task_type=_INFERENCE, task_uuid=uuid_
+                )
+            case Phase.ERROR:
+                return _error_obj(
+                    "timeoutProvider",
+                    "The inference provider timed out.",
+                    task_type=_INFERENCE,
+                    task_uuid=uuid_,
+                )
+            case _:
+                return None
 
     async def _produce(self, job: SandboxJob) -> list[_Result]:
         """Draw every image of a job once (they are revealed one by one)."""
@@ -352,7 +355,7 @@ class RunwareEmulator(VendorEmulator):
             if not job.webhook_url or job.webhook_sent:
                 continue
             phase = job.phase(self.clock())
-            if phase in ("failed", "error"):
+            if phase in (Phase.FAILED, Phase.ERROR):
                 job.webhook_sent = True
                 failure = self._failure(job)
                 assert failure is not None

@@ -59,11 +59,7 @@ class Sandbox:
         self.port = port
         self.emulators: dict[str, VendorEmulator] = {}
         for name in vendors or EMULATORS:
-            try:
-                cls = load_emulator(name)
-            except ModuleNotFoundError:
-                continue  # a vendor whose emulator is not written yet
-            self.emulators[name] = cls(api_key=api_key, **emulator_options)
+            self.emulators[name] = load_emulator(name)(api_key=api_key, **emulator_options)
         self.request_counts: dict[str, int] = dict.fromkeys(self.emulators, 0)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -90,13 +86,17 @@ class Sandbox:
         emu = self.emulators.get(request.match_info["vendor"])
         if emu is None:
             return json_response({"error": "unknown vendor"}, 404)
-        body = await request.json()
-        emu.inject(
-            Fault(body["fault"]),
-            int(body.get("count", 1)),
-            stage=body.get("stage"),
-            retry_after=float(body.get("retry_after", 1.0)),
-        )
+        try:
+            body = await request.json()
+            emu.inject(
+                Fault(body["fault"]),
+                int(body.get("count", 1)),
+                stage=body.get("stage"),
+                retry_after=float(body.get("retry_after", 1.0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            faults = ", ".join(Fault)
+            return json_response({"error": f'expected {{"fault": one of {faults}, "count": n}}'}, 400)
         return json_response({"ok": True})
 
     @web.middleware
