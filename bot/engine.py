@@ -200,6 +200,7 @@ class Engine:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._active: dict[tuple[str, str], int] = {}  # (tenant, user) -> unfinished jobs
         self._pushed: dict[str, JobUpdate] = {}  # webhook updates waiting for their runner
+        self._partial: dict[str, JobUpdate] = {}  # per-image callbacks gathered so far
         self._wake: dict[str, asyncio.Event] = {}
         self._last_progress: dict[str, float] = {}
         self._cancel_requested: set[str] = set()
@@ -654,10 +655,16 @@ class Engine:
             return
         if update is None:
             return
-        previous = self._pushed.get(job_id)
-        if previous is not None and previous.terminal and not update.terminal:
+        previous = self._pushed.get(job_id) or self._partial.get(job_id)
+        if previous is not None and previous.terminal and not update.terminal and job_id in self._pushed:
             return
-        self._pushed[job_id] = _merge_updates(previous, update)
+        merged = _merge_updates(previous, update)
+        if merged.state is JobState.SUCCEEDED and not _complete(job.spec, merged):
+            # Some vendors (Runware) call back once per image: wait for the rest.
+            self._partial[job_id] = merged
+            return
+        self._partial.pop(job_id, None)
+        self._pushed[job_id] = merged
         if (event := self._wake.get(job_id)) is not None:
             event.set()
 
@@ -927,6 +934,7 @@ class Engine:
         self._count(job, -1)
         self._cancel_requested.discard(job.id)
         self._pushed.pop(job.id, None)
+        self._partial.pop(job.id, None)
         self._last_progress.pop(job.id, None)
         if self.metrics is not None:
             self.metrics.jobs_total.labels(kind=job.spec.kind.value, state=job.state.value).inc()
@@ -1044,6 +1052,13 @@ def _file_from_json(d: dict[str, Any], media: Any) -> OutputFile:
         width=d.get("width"),
         height=d.get("height"),
     )
+
+
+def _complete(spec: JobSpec, update: JobUpdate) -> bool:
+    """Whether a successful update carries every image the job asked for."""
+    if spec.kind is not Kind.IMAGE:
+        return True
+    return sum(a.role == "image" for a in update.artifacts) >= spec.count
 
 
 def _merge_updates(previous: JobUpdate | None, update: JobUpdate) -> JobUpdate:

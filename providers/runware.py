@@ -282,10 +282,9 @@ class RunwareProvider(Provider):
             task["negativePrompt"] = request.negative_prompt[:3000]
         if request.seed is not None and request.seed >= 0:
             task["seed"] = request.seed
-        # A webhook delivers one POST per image and cannot say how many are still due, and
-        # parse_webhook never sees the handle; so only single-image jobs go async, and
-        # several images come back together from one sync call.
-        if request.webhook_url and count == 1:
+        # With a webhook Runware posts once per finished image; the core gathers the posts
+        # until the job's image count is in (and its slow fallback poll sees them all too).
+        if request.webhook_url:
             task["deliveryMethod"] = "async"
             task["webhookURL"] = request.webhook_url
         return task
@@ -332,9 +331,8 @@ class RunwareProvider(Provider):
         """One delivered result (`{"data": [item]}`, like a sync answer) as a SUCCEEDED update
         with that image; an error delivery as FAILED (or the raised call-level error).
 
-        Runware posts once per finished image. Only single-image jobs ask for a webhook (see
-        `task_for`), so one delivery is the whole job; a core that ever receives several must
-        merge their artifacts (the engine's `_merge_updates` does) rather than expect all at once.
+        Runware posts once per finished image, so one delivery may be part of a job: the core
+        gathers deliveries until the job's image count is reached.
         """
         try:
             payload = json.loads(body)

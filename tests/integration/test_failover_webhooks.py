@@ -156,3 +156,19 @@ async def test_duplicate_and_late_webhooks_change_nothing(tmp_path: Path) -> Non
         assert len(reply.results) == 1
         assert (await app.ledger.account(MEMBER.tenant, MEMBER.user_id)).balance == 90
         assert await app.ledger.check_invariants() == []
+
+
+async def test_per_image_callbacks_are_gathered_until_every_image_is_in(tmp_path: Path) -> None:
+    sandbox = fast_sandbox()
+    port = _free_port()
+    settings = {"route_order": "runware", "http_port": port, "public_base_url": f"http://127.0.0.1:{port}"}
+    async with running_app(tmp_path, sandbox=sandbox, **settings) as app:
+        reply = RecordingReply()
+        ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="three foxes --n 3"), reply)
+        await reply.wait(timeout=10)
+        images = [f for f in reply.results[0].files if f.role == "image"]
+        assert len(images) == 3
+        callbacks = [p for u, p in sandbox["runware"].webhooks_sent if ticket.job_id in u]
+        assert len(callbacks) == 3  # one POST per image, as Runware does
+        polls = [b for m, b in sandbox["runware"].requests if "getResponse" in str(b)]
+        assert polls == []

@@ -268,10 +268,13 @@ async def test_a_webhook_makes_a_single_image_task_async_and_its_post_parses_to_
     assert polled.state is JobState.SUCCEEDED and polled.artifacts[0].url == artifact.url
 
 
-async def test_several_images_stay_sync_even_with_a_webhook(client: RunwareProvider, hook: Hook) -> None:
+async def test_several_images_with_a_webhook_arrive_one_post_each(client: RunwareProvider, hook: Hook) -> None:
     submission = await client.submit(image_request(count=3, webhook_url=hook.url))
-    assert submission.handle.data["delivery"] == "sync"
-    assert submission.update is not None and len(submission.update.artifacts) == 3
+    assert submission.handle.data["delivery"] == "async"
+    assert submission.update is None
+    updates = [client.parse_webhook(await asyncio.wait_for(hook.deliveries.get(), 10), {}) for _ in range(3)]
+    assert all(u is not None and u.state is JobState.SUCCEEDED and len(u.artifacts) == 1 for u in updates)
+    assert len({u.artifacts[0].url for u in updates if u}) == 3
 
 
 async def test_polling_collects_cumulative_results_once_each_until_all_are_in(
