@@ -13,8 +13,10 @@ import logging
 import sys
 from typing import Any, ClassVar, TextIO
 
+from bot import messages
 from bot.adapter import AdapterContext
 from bot.commands import Actor, CreditsCommand, ModCommand
+from bot.config import Settings
 from bot.errors import UserError
 from bot.params import FLAGS_HELP
 from bot.reply import Failure, JobResult, Progress
@@ -24,50 +26,48 @@ __all__ = ["ConsoleAdapter", "ConsoleReply"]
 
 _log = logging.getLogger(__name__)
 
-HELP = (
-    "Commands:\n"
-    "  /imagine <prompt> [--ar W:H] [--seed N] [--no words] [--n 1-4] [--model NAME] [--size WxH]\n"
-    "  /edit <image path or URL> <instruction>\n"
-    "  /model3d <prompt>   or   /model3d <image path or URL>\n"
-    "  /credits   /show <job id>   /cancel <job id>   /quota …   /help   /quit\n" + FLAGS_HELP
-)
+HELP = messages.console_help(FLAGS_HELP)
+
+
+def _write(out: TextIO, text: str) -> None:
+    print(text, file=out, flush=True)
+
+
+def _plain(text: str) -> str:
+    """Shared wording without its `**bold**` markers, for a terminal."""
+    return text.replace("**", "")
 
 
 class ConsoleReply:
     """Prints one job's progress and results; `done` is set when the job ends."""
 
-    def __init__(self, out: TextIO, job_hint: str = "") -> None:
+    def __init__(self, out: TextIO) -> None:
         self._out = out
         self.done = asyncio.Event()
         self.failed = False
-        self._hint = job_hint
 
     def ref(self) -> dict[str, Any]:
         """Nothing to address: the console is the console."""
         return {"console": True}
 
-    def _print(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
-
     async def progress(self, update: Progress) -> None:
         """One line per status change."""
-        self._print(f"[{update.job_id}] {update.text}")
+        _write(self._out, f"[{update.job_id}] {update.text}")
 
     async def result(self, result: JobResult) -> None:
         """The caption and every saved file's path."""
-        self._print(f"[{result.job_id}] {result.text.replace('**', '')}")
+        _write(self._out, f"[{result.job_id}] {_plain(result.text)}")
         for f in result.files:
-            self._print(f"[{result.job_id}] saved {f.role}: {f.path}")
+            _write(self._out, f"[{result.job_id}] saved {f.role}: {f.path}")
         if result.preview is not None:
-            self._print(f"[{result.job_id}] saved grid: {result.preview.path}")
-        actions = [b.custom_id for b in result.buttons]
-        if actions:
-            self._print(f"[{result.job_id}] next: /imagine … again, or /show {result.job_id}")
+            _write(self._out, f"[{result.job_id}] saved grid: {result.preview.path}")
+        if result.buttons:
+            _write(self._out, f"[{result.job_id}] {messages.console_next(result.job_id)}")
         self.done.set()
 
     async def failure(self, failure: Failure) -> None:
         """The failure text."""
-        self._print(f"[{failure.job_id}] {failure.text}")
+        _write(self._out, f"[{failure.job_id}] {failure.text}")
         self.failed = True
         self.done.set()
 
@@ -89,8 +89,9 @@ class ConsoleAdapter:
         self.engine = ctx.engine
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
+        me = _user()
         self.actor = actor or Actor(
-            platform="console", tenant_id="local", user_id=_user(), display_name=_user(), is_moderator=True
+            platform="console", tenant_id="local", user_id=me, display_name=me, is_moderator=True
         )
         self._strict = strict  # the one-job CLI exits 1 when its job or command failed
         self._errors = 0
@@ -100,7 +101,7 @@ class ConsoleAdapter:
             self.engine.register_restorer(platform, self)
 
     @classmethod
-    def configured(cls, settings: Any) -> bool:
+    def configured(cls, settings: Settings) -> bool:
         """The console only runs when asked for (the demo)."""
         return False
 
@@ -116,14 +117,11 @@ class ConsoleAdapter:
     async def stop(self) -> None:
         """Nothing to disconnect."""
 
-    def _say(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
-
     async def run(self) -> int:
         """Read commands until end of input or /quit; then wait for running jobs."""
         interactive = self._in.isatty()
         if interactive:
-            self._say("imagine-bot console — type /help. Files are saved under the output folder.")
+            _write(self._out, messages.console_welcome())
         while True:
             if interactive:
                 print("> ", end="", file=self._out, flush=True)
@@ -149,18 +147,18 @@ class ConsoleAdapter:
                 case "quit" | "exit":
                     return "quit"
                 case "help":
-                    self._say(HELP)
+                    _write(self._out, HELP)
                 case "show":
                     result = await self.engine.show(self.actor, parsed.arg)
                     await ConsoleReply(self._out).result(result)
                 case "cancel":
-                    self._say(await self.engine.cancel(self.actor, parsed.arg))
+                    _write(self._out, await self.engine.cancel(self.actor, parsed.arg))
                 case _:
                     command = parsed.command
                     if isinstance(command, CreditsCommand):
-                        self._say((await self.engine.credits(self.actor)).text.replace("**", ""))
+                        _write(self._out, _plain((await self.engine.credits(self.actor)).text))
                     elif isinstance(command, ModCommand):
-                        self._say((await self.engine.moderate(self.actor, command)).text)
+                        _write(self._out, (await self.engine.moderate(self.actor, command)).text)
                     elif command is not None:
                         reply = ConsoleReply(self._out)
                         self._pending.append(reply)
@@ -171,11 +169,11 @@ class ConsoleAdapter:
                             raise
         except UserError as err:
             self._errors += 1
-            self._say(f"! {err}")
+            _write(self._out, f"! {err}")
         except Exception:
             self._errors += 1
             _log.exception("console command failed: %s", line.strip()[:200])
-            self._say("! Something went wrong on my side; the details are in the log.")
+            _write(self._out, f"! {messages.something_went_wrong()}")
         return None
 
 

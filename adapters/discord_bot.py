@@ -35,7 +35,7 @@ from adapters.discord_commands import (
 from adapters.discord_reply import DiscordReply, ReplyRef, clip
 from bot import messages
 from bot.adapter import AdapterContext
-from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand, ModOp
+from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
 from bot.config import Settings
 from bot.engine import LogReply
 from bot.errors import ConfigError, UserError
@@ -141,14 +141,14 @@ class _EditModal(discord.ui.Modal):
     so one opened before a restart still works."""
 
     def __init__(self, custom_id: str) -> None:
-        super().__init__(title="Edit this image", custom_id=custom_id, timeout=900)
+        super().__init__(title=messages.edit_dialog_title(), custom_id=custom_id, timeout=900)
         self.add_item(
             discord.ui.Label(
-                text="What should change?",
+                text=messages.edit_dialog_label(),
                 component=discord.ui.TextInput(
                     custom_id=INSTRUCTION_FIELD,
                     style=discord.TextStyle.paragraph,
-                    placeholder="e.g. make it night time, add snow",
+                    placeholder=messages.edit_dialog_placeholder(),
                     min_length=1,
                     max_length=1000,
                 ),
@@ -254,6 +254,7 @@ class DiscordAdapter:
             _, pending = await asyncio.wait(set(self._handlers), timeout=_STOP_GRACE)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self.client is not None:
             await self.client.close()
         if self._gateway is not None:
@@ -292,8 +293,7 @@ class DiscordAdapter:
 
     def reply_for(self, interaction: discord.Interaction, head: str = "") -> DiscordReply:
         """A reply on this interaction's token (its original response is the status message)."""
-        short = " ".join(head.split())
-        short = short if len(short) <= 100 else short[:99] + "…"
+        short = clip(" ".join(head.split()), 100)
         return DiscordReply(
             self,
             ReplyRef(
@@ -415,7 +415,7 @@ class DiscordAdapter:
         async def work() -> None:
             result = await self.engine.moderate(self.actor(interaction), command)
             await self._say(interaction, result.text)
-            if command.op not in (ModOp.BLOCK_LIST, ModOp.HISTORY, ModOp.TOP, ModOp.SPEND):
+            if command.op.changes_state:
                 await self._modlog(result.log_line)
 
         await self._handle(interaction, f"quota {command.op.value}", work, defer="private")

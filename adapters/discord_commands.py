@@ -57,15 +57,20 @@ class CommandHandler(Protocol):
         interaction: discord.Interaction,
         command: ImagineCommand | EditCommand | Model3DCommand,
         head: str,
-    ) -> None: ...
+    ) -> None:
+        """Start a job; its deferred response becomes the status message headed by `head`."""
 
-    async def show_credits(self, interaction: discord.Interaction) -> None: ...
+    async def show_credits(self, interaction: discord.Interaction) -> None:
+        """Answer /credits privately."""
 
-    async def show_job(self, interaction: discord.Interaction, job_id: str) -> None: ...
+    async def show_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Post a finished job's result again."""
 
-    async def cancel_job(self, interaction: discord.Interaction, job_id: str) -> None: ...
+    async def cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Cancel a running job."""
 
-    async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None: ...
+    async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None:
+        """Run a /quota subcommand."""
 
 
 # --- pure translation ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 from discord.webhook.async_ import async_context
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from bot import messages
 from bot.reply import Button, ButtonAction, Failure, JobResult, OutputFile, Progress
@@ -61,7 +61,7 @@ class ReplyRef(BaseModel):
 
     v: int = 1
     app_id: str
-    token: str | None = None
+    token: str | None = Field(default=None, repr=False)  # lets anyone edit the message: keep out of logs
     issued: float  # unix time the interaction was created
     channel_id: str
     guild_id: str | None = None
@@ -80,9 +80,11 @@ class Platform(Protocol):
     media: Any
 
     @property
-    def http(self) -> discord.http.HTTPClient: ...
+    def http(self) -> discord.http.HTTPClient:
+        """The bot's REST client, for channel messages."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """Unix time (injectable, to age interaction tokens in tests)."""
 
 
 # --- pure helpers ------------------------------------------------------------------------------

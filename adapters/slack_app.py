@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 
 import aiohttp
@@ -28,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_blocks import HELP, edit_modal, mrkdwn, plain
 from adapters.slack_events import (
     EDIT_VIEW,
+    INSTRUCTION_BLOCK,
     BlockActions,
     EditTarget,
     MessageShortcut,
@@ -46,10 +47,11 @@ from adapters.slack_moderators import ModeratorDirectory
 from adapters.slack_reply import UNREACHABLE, SlackAddress, SlackReply, slack_error
 from bot import messages
 from bot.adapter import AdapterContext
-from bot.commands import Actor, CreditsCommand, EditCommand, ImageRef, ModCommand
+from bot.commands import Actor, CommandModel, CreditsCommand, EditCommand, ImageRef, ModCommand
 from bot.config import Settings
+from bot.engine import LogReply
 from bot.errors import ConfigError, InvalidInputError, UserError
-from bot.reply import ButtonAction, JobResult, parse_custom_id
+from bot.reply import ButtonAction, JobResult, Reply, parse_custom_id
 
 __all__ = ["COMMANDS", "EDIT_SHORTCUT", "ModeratorDirectory", "SlackAdapter", "SlackAddress", "SlackReply"]
 
@@ -120,9 +122,14 @@ class SlackAdapter:
             settings.slack_signing_secret or settings.slack_app_token
         )
 
-    def restore(self, ref: dict[str, Any]) -> SlackReply:
-        """A reply that edits the same status message as before the restart."""
-        return SlackReply(self, SlackAddress.from_json(ref))
+    def restore(self, ref: dict[str, Any]) -> Reply:
+        """A reply that edits the same status message as before the restart (a log-only one
+        when the saved address is unusable, so resuming never fails)."""
+        try:
+            return SlackReply(self, SlackAddress.from_json(ref))
+        except TypeError:  # a required field (channel, user) is missing
+            _log.warning("unusable slack reply address (keys %s); job replies go to the log", sorted(ref))
+            return LogReply(ref)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -167,11 +174,8 @@ class SlackAdapter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.get_running_loop().create_task(run(), name=name)
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -227,8 +231,7 @@ class SlackAdapter:
     async def prepare_files(self, result: JobResult) -> tuple[list[dict[str, Any]], list[str]]:
         """The uploads for a result (the grid alone when there are several images) and links
         for files over Slack's limit (uploaded as a small preview instead)."""
-        images = [f for f in result.files if f.role == "image"]
-        chosen = [result.preview] if result.preview is not None and len(images) > 1 else list(result.files)
+        chosen = [result.preview] if result.preview is not None else list(result.files)
         uploads: list[dict[str, Any]] = []
         links: list[str] = []
         for f in chosen:
@@ -241,8 +244,9 @@ class SlackAdapter:
                     f = await self.media.thumbnail_under(
                         f, self.file_limit, f.path.with_name(f"{f.path.stem}-preview")
                     )
-                except ValueError:
-                    continue  # not even a small preview fits: the link alone
+                except (ValueError, OSError) as exc:
+                    _log.info("no preview for %s: %s", f.filename, exc)
+                    continue  # the link alone
             try:
                 data = await asyncio.to_thread(f.path.read_bytes)
             except OSError as exc:  # e.g. the output folder was cleaned: link instead
@@ -269,8 +273,6 @@ class SlackAdapter:
             await work
         except UserError as err:
             await self.tell(response_url, str(err), target)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             _log.exception("slack %s failed", what)
             await self.tell(response_url, messages.something_went_wrong(), target)
@@ -301,7 +303,9 @@ class SlackAdapter:
             name=f"slack-{command.command.strip('/')}",
         )
 
-    async def _command(self, body: SlashCommand, command: Any) -> None:
+    async def _command(
+        self, body: SlashCommand, command: CommandModel | CreditsCommand | ModCommand | None
+    ) -> None:
         actor = await self._actor(body.team_id, body.user_id, body.user_name, body.channel_id)
         target = (body.channel_id, body.user_id)
         match command:
@@ -312,9 +316,7 @@ class SlackAdapter:
                 outcome = await self.engine.moderate(actor, command)
                 await self.tell(body.response_url, outcome.text, target)
             case None:
-                raise InvalidInputError(
-                    messages.invalid("I don't know that command.", "Try `/imagine help`.")
-                )
+                raise InvalidInputError(messages.unknown_command())
             case _:
                 command = authorise_command(command, self._token, self._api_base)
                 reply = SlackReply(
@@ -360,17 +362,11 @@ class SlackAdapter:
                 job_id=job_id,
                 index=index,
             )
-            subject = f"Image {(index or 0) + 1} of job `{job_id}`"
+            subject = messages.single_caption(job_id, index or 0, "")
             await self.client.views_open(trigger_id=press.trigger_id, view=edit_modal(target, subject))
             return
         user = press.user
         actor = await self._actor(press.team_id, user.id, user.username or user.name, press.channel_id)
-        label = {
-            ButtonAction.REROLL: "Reroll",
-            ButtonAction.MAKE_3D: "Make 3D",
-            ButtonAction.SINGLE: "Image",
-            ButtonAction.CANCEL: "Cancel",
-        }[action]
         reply = SlackReply(
             self,
             SlackAddress(
@@ -378,7 +374,7 @@ class SlackAdapter:
                 user=user.id,
                 thread_ts=press.thread_ts,
                 response_url=press.response_url,
-                headline=_headline(user.id, f"{label} · job `{job_id}`"),
+                headline=_headline(user.id, messages.button_request(action.value, job_id)),
             ),
         )
         key = request_key("action", press.team_id, user.id, press.actions[0].action_ts)
@@ -420,14 +416,16 @@ class SlackAdapter:
             file_name=image.name or None,
         )
         await self.client.views_open(
-            trigger_id=shortcut.trigger_id, view=edit_modal(target, f"Editing *{image.name or 'image'}*")
+            trigger_id=shortcut.trigger_id, view=edit_modal(target, messages.edit_file_subject(image.name))
         )
 
     async def _on_edit_submitted(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         submission = ViewSubmission.model_validate(body)
         instruction = instruction_from(submission.view)
         if not instruction:
-            await ack(response_action="errors", errors={"instruction": "Say what should change."})
+            await ack(
+                response_action="errors", errors={INSTRUCTION_BLOCK: messages.edit_instruction_missing()}
+            )
             return
         await ack()
         try:
@@ -448,7 +446,6 @@ class SlackAdapter:
     async def _edit(self, submission: ViewSubmission, target: EditTarget, instruction: str) -> None:
         user = submission.user
         actor = await self._actor(submission.team_id, user.id, user.username or user.name, target.channel)
-        subject = f"job `{target.job_id}`" if target.job_id else (target.file_name or "an image")
         reply = SlackReply(
             self,
             SlackAddress(
@@ -456,7 +453,10 @@ class SlackAdapter:
                 user=user.id,
                 thread_ts=target.thread_ts,
                 response_url=target.response_url,
-                headline=_headline(user.id, f"Edit of {subject}: {instruction}"),
+                headline=_headline(
+                    user.id,
+                    messages.edit_request(instruction, job_id=target.job_id, filename=target.file_name),
+                ),
             ),
         )
         key = request_key("view", submission.team_id, submission.view.id)

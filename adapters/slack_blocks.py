@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.slack_events import EDIT_VIEW, INSTRUCTION_BLOCK, EditTarget
+from bot import messages
 from bot.params import FLAGS_HELP
 from bot.reply import Button, ButtonAction
 
@@ -16,17 +17,6 @@ __all__ = ["HELP", "edit_modal", "message_blocks", "mrkdwn", "plain"]
 SECTION_LIMIT = 3000  # characters of one section's text
 TEXT_LIMIT = 4000  # what we send as a message's notification text
 BUTTONS_PER_BLOCK = 25
-
-HELP = (
-    "*imagine-bot* makes images and 3D models with Hunyuan.\n"
-    "• `/imagine <prompt>` — images, e.g. `/imagine a red fox --ar 16:9 --seed 7 --no text --n 4`\n"
-    "• `/edit <image link> <instruction>` — change an image; or press *Edit* on a result, or use the "
-    "message shortcut *Edit this image* on any message with an image\n"
-    "• `/model3d <prompt>` or `/model3d <image link>` — a 3D model (.glb); or press *Make 3D* on a result\n"
-    "• `/credits` — your balance and recent jobs\n"
-    "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, blocklist, "
-    "history, top\n" + FLAGS_HELP
-)
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 # Slack's own markup that must pass through unescaped: mentions, channels, specials, links.
@@ -49,6 +39,10 @@ def mrkdwn(text: str) -> str:
         last = m.end()
     out.append(_escape(text[last:]))
     return "".join(out)
+
+
+#: `/imagine help` as mrkdwn: escaped, or Slack would read `<prompt>` as a link
+HELP = mrkdwn(messages.slack_help(FLAGS_HELP))
 
 
 def plain(text: str, limit: int) -> str:
@@ -91,21 +85,21 @@ def edit_modal(target: EditTarget, subject: str) -> dict[str, Any]:
         "type": "modal",
         "callback_id": EDIT_VIEW,
         "private_metadata": target.dump(),
-        "title": {"type": "plain_text", "text": "Edit image"},
-        "submit": {"type": "plain_text", "text": "Edit"},
-        "close": {"type": "plain_text", "text": "Cancel"},
+        "title": {"type": "plain_text", "text": messages.edit_dialog_title()},
+        "submit": {"type": "plain_text", "text": messages.edit_dialog_submit()},
+        "close": {"type": "plain_text", "text": messages.edit_dialog_close()},
         "blocks": [
             {"type": "context", "elements": [{"type": "mrkdwn", "text": plain(mrkdwn(subject), 300)}]},
             {
                 "type": "input",
                 "block_id": INSTRUCTION_BLOCK,
-                "label": {"type": "plain_text", "text": "What should change?"},
+                "label": {"type": "plain_text", "text": messages.edit_dialog_label()},
                 "element": {
                     "type": "plain_text_input",
                     "action_id": INSTRUCTION_BLOCK,
                     "multiline": True,
                     "max_length": 1000,
-                    "placeholder": {"type": "plain_text", "text": "e.g. make the sky stormy"},
+                    "placeholder": {"type": "plain_text", "text": messages.edit_dialog_placeholder()},
                 },
             },
         ],

@@ -16,7 +16,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_blocks import message_blocks, mrkdwn, plain
+from adapters.slack_blocks import TEXT_LIMIT, message_blocks, mrkdwn, plain
 from bot import messages
 from bot.reply import Button, Failure, JobResult, OutputFile, Progress
 
@@ -27,6 +27,8 @@ _log = logging.getLogger(__name__)
 # Errors after which a channel is out of reach for the bot; it then writes to the user's DM.
 UNREACHABLE = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action"})
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+#: what a Web API call raises when Slack or the network fails (slack_sdk has retried already)
+_PLATFORM_ERRORS = (SlackApiError, SlackRequestError, aiohttp.ClientError, TimeoutError)
 
 
 class _Host(Protocol):
@@ -97,7 +99,7 @@ class SlackReply:
     async def _guard(self, what: str, job_id: str, work: Awaitable[None]) -> None:
         try:
             await work
-        except (SlackApiError, SlackRequestError, aiohttp.ClientError, TimeoutError) as exc:
+        except _PLATFORM_ERRORS as exc:
             _log.warning("slack %s failed job=%s channel=%s: %s", what, job_id, self.address.channel, exc)
 
     async def _show(self, text: str, buttons: Iterable[Button]) -> None:
@@ -108,7 +110,7 @@ class SlackReply:
                 await client.chat_update(
                     channel=self.address.channel,
                     ts=self.address.status_ts,
-                    text=plain(text, 3000),
+                    text=plain(text, TEXT_LIMIT),
                     blocks=blocks,
                 )
                 return
@@ -123,7 +125,7 @@ class SlackReply:
             response = await self._adapter.client.chat_postMessage(
                 channel=self.address.channel,
                 thread_ts=self.address.thread_ts,
-                text=plain(text, 3000),
+                text=plain(text, TEXT_LIMIT),
                 blocks=blocks,
             )
             return str(response["ts"])
@@ -160,11 +162,11 @@ class SlackReply:
 
             try:
                 await self._in_reach(upload)
-            except (SlackApiError, SlackRequestError) as exc:
+            except _PLATFORM_ERRORS as exc:
                 # Never lose a result to a failed upload: the card below carries links instead.
                 _log.warning("upload failed job=%s: %s", result.job_id, exc)
                 links = [f.url for f in result.files if f.url] or links
-        text = f"{self.address.headline}\n{caption}" if self.address.headline else caption
+        text = self._with_headline(result.text)
         if links:
             text += "\n" + "\n".join(f"<{url}|{name}>" for name, url in _named(links, result.files))
         await self._show(text, result.buttons)

@@ -70,6 +70,9 @@ def _setup_logging(settings: Settings, level: str | None = None) -> None:
     root.setLevel((level or settings.log_level).upper())
     for noisy in ("aiohttp.access", "discord.gateway", "discord.client", "slack_bolt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # At DEBUG these write request URLs that carry interaction tokens: never below INFO.
+    for leaky in ("discord.http", "discord.webhook.async_", "slack_sdk"):
+        logging.getLogger(leaky).setLevel(max(logging.INFO, root.level))
 
 
 def _parser() -> argparse.ArgumentParser:

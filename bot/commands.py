@@ -128,6 +128,11 @@ class ModOp(StrEnum):
     TOP = "top"
     SPEND = "spend"
 
+    @property
+    def changes_state(self) -> bool:
+        """False for the read-only operations (nothing to audit or post to a moderation log)."""
+        return self not in (ModOp.BLOCK_LIST, ModOp.HISTORY, ModOp.TOP, ModOp.SPEND)
+
 
 class ModCommand(_Frozen):
     """/quota …: `target` is a user id, `kind` a command kind for COST, `words` for the

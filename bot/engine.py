@@ -478,10 +478,10 @@ class Engine:
     def _result_image(self, job: JobRecord, index: int | None) -> OutputFile:
         images = [f for f in self._files(job) if f.role == "image"]
         if job.state is not JobPhase.DONE or not images:
-            raise InvalidInputError("That job has no finished image to work from yet.")
+            raise InvalidInputError(messages.no_finished_image())
         i = index or 0
         if not 0 <= i < len(images):
-            raise InvalidInputError(f"That job has {len(images)} image(s); pick 1 to {len(images)}.")
+            raise InvalidInputError(messages.image_index_out_of_range(len(images)))
         return images[i]
 
     async def single(self, actor: Actor, job_id: str, index: int) -> JobResult:

@@ -368,6 +368,118 @@ def file_too_big(filename: str, size: str) -> str:
     return f"{filename} ({size}) is too big to attach here; ask an operator to set PUBLIC_BASE_URL for links."
 
 
+def unknown_command() -> str:
+    """A slash command the bot has no handler for."""
+    return invalid("I don't know that command.", "Try `/imagine help`.")
+
+
+# --- the edit dialog (the Edit button's modal, on both platforms) ------------------------------
+
+
+def edit_dialog_title() -> str:
+    """Title of the modal that asks for an edit instruction (Slack allows 24 characters)."""
+    return "Edit this image"
+
+
+def edit_dialog_label() -> str:
+    """Label of the modal's instruction field."""
+    return "What should change?"
+
+
+def edit_dialog_placeholder() -> str:
+    """Example shown in the empty instruction field."""
+    return "e.g. make it night time, add snow"
+
+
+def edit_dialog_submit() -> str:
+    """The modal's submit button (Slack)."""
+    return "Edit"
+
+
+def edit_dialog_close() -> str:
+    """The modal's close button (Slack)."""
+    return "Cancel"
+
+
+def edit_instruction_missing() -> str:
+    """The edit modal was submitted without an instruction."""
+    return "Say what should change."
+
+
+def edit_file_subject(filename: str | None) -> str:
+    """Names the chat file an edit modal works on."""
+    return f"Editing **{filename or 'image'}**"
+
+
+# --- what a job was started for (first line of its status message) ---------------------------
+
+
+def button_request(action: str, job_id: str) -> str:
+    """A job started or shown by a result button (`action` is a `ButtonAction` value)."""
+    name = {"reroll": "Reroll", "make3d": "Make 3D", "single": "Image", "cancel": "Cancel", "edit": "Edit"}
+    return f"{name.get(action, action)} · job `{job_id}`"
+
+
+def edit_request(instruction: str, *, job_id: str | None = None, filename: str | None = None) -> str:
+    """An edit started from the edit modal: of a job's image, or of a chat file."""
+    subject = f"job `{job_id}`" if job_id else (filename or "an image")
+    return f"Edit of {subject}: {instruction}"
+
+
+# --- help ----------------------------------------------------------------------------------
+
+
+def slack_help(flags_help: str) -> str:
+    """`/imagine help` on Slack; `flags_help` is the core's inline-flag summary."""
+    return (
+        "**imagine-bot** makes images and 3D models with Hunyuan.\n"
+        "• `/imagine <prompt>` — images, e.g. `/imagine a red fox --ar 16:9 --seed 7 --no text --n 4`\n"
+        "• `/edit <image link> <instruction>` — change an image; or press **Edit** on a result, or use "
+        "the message shortcut **Edit this image** on any message with an image\n"
+        "• `/model3d <prompt>` or `/model3d <image link>` — a 3D model (.glb); or press **Make 3D** on a "
+        "result\n"
+        "• `/credits` — your balance and recent jobs\n"
+        "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, blocklist, "
+        "history, top\n" + flags_help
+    )
+
+
+def console_help(flags_help: str) -> str:
+    """`/help` in the terminal chat; `flags_help` is the core's inline-flag summary."""
+    return (
+        "Commands:\n"
+        "  /imagine <prompt> [--ar W:H] [--seed N] [--no words] [--n 1-4] [--model NAME] [--size WxH]\n"
+        "  /edit <image path or URL> <instruction>\n"
+        "  /model3d <prompt>   or   /model3d <image path or URL>\n"
+        "  /credits   /show <job id>   /cancel <job id>   /quota …   /help   /quit\n" + flags_help
+    )
+
+
+def console_welcome() -> str:
+    """First line of an interactive terminal chat."""
+    return "imagine-bot console — type /help. Files are saved under the output folder."
+
+
+def console_next(job_id: str) -> str:
+    """After a result in the terminal chat: how to get it again."""
+    return f"next: /imagine … again, or /show {job_id}"
+
+
+def no_finished_image() -> str:
+    """A button that needs a finished image on a job that has none."""
+    return "That job has no finished image to work from yet."
+
+
+def image_index_out_of_range(count: int) -> str:
+    """A button or command naming an image the job does not have."""
+    return f"That job has {count} image{'s' if count != 1 else ''}; pick 1 to {count}."
+
+
+def not_configured(what: str) -> str:
+    """A command kind no configured vendor serves (e.g. "Image editing")."""
+    return f"{what} isn't configured on this bot."
+
+
 # Reasons given inside `failed(...)`: short, no vendor internals.
 REASON_VENDORS_DOWN = "all image services are unavailable right now."
 REASON_TIMEOUT = "the generator took too long."

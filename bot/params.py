@@ -207,7 +207,7 @@ def _merge(structured: object | None, inline: str | None) -> str | None:
 def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
     """Validate /imagine into a JobSpec using the catalog's limits."""
     if Kind.IMAGE not in catalog.kinds():
-        raise InvalidInputError("Image generation isn't configured on this bot.")
+        raise InvalidInputError(messages.not_configured("Image generation"))
     limits = catalog.limits(Kind.IMAGE)
     flags = parse_flags(cmd.prompt)
     prompt = _check_prompt(flags.prompt, limits.max_prompt)
@@ -286,7 +286,7 @@ def _check_model(model: str | None, kind: Kind, catalog: Catalog) -> str | None:
 def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
     """Validate /edit (the image itself is checked and stored by the engine's media step)."""
     if Kind.EDIT not in catalog.kinds():
-        raise InvalidInputError("Image editing isn't configured on this bot.")
+        raise InvalidInputError(messages.not_configured("Image editing"))
     limits = catalog.limits(Kind.EDIT)
     if cmd.image is None or not (cmd.image.url or cmd.image.path or cmd.image.data):
         raise InvalidInputError(
@@ -304,7 +304,7 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
 def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
     """Validate /model3d: a prompt or an image (not neither), quality options."""
     if Kind.MODEL3D not in catalog.kinds():
-        raise InvalidInputError("3D generation isn't configured on this bot.")
+        raise InvalidInputError(messages.not_configured("3D generation"))
     limits = catalog.limits(Kind.MODEL3D)
     has_image = cmd.image is not None and bool(cmd.image.url or cmd.image.path or cmd.image.data)
     prompt = ""
@@ -326,7 +326,7 @@ def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
     routes = [r for r in catalog.for_kind(Kind.MODEL3D) if r.needs_image == has_image]
     if not routes:
         what = "from an image" if has_image else "from text"
-        raise InvalidInputError(f"3D generation {what} isn't configured on this bot.")
+        raise InvalidInputError(messages.not_configured(f"3D generation {what}"))
     return JobSpec(
         kind=Kind.MODEL3D,
         prompt=prompt,

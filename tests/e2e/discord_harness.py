@@ -4,7 +4,7 @@ Discord fake and the sandbox vendors, and waits for what a user would see."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +15,12 @@ from tests.fakes.discord_fake import DiscordFake, FakeInteraction, FakeMessage
 from tests.support.core import core_settings
 
 __all__ = [
-    "borrowed",
     "discord_bot",
     "discord_settings",
     "wait_done",
     "wait_original",
     "wait_result",
 ]
-
-
-class _Borrowed:
-    """Hands BotApp a sandbox that outlives it (a restart keeps the vendors' jobs)."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-
-    async def __aenter__(self) -> Sandbox:
-        return self.sandbox
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-def borrowed(sandbox: Sandbox) -> Any:
-    """A sandbox BotApp uses without closing it."""
-    return _Borrowed(sandbox)
 
 
 def discord_settings(tmp_path: Path, fake: DiscordFake, **overrides: Any) -> Settings:
@@ -61,7 +42,8 @@ async def discord_bot(
 ) -> AsyncIterator[BotApp]:
     """The bot, connected to the fake (READY received) and to the sandbox vendors."""
     settings = discord_settings(tmp_path, fake, **overrides)
-    async with BotApp(settings, platforms=["discord"], sandbox=borrowed(sandbox)) as app:
+    # nullcontext: BotApp uses the sandbox but leaves it running, so a restart keeps its jobs.
+    async with BotApp(settings, platforms=["discord"], sandbox=nullcontext(sandbox)) as app:
         yield app
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,6 @@ __all__ = [
     "TEAM",
     "Delivery",
     "SlackBot",
-    "borrowed",
     "slack_bot",
 ]
 
@@ -54,24 +53,6 @@ class Delivery:
     elapsed: float
     response_url: str | None = None
     trigger_id: str | None = None
-
-
-class _Borrowed:
-    """Hands BotApp a sandbox that outlives it (a restart keeps the vendors' jobs)."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-
-    async def __aenter__(self) -> Sandbox:
-        return self.sandbox
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-def borrowed(sandbox: Sandbox) -> Any:
-    """A sandbox BotApp uses without closing it."""
-    return _Borrowed(sandbox)
 
 
 class SlackBot:
@@ -320,7 +301,7 @@ async def slack_bot(
     app = BotApp(
         settings_for(tmp_path, fake, mode, **overrides),
         platforms=["slack"],
-        sandbox=borrowed(sandbox) if sandbox is not None else fast_sandbox(),
+        sandbox=nullcontext(sandbox) if sandbox is not None else fast_sandbox(),
     )
     async with aiohttp.ClientSession() as session, app:
         if mode == "socket":

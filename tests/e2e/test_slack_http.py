@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import pytest
 from PIL import Image
 
+from bot.engine import LogReply
 from tests.e2e.slack_harness import ADMIN, CHANNEL, MEMBER, OTHER, TEAM, SlackBot, slack_bot
 from tests.fakes.slack_fake import PostedMessage, SlackFake
 from tests.support.core import fast_sandbox
@@ -137,6 +138,14 @@ async def test_imagine_help_explains_the_flags_without_starting_a_job(bot: Slack
     assert delivery.status == 200
     assert "--ar" in delivery.body and "--seed" in delivery.body and "--no" in delivery.body
     assert await bot.job_rows() == []
+    # Placeholders are escaped: a raw `<prompt>` is Slack link syntax and would not show.
+    assert "`/imagine &lt;prompt&gt;`" in delivery.body and "<prompt>" not in delivery.body
+
+
+async def test_an_unusable_saved_address_resumes_into_the_log(bot: SlackBot) -> None:
+    reply = bot.app.adapters["slack"].restore({"status_ts": "1.1"})  # no channel, no user
+    assert reply.ref() == {"status_ts": "1.1"}
+    assert isinstance(reply, LogReply)
 
 
 async def test_the_edit_button_opens_a_modal_whose_submission_edits_the_image(

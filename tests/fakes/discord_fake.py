@@ -68,6 +68,7 @@ class FakeUser:
     roles: tuple[str, ...] = ()
 
     def payload(self) -> dict[str, Any]:
+        """The user as Discord's API sends it."""
         return {
             "id": self.id,
             "username": self.username,
@@ -95,6 +96,7 @@ class FakeAttachment:
     url: str
 
     def payload(self) -> dict[str, Any]:
+        """The attachment as Discord's REST API returns it."""
         return {
             "id": self.id,
             "filename": self.filename,
@@ -116,6 +118,7 @@ class FakeFile:
 
     @property
     def size(self) -> int:
+        """Bytes received."""
         return len(self.data)
 
 
@@ -139,10 +142,12 @@ class FakeMessage:
 
     @property
     def ephemeral(self) -> bool:
+        """Whether only the invoking user sees it."""
         return bool(self.flags & EPHEMERAL)
 
     @property
     def loading(self) -> bool:
+        """Whether it is a deferred "thinking…" placeholder."""
         return bool(self.flags & LOADING)
 
     @property
@@ -152,6 +157,7 @@ class FakeMessage:
 
     @property
     def custom_ids(self) -> list[str]:
+        """The custom ids of its buttons."""
         return [b["custom_id"] for b in self.buttons if "custom_id" in b]
 
     def button(self, label: str) -> dict[str, Any]:
@@ -164,6 +170,7 @@ class FakeMessage:
         )
 
     def payload(self, bot: dict[str, Any]) -> dict[str, Any]:
+        """The INTERACTION_CREATE payload, with `bot` as the application's user."""
         return {
             "id": self.id,
             "channel_id": self.channel_id,
@@ -220,6 +227,7 @@ class FakeInteraction:
 
     @property
     def acked(self) -> bool:
+        """Whether the bot answered the interaction's callback."""
         return self.ack_type is not None
 
 
@@ -337,10 +345,12 @@ class DiscordFake:
 
     @property
     def api_base(self) -> str:
+        """The REST base to give the bot (DISCORD_API_BASE)."""
         return f"http://127.0.0.1:{self.port}/api/v10"
 
     @property
     def gateway_url(self) -> str:
+        """The gateway URL to give the bot (DISCORD_GATEWAY_URL)."""
         return f"ws://127.0.0.1:{self.port}/gateway"
 
     # --- clock and ids ---------------------------------------------------------------------
@@ -471,6 +481,7 @@ class DiscordFake:
 
     @property
     def connected(self) -> bool:
+        """Whether the bot's gateway websocket is open."""
         return self._ws is not None and not self._ws.closed
 
     async def drop_connection(self, code: int = 4000) -> None:
@@ -782,6 +793,7 @@ class DiscordFake:
         return "\n".join(m.content for m in self.replies(ix))
 
     async def wait_ack(self, ix: FakeInteraction, timeout: float = 5.0) -> FakeInteraction:
+        """Wait until the bot acknowledges `ix`; returns it."""
         await self.wait_for(lambda: ix.acked, timeout)
         return ix
 
