@@ -268,7 +268,9 @@ async def test_a_webhook_makes_a_single_image_task_async_and_its_post_parses_to_
     assert polled.state is JobState.SUCCEEDED and polled.artifacts[0].url == artifact.url
 
 
-async def test_several_images_with_a_webhook_arrive_one_post_each(client: RunwareProvider, hook: Hook) -> None:
+async def test_several_images_with_a_webhook_arrive_one_post_each(
+    client: RunwareProvider, hook: Hook
+) -> None:
     submission = await client.submit(image_request(count=3, webhook_url=hook.url))
     assert submission.handle.data["delivery"] == "async"
     assert submission.update is None
