@@ -455,37 +455,18 @@ class DiscordAdapter:
             await self._handle(interaction, "edit modal", edit, defer="public")
             return
 
-        match action:
-            case ButtonAction.EDIT:
+        if action is ButtonAction.EDIT:
 
-                async def open_modal() -> None:
-                    await interaction.response.send_modal(_EditModal(str(data["custom_id"])))
+            async def open_modal() -> None:
+                await interaction.response.send_modal(_EditModal(str(data["custom_id"])))
 
-                await self._handle(interaction, "edit button", open_modal, defer=None)
-            case ButtonAction.CANCEL:
+            await self._handle(interaction, "edit button", open_modal, defer=None)
+            return
 
-                async def cancel() -> None:
-                    await self.engine.cancel(actor, job_id)
+        async def press() -> None:
+            reply = self.reply_for(interaction)
+            await self.engine.press(actor, action, job_id, index, reply, request_key=key)
 
-                await self._handle(interaction, "cancel button", cancel, defer="update")
-            case ButtonAction.REROLL:
-
-                async def reroll() -> None:
-                    await self.engine.reroll(actor, job_id, self.reply_for(interaction), request_key=key)
-
-                await self._handle(interaction, "reroll", reroll, defer="public")
-            case ButtonAction.MAKE_3D:
-
-                async def make_3d() -> None:
-                    await self.engine.make_3d(
-                        actor, job_id, index, self.reply_for(interaction), request_key=key
-                    )
-
-                await self._handle(interaction, "make 3d", make_3d, defer="public")
-            case ButtonAction.SINGLE:
-
-                async def single() -> None:
-                    result = await self.engine.single(actor, job_id, index or 0)
-                    await self.reply_for(interaction).result(result)
-
-                await self._handle(interaction, "single", single, defer="public")
+        # Cancel edits the job's own status message; the others answer with a new one.
+        defer = "update" if action is ButtonAction.CANCEL else "public"
+        await self._handle(interaction, f"{action.value} button", press, defer=defer)

@@ -378,16 +378,7 @@ class SlackAdapter:
             ),
         )
         key = request_key("action", press.team_id, user.id, press.actions[0].action_ts)
-        match action:
-            case ButtonAction.REROLL:
-                await self.engine.reroll(actor, job_id, reply, request_key=key)
-            case ButtonAction.MAKE_3D:
-                await self.engine.make_3d(actor, job_id, index, reply, request_key=key)
-            case ButtonAction.SINGLE:
-                await reply.result(await self.engine.single(actor, job_id, index or 0))
-            case ButtonAction.CANCEL:
-                # The job's own status message turns into "Cancelled" through its reply.
-                await self.engine.cancel(actor, job_id)
+        await self.engine.press(actor, action, job_id, index, reply, request_key=key)
 
     # --- the edit modal and the message shortcut -------------------------------------------
 

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, assert_never
 
 from bot import messages
 from bot.catalog import SEED_MAX, Catalog
@@ -496,6 +496,33 @@ class Engine:
             files=(image,),
             buttons=buttons,
         )
+
+    async def press(
+        self,
+        actor: Actor,
+        action: ButtonAction,
+        job_id: str,
+        index: int | None,
+        reply: Reply,
+        *,
+        request_key: str | None = None,
+    ) -> None:
+        """A result or status button (Reroll, Make 3D, one image, Cancel), answered on `reply`.
+        Edit is not a press: it needs an instruction first (`edit_result`)."""
+        match action:
+            case ButtonAction.REROLL:
+                await self.reroll(actor, job_id, reply, request_key=request_key)
+            case ButtonAction.MAKE_3D:
+                await self.make_3d(actor, job_id, index, reply, request_key=request_key)
+            case ButtonAction.SINGLE:
+                await reply.result(await self.single(actor, job_id, index or 0))
+            case ButtonAction.CANCEL:
+                # The job's own status message turns into "Cancelled" through its reply.
+                await self.cancel(actor, job_id)
+            case ButtonAction.EDIT:
+                raise ValueError("Edit needs an instruction: call edit_result")
+            case _:
+                assert_never(action)
 
     async def show(self, actor: Actor, job_id: str) -> JobResult:
         """A finished job's result again, with its buttons (like Midjourney's /show)."""
