@@ -48,6 +48,10 @@ class Adapter(Protocol):
 
     name: ClassVar[str]
 
+    def __init__(self, ctx: AdapterContext) -> None:
+        """Register the reply restorer with `ctx.engine` and any HTTP routes on `ctx.web`."""
+        ...
+
     @classmethod
     def configured(cls, settings: Settings) -> bool:
         """Whether the settings ask for this platform."""
@@ -64,4 +68,4 @@ class Adapter(Protocol):
 
 def load_adapter(name: str) -> type[Adapter]:
     """The adapter class registered under `name`; unknown names list the valid ones."""
-    return load(ADAPTERS, name, "platform")  # type: ignore[no-any-return]
+    return load(ADAPTERS, name, "platform")

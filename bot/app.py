@@ -39,7 +39,7 @@ SANDBOX_KEY = "sandbox-key"
 
 def load_provider(vendor: str) -> type[Provider]:
     """The client class of a vendor; unknown names list the valid ones."""
-    return load(PROVIDERS, vendor, "vendor")  # type: ignore[no-any-return]
+    return load(PROVIDERS, vendor, "vendor")
 
 
 def build_providers(

@@ -207,7 +207,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tenant_cache = _TenantCache(ttl=10.0, clock=clock)
         self._route_times = RouteTimes()
-        self._click_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._click_locks: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -423,15 +423,19 @@ class Engine:
         """Concurrent clicks on one result's button start one job: the check for a running
         child and the admission of a new one happen under one lock per (job, user, kind)."""
         key = (parent.id, actor.user_id, kind.value)
-        lock = self._click_locks.setdefault(key, asyncio.Lock())
+        lock, users = self._click_locks.get(key, (asyncio.Lock(), 0))
+        self._click_locks[key] = (lock, users + 1)
         try:
             async with lock:
                 if await self.store.active_child(parent.id, actor.user_id, kind.value):
                     raise UserError(messages.already_running())
                 yield
         finally:
-            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
-                self._click_locks.pop(key, None)
+            lock, users = self._click_locks[key]
+            if users == 1:
+                del self._click_locks[key]  # the last click out forgets the lock
+            else:
+                self._click_locks[key] = (lock, users - 1)
 
     async def reroll(
         self, actor: Actor, job_id: str, reply: Reply, *, request_key: str | None = None
@@ -720,7 +724,12 @@ class Engine:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
         self._running[job.id] = task
         self._tasks.add(task)
-        task.add_done_callback(lambda t: (self._tasks.discard(t), self._running.pop(job.id, None)))
+
+        def forget(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            self._running.pop(job.id, None)
+
+        task.add_done_callback(forget)
         return task
 
     async def _run(self, job: JobRecord) -> None:

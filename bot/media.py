@@ -582,10 +582,10 @@ def _save(img: Image.Image, out: Path) -> int:
 
 
 def _compose(paths: Sequence[Path], out: Path) -> tuple[int, int, int]:
-    images = []
+    images: list[Image.Image] = []
     for path in paths:
-        with Image.open(path) as img:
-            images.append(_flatten(img, _GRID_BACKGROUND))
+        with Image.open(path) as opened:
+            images.append(_flatten(opened, _GRID_BACKGROUND))
     cols = 1 if len(images) == 1 else 2
     rows = 1 if len(images) <= 2 else 2
     cell_w = max(i.width for i in images)

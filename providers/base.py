@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -239,6 +240,9 @@ class Provider(abc.ABC):
     """
 
     name: ClassVar[str]
+
+    def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:  # noqa: B027
+        """Every client is built from the process's one HTTP session and its vendor settings."""
 
     @classmethod
     @abc.abstractmethod

@@ -40,7 +40,7 @@ def load_emulator(vendor: str) -> type[VendorEmulator]:
     except KeyError:
         raise ValueError(f"unknown sandbox vendor {vendor!r}; known: {', '.join(EMULATORS)}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)
 
 
 class Sandbox:
@@ -123,9 +123,7 @@ class Sandbox:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server  # aiohttp exposes the bound port only here
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])  # the port actually bound (port 0 → any)
         for name, emu in self.emulators.items():
             emu.base_url = self.base_url(name)
             emu.session = self._session

@@ -111,6 +111,9 @@ async def test_vendor_concurrency_limit_caps_calls_in_flight() -> None:
         in_flight = 0
         peak = 0
 
+        def __init__(self) -> None:
+            pass  # no session or settings: it never makes a request
+
         @classmethod
         def routes(cls) -> tuple[RouteSpec, ...]:
             return (RouteSpec("v", "m", Kind.IMAGE),)
