@@ -3,8 +3,11 @@
 A job shows one status message: the interaction's original response, edited as the job moves
 and finally replaced by the result. Interaction tokens die after 15 minutes (and an edit after
 that answers 401/50027), so a reply switches to the channel a minute early — or at once when
-Discord says the token is gone — and posts the result there with a mention instead. Files over
-the interaction's `attachment_size_limit` go out as links with a small preview.
+Discord says the token is gone — and posts the result there with a mention instead. When the
+bot may not post in that channel either (missing access or permissions, channel deleted), the
+messages go to the requester's DM, which the saved address remembers; when DMs are refused
+too, one warning is logged and the job's messages are dropped. Files over the interaction's
+`attachment_size_limit` go out as links with a small preview.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ MAX_REQUEST_BYTES = 25 * 1024 * 1024
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 #: error codes that mean "this token (or its message) can no longer be used"
 _TOKEN_GONE = {50027, 10015, 10008, 10062}
+#: error codes that mean "the bot may not post in this channel": Missing Access, Missing
+#: Permissions, Unknown Channel, Cannot send messages to this user (a DM)
+_NO_POSTING = {50001, 50013, 10003, 50007}
 _IMAGE_ROLES = {"image", "grid", "thumbnail"}
 
 
@@ -69,8 +75,11 @@ class ReplyRef(BaseModel):
     limit: int = DEFAULT_ATTACHMENT_LIMIT
     head: str = ""
     message_id: str | None = None  # the token's status message (its original response)
-    channel_message_id: str | None = None  # the status message posted in the channel later
+    channel_message_id: str | None = None  # the status message posted later (channel, or the DM)
     token_dead: bool = False
+    dm_channel_id: str | None = None  # the requester's DM, once the channel refused a message
+    channel_refusal: int | None = None  # the code the channel answered with then
+    unreachable: bool = False  # the DM refused too: the job's messages are dropped
 
 
 class Platform(Protocol):
@@ -166,6 +175,10 @@ def _gone(err: discord.HTTPException) -> bool:
     return err.code in _TOKEN_GONE or err.status == 401
 
 
+def _no_posting(err: discord.HTTPException) -> bool:
+    return err.code in _NO_POSTING or err.status == 403
+
+
 # --- the reply ---------------------------------------------------------------------------------
 
 
@@ -182,7 +195,9 @@ class DiscordReply:
 
     async def progress(self, update: Progress) -> None:
         """Show or edit the job's status message (with a Cancel button while it runs)."""
-        await self._show(status_text(self.address.head, update.text), update.buttons, (), final=False)
+        await self._show(
+            update.job_id, status_text(self.address.head, update.text), update.buttons, (), final=False
+        )
 
     async def result(self, result: JobResult) -> None:
         """Replace the status with the result: files (links when too big) and buttons."""
@@ -197,18 +212,19 @@ class DiscordReply:
                 uploads.append(preview)
         text = "\n".join([result.text, *notes])
         try:
-            await self._show(clip(text), result.buttons, uploads, final=True)
+            await self._show(result.job_id, clip(text), result.buttons, uploads, final=True)
         except discord.HTTPException as err:
             if err.status != 413:
                 raise
             # Never lose a result to a refused upload: send every file as a link instead.
             _log.warning("upload refused (413) job=%s; sending links", result.job_id)
             links = "\n".join(link_line(f) for f in shown)
-            await self._show(clip(f"{result.text}\n{links}"), result.buttons, (), final=True)
+            await self._show(result.job_id, clip(f"{result.text}\n{links}"), result.buttons, (), final=True)
 
     async def failure(self, failure: Failure) -> None:
         """Turn the status message into the failure text (buttons removed)."""
-        await self._show(status_text(self.address.head, failure.text), (), (), final=False, ping=True)
+        text = status_text(self.address.head, failure.text)
+        await self._show(failure.job_id, text, (), (), final=False, ping=True)
 
     async def _preview(self, f: OutputFile) -> OutputFile | None:
         if f.role not in _IMAGE_ROLES:
@@ -224,6 +240,7 @@ class DiscordReply:
 
     async def _show(
         self,
+        job_id: str,
         content: str,
         buttons: Sequence[Button],
         files: Sequence[OutputFile],
@@ -248,10 +265,11 @@ class DiscordReply:
                 with contextlib.suppress(discord.HTTPException):
                     await self._token_delete()
             a.token_dead = True
-        await self._channel_show(content, buttons, files, new_message=final, ping=final or ping)
+        await self._channel_show(job_id, content, buttons, files, new_message=final, ping=final or ping)
 
     async def _channel_show(
         self,
+        job_id: str,
         content: str,
         buttons: Sequence[Button],
         files: Sequence[OutputFile],
@@ -259,22 +277,96 @@ class DiscordReply:
         new_message: bool,
         ping: bool,
     ) -> None:
+        """Post in the channel; once it refuses, in the requester's DM; once that refuses, nowhere."""
+        a = self.address
+        if a.unreachable:
+            _log.debug("job=%s: the requester is unreachable; message dropped", job_id)
+            return
+        if a.dm_channel_id is None:
+            try:
+                await self._post(a.channel_id, content, buttons, files, new_message=new_message, ping=ping)
+                return
+            except discord.HTTPException as err:
+                if not _no_posting(err):
+                    raise
+                a.channel_refusal = err.code
+            _log.info(
+                "job=%s: cannot post in channel %s (%s); moving to a DM",
+                job_id,
+                a.channel_id,
+                a.channel_refusal,
+            )
+            if a.channel_message_id:
+                # A status message posted before the channel closed: remove it if Discord lets us.
+                with contextlib.suppress(discord.HTTPException):
+                    await self._p.http.delete_message(int(a.channel_id), int(a.channel_message_id))
+                a.channel_message_id = None
+            try:
+                dm = await self._p.http.start_private_message(int(a.user_id))
+            except discord.HTTPException as err:
+                if not _no_posting(err):
+                    raise
+                self._give_up(job_id, err)
+                return
+            a.dm_channel_id = str(dm["id"])
+        note = messages.discord_sent_by_dm(a.channel_id)
+        try:
+            await self._post(
+                a.dm_channel_id,
+                clip(f"{note}\n{content}"),
+                buttons,
+                files,
+                new_message=new_message,
+                ping=False,
+            )
+        except discord.HTTPException as err:
+            if not _no_posting(err):
+                raise
+            self._give_up(job_id, err)
+
+    def _give_up(self, job_id: str, err: discord.HTTPException) -> None:
+        a = self.address
+        a.unreachable = True
+        _log.warning(
+            "discord job=%s undeliverable: user=%s channel=%s refused with code %s, their DM with "
+            "code %s (HTTP %s); the job's messages are dropped",
+            job_id,
+            a.user_id,
+            a.channel_id,
+            a.channel_refusal,
+            err.code,
+            err.status,
+        )
+
+    async def _post(
+        self,
+        channel_id: str,
+        content: str,
+        buttons: Sequence[Button],
+        files: Sequence[OutputFile],
+        *,
+        new_message: bool,
+        ping: bool,
+    ) -> None:
+        """Edit this reply's message in `channel_id`, or post a new one (deleting the old)."""
         a = self.address
         http = self._p.http
         old = a.channel_message_id
         if old and not new_message:
             try:
                 with await self._params(content, buttons, files, ping=False) as params:
-                    await http.edit_message(int(a.channel_id), int(old), params=params)
+                    await http.edit_message(int(channel_id), int(old), params=params)
                 return
-            except discord.NotFound:
+            except discord.NotFound as err:
+                if err.code == 10003:
+                    raise
                 a.channel_message_id = None
         mention = f"<@{a.user_id}> " if ping and f"<@{a.user_id}>" not in content else ""
         with await self._params(clip(mention + content), buttons, files, ping=ping) as params:
-            data = await http.send_message(int(a.channel_id), params=params)
+            data = await http.send_message(int(channel_id), params=params)
         if new_message and old:
             with contextlib.suppress(discord.HTTPException):
-                await http.delete_message(int(a.channel_id), int(old))
+                await http.delete_message(int(channel_id), int(old))
         a.channel_message_id = str(data["id"])
 
     async def _params(

@@ -93,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         job.add_argument("args", nargs="+", help="the same text you would type after the slash command")
         job.add_argument("--sandbox", action="store_true", help="use the loopback emulators")
         job.add_argument("--user", default="operator", help="ledger user to charge (default: operator)")
-        job.add_argument("--tenant", default="local", help="charged to ledger tenant cli:TENANT (default cli:local)")
+        job.add_argument(
+            "--tenant", default="local", help="charged to ledger tenant cli:TENANT (default cli:local)"
+        )
 
     credits = sub.add_parser("credits", help="read and change the ledger")
     credits.add_argument("action", choices=["show", "grant", "take", "set", "history", "spend"])

@@ -363,6 +363,11 @@ def slack_cannot_post_here() -> str:
     )
 
 
+def discord_sent_by_dm(channel_id: str) -> str:
+    """Discord: the first line of a job message that came by DM because the channel refused it."""
+    return f"I can't post in <#{channel_id}>, so this comes to you by direct message."
+
+
 def file_too_big(filename: str, size: str) -> str:
     """A result file over the platform's attachment limit, with no link to offer instead."""
     return f"{filename} ({size}) is too big to attach here; ask an operator to set PUBLIC_BASE_URL for links."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from adapters.discord_bot import sync_commands
 from bot import messages
 from bot.app import BotApp
 from bot.errors import ConfigError
+from bot.reply import JobPhase
 from tests.e2e.discord_harness import discord_bot, discord_settings, wait_done, wait_original, wait_result
 from tests.fakes.discord_fake import ALICE, BOB, MOD, ROLE_MOD, DiscordFake, FakeInteraction, FakeMessage
 from tests.support.core import fast_sandbox
@@ -276,6 +278,58 @@ async def test_a_job_nearing_token_expiry_moves_to_the_channel_in_time(
     assert ALICE.id in delivered.mentions
 
 
+async def test_a_job_outliving_its_token_in_a_closed_channel_is_delivered_by_dm(
+    tmp_path: Path, fake: DiscordFake
+) -> None:
+    async with fast_sandbox(latency=(1.5, 1.5)) as slow, discord_bot(tmp_path, fake, slow) as app:
+        ix = await fake.slash("imagine", {"prompt": "a sunrise behind closed doors"})
+        status = await wait_original(fake, ix, lambda m: bool(m.custom_ids))
+        job_id = status.custom_ids[0].split(":")[2]
+
+        fake.forbid()  # a moderator took the bot's Send Messages in #general
+        fake.advance(16 * 60)
+        delivered = await fake.wait_for(lambda: next((m for m in fake.dm_messages(ALICE) if m.files), None))
+        await asyncio.wait_for(app.engine.drain(), 15)
+        job = await app.engine.store.get(job_id)
+
+        assert delivered.content.splitlines()[0] == messages.discord_sent_by_dm(fake.channel_id)
+        assert delivered.files[0].data.startswith(PNG_MAGIC)
+        assert any(c.startswith("ib:reroll:") for c in delivered.custom_ids)
+        assert (fake.channel_id, 50013) in fake.refused
+        assert [m.id for m in fake.dm_messages(ALICE)] == [delivered.id]  # its status was replaced
+        assert job is not None and job.state is JobPhase.DONE
+        assert job.reply_ref["dm_channel_id"] == fake.dm_channel(ALICE)  # a restart stays in the DM
+        assert await app.ledger.hold_state(job_id) == "settled"
+        assert await balance(app, fake) == 90
+
+
+async def test_a_job_nobody_can_be_told_about_still_ends_done_with_one_warning(
+    tmp_path: Path, fake: DiscordFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with fast_sandbox(latency=(1.5, 1.5)) as slow, discord_bot(tmp_path, fake, slow) as app:
+        ix = await fake.slash("imagine", {"prompt": "a sunrise for nobody"})
+        status = await wait_original(fake, ix, lambda m: bool(m.custom_ids))
+        job_id = status.custom_ids[0].split(":")[2]
+
+        fake.forbid()
+        fake.refuse_dms(ALICE)
+        fake.advance(16 * 60)
+        await fake.wait_for(lambda: (fake.dm_channel(ALICE), 50007) in fake.refused)
+        await asyncio.wait_for(app.engine.drain(), 15)
+        job = await app.engine.store.get(job_id)
+
+        assert job is not None and job.state is JobPhase.DONE  # the vendor did the work
+        assert await app.ledger.hold_state(job_id) == "settled"
+        assert await balance(app, fake) == 90
+
+    assert fake.dm_messages(ALICE) == []
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.name == "adapters.discord_reply"
+    line = warning.getMessage()
+    assert all(part in line for part in (job_id, ALICE.id, fake.channel_id, "50013", "50007")), line
+
+
 async def test_cancel_command_refuses_a_finished_job(bot: BotApp, fake: DiscordFake) -> None:
     first = await imagine(fake)
     job_id = first.custom_ids[0].split(":")[2]
@@ -419,6 +473,28 @@ async def test_restart_mid_job_delivers_and_old_buttons_still_work(tmp_path: Pat
 
     assert fake.identifies == 2
     assert fake.command_puts == 1  # commands are synced when they change, not on every start
+
+
+async def test_a_job_moved_to_a_dm_keeps_delivering_there_after_a_restart(
+    tmp_path: Path, fake: DiscordFake
+) -> None:
+    async with fast_sandbox(latency=(3.0, 3.0)) as sb:
+        async with discord_bot(tmp_path, fake, sb):
+            ix = await fake.slash("imagine", {"prompt": "a fox that waits"})
+            await wait_original(fake, ix, lambda m: bool(m.custom_ids))
+            fake.forbid()
+            fake.advance(16 * 60)
+            await fake.wait_for(lambda: any("Generating" in m.content for m in fake.dm_messages(ALICE)))
+        tried = len(fake.refused)
+
+        async with discord_bot(tmp_path, fake, sb):
+            delivered = await fake.wait_for(
+                lambda: next((m for m in fake.dm_messages(ALICE) if m.files), None)
+            )
+
+    assert len(fake.refused) == tried  # the resumed job went straight to the DM
+    assert delivered.content.startswith(messages.discord_sent_by_dm(fake.channel_id))
+    assert [m.id for m in fake.dm_messages(ALICE)] == [delivered.id]
 
 
 async def test_the_gateway_resumes_after_a_disconnect(bot: BotApp, fake: DiscordFake) -> None:

@@ -9,7 +9,9 @@ Rules enforced so tests catch what production would refuse (facts: docs/platform
 initial callback after 3 s → 404/10062; a second initial callback → 400/40060; token use after
 15 min (injectable clock) → 401/50027; a file over `attachment_size_limit` → 413/40005;
 content over 2000 chars, too many/too long embeds or bad components → 400/50035. `inject()`
-queues 429s (with the `Via` header discord.py requires to retry) or 5xx answers.
+queues 429s (with the `Via` header discord.py requires to retry) or 5xx answers. `forbid()` takes
+the bot's permission to post in a channel (403/50013) and `refuse_dms()` makes a user refuse the
+bot's DMs (403/50007); `POST /users/@me/channels` opens a DM, whose messages `dm_messages()` reads.
 """
 
 from __future__ import annotations
@@ -295,6 +297,10 @@ class DiscordFake:
         self.modlog_channel_id = self.snowflake()
         self.moderator_role_id = ROLE_MOD_ROLE_ID
         self.dm_channels: dict[str, str] = {}  # user id -> DM channel id
+        self.users = {u.id: u for u in (ALICE, BOB, MOD, ROLE_MOD)}
+        self.forbidden: set[str] = set()  # channels the bot may not post or edit in
+        self.dms_refused: set[str] = set()  # users who do not accept the bot's DMs
+        self.refused: list[tuple[str, int]] = []  # (channel id, code) of refused channel requests
         self.messages: dict[str, FakeMessage] = {}
         self.interactions: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
@@ -320,6 +326,7 @@ class DiscordFake:
         r.add_get("/cdn/{name}", self._cdn)
         api = "/api/v10"
         r.add_get(api + "/users/@me", self._me)
+        r.add_post(api + "/users/@me/channels", self._open_dm)
         r.add_get(api + "/oauth2/applications/@me", self._application)
         r.add_put(api + "/applications/{app}/commands", self._put_commands)
         r.add_put(api + "/applications/{app}/guilds/{guild}/commands", self._put_commands)
@@ -556,6 +563,14 @@ class DiscordFake:
             att_id, filename, data, content_type, f"http://127.0.0.1:{self.port}/cdn/{name}"
         )
 
+    def forbid(self, channel_id: str | None = None) -> None:
+        """Take the bot's permission to post in a channel (default: #general)."""
+        self.forbidden.add(channel_id or self.channel_id)
+
+    def refuse_dms(self, user: FakeUser) -> None:
+        """`user` no longer accepts DMs from the bot (privacy setting or a block)."""
+        self.dms_refused.add(user.id)
+
     def dm_channel(self, user: FakeUser) -> str:
         """The DM channel between the bot and `user` (created on first use)."""
         if user.id not in self.dm_channels:
@@ -788,6 +803,10 @@ class DiscordFake:
         ch = channel_id or self.channel_id
         return [m for m in self.messages.values() if m.channel_id == ch and not m.deleted]
 
+    def dm_messages(self, user: FakeUser) -> list[FakeMessage]:
+        """Live messages in the bot's DM with `user`, oldest first."""
+        return self.channel_messages(self.dm_channel(user)) if user.id in self.dm_channels else []
+
     def texts(self, ix: FakeInteraction) -> str:
         """Every reply's content joined, for `in` assertions."""
         return "\n".join(m.content for m in self.replies(ix))
@@ -820,6 +839,24 @@ class DiscordFake:
         self._record(request)
         self._require_bot(request)
         return _json(self.bot_user)
+
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        self._require_bot(request)
+        body = await request.json()
+        self._record(request, body)
+        user = self.users.get(str(body.get("recipient_id")))
+        if user is None:
+            raise _Refusal(400, 50033, "Invalid Recipient(s)")
+        # Discord opens the channel even for a user who refuses DMs; sending there fails.
+        return _json(
+            {
+                "id": self.dm_channel(user),
+                "type": 1,
+                "last_message_id": None,
+                "flags": 0,
+                "recipients": [user.payload()],
+            }
+        )
 
     async def _application(self, request: web.Request) -> web.Response:
         self._record(request)
@@ -1064,10 +1101,19 @@ class DiscordFake:
             raise _Refusal(404, 10003, "Unknown Channel")
         return ch
 
+    def _check_posting(self, ch: str) -> None:
+        if ch in self.forbidden:
+            self.refused.append((ch, 50013))
+            raise _Refusal(403, 50013, "Missing Permissions")
+        if any(self.dm_channels.get(u) == ch for u in self.dms_refused):
+            self.refused.append((ch, 50007))
+            raise _Refusal(403, 50007, "Cannot send messages to this user")
+
     async def _channel_post(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
         body, files = await self._read_message_body(request, self.attachment_size_limit)
         self._record(request, body, [f.filename for f in files])
+        self._check_posting(ch)
         self._check_message(body)
         if not (body.get("content") or files or body.get("embeds")):
             raise _Refusal(400, 50006, "Cannot send an empty message")
@@ -1095,6 +1141,7 @@ class DiscordFake:
             raise _Refusal(405, 0, "405: Method Not Allowed")
         body, files = await self._read_message_body(request, self.attachment_size_limit)
         self._record(request, body, [f.filename for f in files])
+        self._check_posting(ch)
         self._check_message(body)
         self._apply(msg, body, files)
         return _json(msg.payload(self.bot_user))
