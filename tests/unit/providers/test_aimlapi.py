@@ -31,23 +31,7 @@ from providers.sandbox.common import Fault
 from providers.sandbox.server import Sandbox
 
 KEY = "sandbox-key"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(["aimlapi"], latency=(0.05, 0.1), timeout_seconds=1.0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def emulator(sandbox: Sandbox) -> AimlApiEmulator:
-    return cast(AimlApiEmulator, sandbox["aimlapi"])
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+VENDOR = "aimlapi"
 
 
 @pytest.fixture

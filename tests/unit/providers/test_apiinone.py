@@ -11,7 +11,6 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
@@ -39,20 +38,9 @@ from providers.sandbox.apiinone import ApiInOneEmulator
 from providers.sandbox.common import Fault, render_png
 from providers.sandbox.server import Sandbox
 
+SANDBOX_OPTIONS = {"oversize_bytes": 256 * 1024}
 VENDOR = "apiinone"
 KEY = "sandbox-key"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox([VENDOR], latency=(0.05, 0.1), timeout_seconds=1.0, oversize_bytes=256 * 1024) as sb:
-        yield sb
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make_client(

@@ -55,12 +55,6 @@ async def base_url() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def _http(session: aiohttp.ClientSession, base_url: str, **kwargs: str) -> VendorHTTP:
     return VendorHTTP.from_settings("acme", session, ProviderSettings(base_url, KEY), **kwargs)
 

@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,23 +33,7 @@ from providers.sandbox.novita import NovitaEmulator
 from providers.sandbox.server import Sandbox
 
 KEY = "sandbox-key"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(["novita"], latency=(0.05, 0.1), timeout_seconds=1.0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def emulator(sandbox: Sandbox) -> NovitaEmulator:
-    return cast(NovitaEmulator, sandbox["novita"])
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+VENDOR = "novita"
 
 
 @pytest.fixture

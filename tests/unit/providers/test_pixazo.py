@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
@@ -41,18 +40,6 @@ from providers.sandbox.server import Sandbox
 VENDOR = "pixazo"
 KEY = "sandbox-key"
 ROUTES = {r.model: r for r in PixazoProvider.routes()}
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox([VENDOR], latency=(0.05, 0.1), timeout_seconds=1.0) as sb:
-        yield sb
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make_client(

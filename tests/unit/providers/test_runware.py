@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
@@ -36,23 +36,7 @@ from providers.sandbox.runware import RunwareEmulator
 from providers.sandbox.server import Sandbox
 
 KEY = "sandbox-key"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(["runware"], latency=(0.05, 0.1), timeout_seconds=1.0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def emulator(sandbox: Sandbox) -> RunwareEmulator:
-    return cast(RunwareEmulator, sandbox["runware"])
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+VENDOR = "runware"
 
 
 @pytest.fixture
