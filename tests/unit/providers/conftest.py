@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from providers.sandbox.common import VendorEmulator
 from providers.sandbox.server import Sandbox
@@ -33,3 +36,31 @@ async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
 def emulator(sandbox: Sandbox, request: pytest.FixtureRequest) -> VendorEmulator:
     """The emulator itself, to inject faults and read what it received."""
     return sandbox[request.module.VENDOR]
+
+
+@dataclass
+class Hook:
+    """Where a vendor's callbacks go in a test, and the bodies received so far."""
+
+    url: str
+    deliveries: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+
+@pytest.fixture
+async def hook(request: pytest.FixtureRequest) -> AsyncIterator[Hook]:
+    """A loopback endpoint that records every callback body it receives."""
+    vendor = request.module.VENDOR
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        await received.put(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post(f"/webhooks/{vendor}/{{job}}", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    yield Hook(url=f"http://127.0.0.1:{port}/webhooks/{vendor}/job-1?token=t0k", deliveries=received)
+    await runner.cleanup()

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from PIL import Image
 
 from providers.base import (
@@ -31,6 +28,7 @@ from providers.novita import MODEL, PRICE_USD, NovitaProvider
 from providers.sandbox.common import Fault
 from providers.sandbox.novita import NovitaEmulator
 from providers.sandbox.server import Sandbox
+from tests.unit.providers.conftest import Hook
 
 KEY = "sandbox-key"
 VENDOR = "novita"
@@ -73,31 +71,6 @@ def png_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as img:
         assert img.format == "PNG"
         return img.size
-
-
-@dataclass
-class Hook:
-    url: str
-    deliveries: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    """A loopback endpoint that records every callback body it receives."""
-    received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def receive(request: web.Request) -> web.Response:
-        await received.put(await request.read())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/webhooks/novita/{job}", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    yield Hook(url=f"http://127.0.0.1:{port}/webhooks/novita/job-1?token=t0k", deliveries=received)
-    await runner.cleanup()
 
 
 # --- routes and success --------------------------------------------------------------------

@@ -9,7 +9,6 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -34,6 +33,7 @@ from providers.runware import MODEL, SIZES, RunwareProvider, parse_results
 from providers.sandbox.common import Fault
 from providers.sandbox.runware import RunwareEmulator
 from providers.sandbox.server import Sandbox
+from tests.unit.providers.conftest import Hook
 
 KEY = "sandbox-key"
 VENDOR = "runware"
@@ -82,31 +82,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class Hook:
-    url: str
-    deliveries: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    """A loopback endpoint that records every callback body it receives."""
-    received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def receive(request: web.Request) -> web.Response:
-        await received.put(await request.read())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/webhooks/runware/{job}", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    yield Hook(url=f"http://127.0.0.1:{port}/webhooks/runware/job-1?token=t0k", deliveries=received)
-    await runner.cleanup()
 
 
 @pytest.fixture
