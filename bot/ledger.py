@@ -179,7 +179,10 @@ class CreditLedger:
                 {"j": job_id, "t": tenant, "u": user, "amount": amount, "kind": kind, "now": now, "day": day},
             )
             if cursor.rowcount != 1:
-                raise TenantBudgetError(messages.budget_exhausted())
+                cap = await _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
+                raise TenantBudgetError(
+                    messages.budget_exhausted(cap["budget"] if cap else None, float((day + 1) * _DAY))
+                )
             balance = await _balance(conn, tenant, user)
             await _entry(conn, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
         _log.debug("hold job=%s tenant=%s user=%s amount=%d", job_id, tenant, user, amount)

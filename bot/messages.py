@@ -33,9 +33,11 @@ def banned() -> str:
     return "You're not allowed to generate images here. Ask a moderator if you think this is a mistake."
 
 
-def budget_exhausted() -> str:
-    """The tenant's budget is spent."""
-    return "This server has used up its generation budget for today. Please try again tomorrow."
+def budget_exhausted(budget: int | None = None, resets_at: float | None = None) -> str:
+    """The tenant's daily budget is spent: the cap and when it resets, when known."""
+    cap = f" of {credits_word(budget)}" if budget is not None else ""
+    when = f" It resets {_when(resets_at)}." if resets_at is not None else " It resets at midnight UTC."
+    return f"This server has used up its daily generation budget{cap}.{when}"
 
 
 def blocked_prompt(word: str) -> str:
@@ -169,9 +171,15 @@ def _when(ts: float) -> str:
 
 
 def credits_view(
-    balance: int, held: int, allowance: int, next_refill: float, frozen_: bool, recent: tuple[dict, ...]
+    balance: int,
+    held: int,
+    allowance: int,
+    next_refill: float,
+    frozen_: bool,
+    recent: tuple[dict, ...],
+    banned_: bool = False,
 ) -> str:
-    """/credits."""
+    """/credits: balance, holds, refill, freeze and ban, and what each recent job cost."""
     lines = [f"You have **{credits_word(balance)}**."]
     if held:
         lines.append(f"{credits_word(held)} are reserved for jobs still running.")
@@ -181,14 +189,25 @@ def credits_view(
         )
     if frozen_:
         lines.append(frozen())
+    if banned_:
+        lines.append(banned())
     if recent:
         lines.append("Recent jobs:")
         for job in recent:
             prompt = (job.get("prompt") or "")[:60]
             lines.append(
-                f"• `{job['id']}` {job['kind']} — {job['state']} — {credits_word(job['cost'])} — {prompt}"
+                f"• `{job['id']}` {job['kind']} — {_job_charge(job['state'], job['cost'])} — {prompt}"
             )
     return "\n".join(lines)
+
+
+def _job_charge(state: str, cost: int) -> str:
+    # What the job did to the member's credits, in words: a refunded job cost nothing.
+    if state == "done":
+        return f"done, charged {credits_word(cost)}"
+    if state in ("failed", "cancelled"):
+        return f"{state}, refunded"
+    return f"{state}, {credits_word(cost)} held"
 
 
 def mod_balance(op: str, user: str, amount: int, balance: int) -> str:
@@ -242,16 +261,27 @@ def mod_blocklist(added: bool, words: list[str], now: list[str] | tuple[str, ...
     return f"{verb} {', '.join(f'`{w}`' for w in words)}. " + blocklist_view(now)
 
 
+#: How ledger entry kinds read in a member's history.
+_ENTRY_WORDS = {
+    "hold": "job",
+    "release": "refund",
+    "allowance": "daily allowance",
+}
+
+
 def history_view(user: str, entries: list) -> str:
-    """/quota history @user."""
-    if not entries:
+    """/quota history @user: each change with its job id; settles (which move nothing) left out."""
+    shown = [e for e in entries if not (e.kind == "settle" and not e.delta)]
+    if not shown:
         return f"<@{user}> has no credit history yet."
     lines = [f"Credit history of <@{user}> (newest first):"]
-    for e in entries:
+    for e in shown:
         delta = f"{e.delta:+d}" if e.delta else "±0"
-        why = f" — {e.reason}" if e.reason else ""
+        what = _ENTRY_WORDS.get(e.kind, e.kind)
+        job = f" `{e.job_id}`" if e.job_id else ""
+        why = f" — {e.reason}" if e.reason and e.kind not in ("hold",) else ""
         by = f" by {e.actor}" if e.actor else ""
-        lines.append(f"• {_when(e.ts)} {e.kind} {delta} → {e.balance_after}{by}{why}")
+        lines.append(f"• {_when(e.ts)} {what}{job} {delta} → {e.balance_after}{by}{why}")
     return "\n".join(lines)
 
 
