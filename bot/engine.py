@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Self, assert_never
 
 from bot import messages
-from bot.catalog import SEED_MAX, Catalog
+from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModCommand, Model3DCommand, ModOp
 from bot.errors import (
     BannedError,
@@ -34,7 +33,7 @@ from bot.errors import (
     QueueFullError,
     UserError,
 )
-from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
+from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, random_seed, split_words
 from bot.policy import check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
@@ -442,7 +441,7 @@ class Engine:
     ) -> Ticket:
         """Same parameters as `job_id`, a new seed. Owner or moderator only."""
         parent = await self._own_job(actor, job_id)
-        spec = parent.spec.model_copy(update={"seed": random.randint(0, SEED_MAX)})
+        spec = parent.spec.model_copy(update={"seed": random_seed()})
         async with self._one_click(parent, actor, parent.spec.kind):
             return await self._admit(actor, spec, reply, request_key=request_key, parent_id=parent.id)
 

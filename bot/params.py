@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 
@@ -20,7 +21,15 @@ from bot.commands import EditCommand, ImagineCommand, Model3DCommand
 from bot.errors import InvalidInputError
 from providers.base import Kind
 
-__all__ = ["FLAGS_HELP", "JobSpec", "parse_edit", "parse_flags", "parse_imagine", "parse_model3d"]
+__all__ = [
+    "FLAGS_HELP",
+    "JobSpec",
+    "parse_edit",
+    "parse_flags",
+    "parse_imagine",
+    "parse_model3d",
+    "random_seed",
+]
 
 FLAGS_HELP = (
     "Options you can add after your prompt:\n"
@@ -238,7 +247,10 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
                     f"`--n {count}` is out of range.", f"Ask for 1 to {limits.max_count} images."
                 )
             )
+    # A result always states its seed, so the bot picks one when the user gave none.
     seed = _parse_seed(seed_raw)
+    if seed is None:
+        seed = random_seed()
     if negative is not None:
         negative = " ".join(negative.split()) or None
         if negative and len(negative) > limits.max_prompt:
@@ -259,6 +271,12 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
         seed=seed,
         model=model,
     )
+
+
+def random_seed() -> int:
+    """A fresh seed for a job the user gave none (and for Reroll); 1 and up, since some
+    vendors (AI/ML API) treat 0 as "random"."""
+    return secrets.randbelow(SEED_MAX) + 1
 
 
 def _parse_seed(raw: str | None) -> int | None:
