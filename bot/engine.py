@@ -33,7 +33,15 @@ from bot.errors import (
     QueueFullError,
     UserError,
 )
-from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, random_seed, split_words
+from bot.params import (
+    JobSpec,
+    fit_to_input,
+    parse_edit,
+    parse_imagine,
+    parse_model3d,
+    random_seed,
+    split_words,
+)
 from bot.policy import check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
@@ -348,6 +356,7 @@ class Engine:
             raise QueueFullError(messages.queue_full())
         if image is not None and (image.url or image.path or image.data):
             stored = await self.media.load_input(image)
+            spec = fit_to_input(spec, stored.width, stored.height)
             spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})
         unit = await self._tenant_cache.get(
             (tenant, "cost", spec.kind.value, spec.model or "*"),

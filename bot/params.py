@@ -24,6 +24,7 @@ from providers.base import Kind
 __all__ = [
     "FLAGS_HELP",
     "JobSpec",
+    "fit_to_input",
     "parse_edit",
     "parse_flags",
     "parse_imagine",
@@ -230,7 +231,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
 
     if size_raw:
         width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
-        aspect = f"{width // math.gcd(width, height)}:{height // math.gcd(width, height)}"
+        aspect = _ratio(width, height)
     elif aspect_raw:
         aw, ah = _parse_aspect(aspect_raw)
         width, height = size_for_aspect(aw, ah)
@@ -316,7 +317,41 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
     instruction = _check_prompt(flags.prompt, limits.max_prompt, what="instruction")
     seed = _parse_seed(_merge(cmd.seed, flags.values.get("seed")))
     model = _check_model(_merge(cmd.model, flags.values.get("model")), Kind.EDIT, catalog)
-    return JobSpec(kind=Kind.EDIT, prompt=instruction, seed=seed, model=model)
+    # An explicit --size or --ar wins; otherwise `fit_to_input` follows the input image once
+    # the engine has read it (aspect stays None until then).
+    width, height, aspect = 1024, 1024, None
+    if size_raw := flags.values.get("size"):
+        width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
+        aspect = _ratio(width, height)
+    elif aspect_raw := flags.values.get("aspect"):
+        aw, ah = _parse_aspect(aspect_raw)
+        width, height = size_for_aspect(aw, ah)
+        aspect = f"{aw}:{ah}"
+    return JobSpec(
+        kind=Kind.EDIT,
+        prompt=instruction,
+        seed=seed,
+        model=model,
+        width=width,
+        height=height,
+        aspect=aspect,
+    )
+
+
+def fit_to_input(spec: JobSpec, width: int, height: int) -> JobSpec:
+    """An edit with no --ar/--size keeps its input's aspect ratio (the router then picks the
+    route's nearest supported size); any other spec is returned unchanged."""
+    if spec.kind is not Kind.EDIT or spec.aspect is not None or width <= 0 or height <= 0:
+        return spec
+    # Clamp very stretched inputs to the widest ratio the bot accepts anywhere.
+    ratio = min(max(width / height, 1 / MAX_RATIO), MAX_RATIO)
+    w, h = size_for_aspect(round(ratio * 1000), 1000)
+    return spec.model_copy(update={"width": w, "height": h, "aspect": _ratio(w, h)})
+
+
+def _ratio(width: int, height: int) -> str:
+    g = math.gcd(width, height)
+    return f"{width // g}:{height // g}"
 
 
 def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
