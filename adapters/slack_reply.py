@@ -148,16 +148,16 @@ class SlackReply:
 
     async def _deliver(self, result: JobResult) -> None:
         adapter = self._adapter
-        caption = mrkdwn(result.text)
         uploads, links = await adapter.prepare_files(result)
         if uploads:
 
             async def upload() -> None:
+                # No initial_comment: the caption lives on the result card (with the buttons),
+                # so it is shown once, not again above the files.
                 await adapter.client.files_upload_v2(
                     channel=self.address.channel,
                     thread_ts=self.address.thread_ts,
                     file_uploads=uploads,
-                    initial_comment=caption,
                 )
 
             try:

@@ -1,0 +1,47 @@
+"""Slack result cards end to end: what a finished job leaves in the channel, and the Delete
+button (the real slack-bolt app and slack_sdk against the loopback Slack)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.slack_harness import ADMIN, CHANNEL, SlackBot, slack_bot
+from tests.fakes.slack_fake import SlackFake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[SlackFake]:
+    async with SlackFake(admins={ADMIN}) as f:
+        yield f
+
+
+@pytest.fixture
+async def bot(tmp_path: Path, fake: SlackFake) -> AsyncIterator[SlackBot]:
+    async with slack_bot(tmp_path, fake) as b:
+        yield b
+
+
+def _everything_shown(fake: SlackFake) -> list[str]:
+    """Every text a member sees in the channel: message texts and upload comments."""
+    texts = [m.text for m in fake.messages if m.channel == CHANNEL]
+    texts += [u.initial_comment or "" for u in fake.shared_uploads(CHANNEL)]
+    return texts
+
+
+async def test_the_caption_is_posted_once(bot: SlackBot, fake: SlackFake) -> None:
+    await bot.slash("/imagine", "a lonely lighthouse --seed 7")
+    card = await bot.card()
+    [job] = await bot.job_rows()
+
+    caption_line = next(line for line in card.text.splitlines() if f"job `{job['id']}`" in line)
+    assert "seed 7" in caption_line
+    shown = _everything_shown(fake)
+    assert sum(text.count(f"job `{job['id']}`") for text in shown) == 1, shown
+    assert sum(text.count("*a lonely lighthouse*") for text in shown) == 1, shown
+    [upload] = fake.shared_uploads(CHANNEL)
+    assert upload.data.startswith(b"\x89PNG")
