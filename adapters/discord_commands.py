@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import discord
 from discord import app_commands
 
+from bot import messages
 from bot.catalog import ASPECT_CHOICES, SEED_MAX
 from bot.commands import (
     Actor,
@@ -218,15 +219,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
         return complete
 
-    @tree.command(name="imagine", description="Create images from a text prompt (Hunyuan Image 3)")
-    @app_commands.describe(
-        prompt="What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
-        aspect="Aspect ratio",
-        seed="Seed, to repeat a result",
-        negative="Things to leave out",
-        count="How many images",
-        model="Model or vendor",
-    )
+    @tree.command(name="imagine", description=messages.command_description("imagine"))
+    @app_commands.describe(**messages.option_descriptions("imagine"))
     @app_commands.choices(aspect=aspects)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def imagine(
@@ -246,8 +240,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     imagine.autocomplete("model")(models("image"))
 
-    @tree.command(name="edit", description="Change an image by instruction")
-    @app_commands.describe(image="The image to change", instruction="What should change", seed="Seed")
+    @tree.command(name="edit", description=messages.command_description("edit"))
+    @app_commands.describe(**messages.option_descriptions("edit"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def edit(
         interaction: discord.Interaction,
@@ -264,14 +258,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     edit.autocomplete("model")(models("edit"))
 
-    @tree.command(name="model3d", description="Make a 3D model (.glb) from a prompt or an image")
-    @app_commands.describe(
-        prompt="What to model (or attach an image instead)",
-        image="An image to turn into 3D",
-        face_count="Mesh detail: 40,000 to 1,500,000 faces",
-        geometry_only="Skip textures (faster)",
-        model="Model or vendor",
-    )
+    @tree.command(name="model3d", description=messages.command_description("model3d"))
+    @app_commands.describe(**messages.option_descriptions("model3d"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def model3d(
         interaction: discord.Interaction,
@@ -294,21 +282,21 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     model3d.autocomplete("model")(models("model3d"))
 
-    @tree.command(name="credits", description="Your credits, daily allowance and recent jobs")
+    @tree.command(name="credits", description=messages.command_description("credits"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def credits(interaction: discord.Interaction) -> None:
         if adapter:
             await adapter.show_credits(interaction)
 
-    @tree.command(name="show", description="Post a finished job's result again, with its buttons")
-    @app_commands.describe(job_id="The job id from the result's caption")
+    @tree.command(name="show", description=messages.command_description("show"))
+    @app_commands.describe(**messages.option_descriptions("show"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def show(interaction: discord.Interaction, job_id: str) -> None:
         if adapter:
             await adapter.show_job(interaction, job_id.strip())
 
-    @tree.command(name="cancel", description="Cancel a job that is still running (you are not charged)")
-    @app_commands.describe(job_id="The job id from its status message")
+    @tree.command(name="cancel", description=messages.command_description("cancel"))
+    @app_commands.describe(**messages.option_descriptions("cancel"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def cancel(interaction: discord.Interaction, job_id: str) -> None:
         if adapter:
@@ -321,7 +309,7 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     quota = app_commands.Group(
         name="quota",
-        description="Manage members' credits (moderators)",
+        description=messages.command_description("quota"),
         default_permissions=discord.Permissions(manage_guild=True),
         allowed_contexts=app_commands.AppCommandContext(guild=True),
     )
@@ -333,7 +321,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     def uid(member: discord.abc.User) -> str:
         return str(member.id)
 
-    @quota.command(name="grant", description="Give a member credits")
+    @quota.command(name="grant", description=messages.command_description("quota grant"))
+    @app_commands.describe(**messages.option_descriptions("quota grant"))
     async def grant(
         interaction: discord.Interaction,
         member: discord.User,
@@ -342,7 +331,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.GRANT, member=uid(member), amount=amount, reason=reason))
 
-    @quota.command(name="take", description="Take credits from a member")
+    @quota.command(name="take", description=messages.command_description("quota take"))
+    @app_commands.describe(**messages.option_descriptions("quota take"))
     async def take(
         interaction: discord.Interaction,
         member: discord.User,
@@ -351,7 +341,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.TAKE, member=uid(member), amount=amount, reason=reason))
 
-    @quota.command(name="set", description="Set a member's balance")
+    @quota.command(name="set", description=messages.command_description("quota set"))
+    @app_commands.describe(**messages.option_descriptions("quota set"))
     async def set_(
         interaction: discord.Interaction,
         member: discord.User,
@@ -360,61 +351,72 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.SET, member=uid(member), amount=amount, reason=reason))
 
-    def flag(op: ModOp, description: str) -> None:
+    def flag(op: ModOp) -> None:
         async def callback(
             interaction: discord.Interaction, member: discord.User, reason: str | None = None
         ) -> None:
             await run(interaction, mod_command(op, member=uid(member), reason=reason))
 
-        quota.command(name=op.value, description=description)(callback)
+        path = f"quota {op.value}"
+        described = app_commands.describe(**messages.option_descriptions(path))(callback)
+        quota.command(name=op.value, description=messages.command_description(path))(described)
 
-    flag(ModOp.FREEZE, "Freeze a member's credits")
-    flag(ModOp.UNFREEZE, "Unfreeze a member's credits")
-    flag(ModOp.BAN, "Stop a member from generating here")
-    flag(ModOp.UNBAN, "Let a banned member generate again")
+    for op in (ModOp.FREEZE, ModOp.UNFREEZE, ModOp.BAN, ModOp.UNBAN):
+        flag(op)
 
-    @quota.command(name="allowance", description="Daily credits every member gets")
+    @quota.command(name="allowance", description=messages.command_description("quota allowance"))
+    @app_commands.describe(**messages.option_descriptions("quota allowance"))
     async def allowance(
         interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.ALLOWANCE, amount=amount))
 
-    @quota.command(name="cost", description="Credits a command kind costs")
+    @quota.command(name="cost", description=messages.command_description("quota cost"))
+    @app_commands.describe(**messages.option_descriptions("quota cost"))
     @app_commands.choices(kind=[app_commands.Choice(name=k, value=k) for k in ("image", "edit", "model3d")])
     async def cost(
         interaction: discord.Interaction, kind: str, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.COST, kind=kind, amount=amount))
 
-    @quota.command(name="budget", description="Server-wide daily credit cap (0 removes it)")
+    @quota.command(name="budget", description=messages.command_description("quota budget"))
+    @app_commands.describe(**messages.option_descriptions("quota budget"))
     async def budget(
         interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.BUDGET, amount=amount))
 
-    @quota.command(name="history", description="A member's credit history")
+    @quota.command(name="history", description=messages.command_description("quota history"))
+    @app_commands.describe(**messages.option_descriptions("quota history"))
     async def history(interaction: discord.Interaction, member: discord.User) -> None:
         await run(interaction, mod_command(ModOp.HISTORY, member=uid(member)))
 
-    @quota.command(name="top", description="Who spent the most credits")
+    @quota.command(name="top", description=messages.command_description("quota top"))
+    @app_commands.describe(**messages.option_descriptions("quota top"))
     async def top(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.TOP))
 
-    @quota.command(name="spend", description="What generation cost at the vendors")
+    @quota.command(name="spend", description=messages.command_description("quota spend"))
+    @app_commands.describe(**messages.option_descriptions("quota spend"))
     async def spend(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.SPEND))
 
-    blocklist = app_commands.Group(name="blocklist", description="Words refused in prompts", parent=quota)
+    blocklist = app_commands.Group(
+        name="blocklist", description=messages.command_description("quota blocklist"), parent=quota
+    )
 
-    @blocklist.command(name="add", description="Refuse prompts with these words")
+    @blocklist.command(name="add", description=messages.command_description("quota blocklist add"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist add"))
     async def block_add(interaction: discord.Interaction, words: str) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_ADD, words=words))
 
-    @blocklist.command(name="remove", description="Allow these words again")
+    @blocklist.command(name="remove", description=messages.command_description("quota blocklist remove"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist remove"))
     async def block_remove(interaction: discord.Interaction, words: str) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_REMOVE, words=words))
 
-    @blocklist.command(name="list", description="Show the blocked words")
+    @blocklist.command(name="list", description=messages.command_description("quota blocklist list"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist list"))
     async def block_list(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_LIST))
 

@@ -449,6 +449,128 @@ def slack_help(flags_help: str) -> str:
     )
 
 
+# Discord's slash-command and option descriptions (at most 100 characters each), by command
+# path ("quota blocklist add"); the console and Slack explain the same commands in their help.
+_MEMBER_REASON = "Why (shown in the moderation log)"
+_COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
+    "imagine": (
+        "Create images from a text prompt (Hunyuan Image 3)",
+        {
+            "prompt": "What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
+            "aspect": "Aspect ratio",
+            "seed": "Seed, to repeat a result",
+            "negative": "Things to leave out",
+            "count": "How many images",
+            "model": "Model or vendor",
+        },
+    ),
+    "edit": (
+        "Change an image by instruction",
+        {
+            "image": "The image to change",
+            "instruction": "What should change",
+            "seed": "Seed, to repeat a result",
+            "model": "Model or vendor",
+        },
+    ),
+    "model3d": (
+        "Make a 3D model (.glb) from a prompt or an image",
+        {
+            "prompt": "What to model (or attach an image instead)",
+            "image": "An image to turn into 3D",
+            "face_count": "Mesh detail: 40,000 to 1,500,000 faces",
+            "geometry_only": "Skip textures (faster)",
+            "model": "Model or vendor",
+        },
+    ),
+    "credits": ("Your credits, daily allowance and recent jobs", {}),
+    "show": (
+        "Post a finished job's result again, with its buttons",
+        {"job_id": "The job id from the result's caption (pick one of your recent jobs)"},
+    ),
+    "cancel": (
+        "Cancel a job that is still running (you are not charged)",
+        {"job_id": "The job id from its status message (pick one of your running jobs)"},
+    ),
+    "quota": ("Manage members' credits (moderators)", {}),
+    "quota grant": (
+        "Give a member credits",
+        {
+            "member": "The member who gets the credits",
+            "amount": "How many credits to give",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota take": (
+        "Take credits from a member",
+        {
+            "member": "The member to take credits from",
+            "amount": "How many credits to take",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota set": (
+        "Set a member's balance",
+        {
+            "member": "The member whose balance to set",
+            "amount": "Their new balance, in credits",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota freeze": (
+        "Freeze a member's credits",
+        {"member": "The member whose credits to freeze", "reason": _MEMBER_REASON},
+    ),
+    "quota unfreeze": (
+        "Unfreeze a member's credits",
+        {"member": "The member whose credits to unfreeze", "reason": _MEMBER_REASON},
+    ),
+    "quota ban": (
+        "Stop a member from generating here",
+        {"member": "The member to stop from generating", "reason": _MEMBER_REASON},
+    ),
+    "quota unban": (
+        "Let a banned member generate again",
+        {"member": "The member who may generate again", "reason": _MEMBER_REASON},
+    ),
+    "quota allowance": (
+        "Daily credits every member gets",
+        {"amount": "Credits each member is topped up to every day (0: no daily top-up)"},
+    ),
+    "quota cost": (
+        "Credits a command kind costs",
+        {"kind": "Which command", "amount": "Credits it costs (per image for image)"},
+    ),
+    "quota budget": (
+        "Server-wide daily credit cap (0 removes it)",
+        {"amount": "Credits the whole server may spend per day (0 removes the cap)"},
+    ),
+    "quota history": ("A member's credit history", {"member": "The member whose history to show"}),
+    "quota top": ("Who spent the most credits", {}),
+    "quota spend": ("What generation cost at the vendors", {}),
+    "quota blocklist": ("Words refused in prompts", {}),
+    "quota blocklist add": (
+        "Refuse prompts with these words",
+        {"words": "Words to refuse, separated by spaces or commas"},
+    ),
+    "quota blocklist remove": (
+        "Allow these words again",
+        {"words": "Words to allow again, separated by spaces or commas"},
+    ),
+    "quota blocklist list": ("Show the blocked words", {}),
+}
+
+
+def command_description(path: str) -> str:
+    """A slash command's one-line description (`path` like "quota grant")."""
+    return _COMMANDS[path][0]
+
+
+def option_descriptions(path: str) -> dict[str, str]:
+    """Descriptions of a slash command's options, by option name."""
+    return dict(_COMMANDS[path][1])
+
+
 def console_help(flags_help: str) -> str:
     """`/help` in the terminal chat; `flags_help` is the core's inline-flag summary."""
     return (
