@@ -362,6 +362,29 @@ class DiscordAdapter:
         except discord.HTTPException as err:
             _log.warning("could not answer interaction=%s: %s", interaction.id, err)
 
+    async def command_failed(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """The command tree's one error handler, for whatever escaped a command (a failed
+        translation, an unknown command): the operator gets a log line, the user a polite
+        private answer in the shared wording, never a traceback."""
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, UserError):
+            await self._tell(interaction, str(cause))
+            return
+        command = interaction.command
+        name = command.qualified_name if command else str((interaction.data or {}).get("name", "?"))
+        _log.error(
+            "discord command %r failed interaction=%s user=%s guild=%s: %r",
+            name,
+            interaction.id,
+            interaction.user.id,
+            interaction.guild_id,
+            cause,
+            exc_info=cause,
+        )
+        await self._tell(interaction, messages.something_went_wrong())
+
     async def _say(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.edit_original_response(content=clip(text))
 

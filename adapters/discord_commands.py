@@ -73,6 +73,11 @@ class CommandHandler(Protocol):
     async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None:
         """Run a /quota subcommand."""
 
+    async def command_failed(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """The tree's error handler: whatever escaped a command."""
+
 
 # --- pure translation ------------------------------------------------------------------------
 
@@ -209,6 +214,8 @@ def command_payload(tree: app_commands.CommandTree[Any]) -> list[dict[str, Any]]
 def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_commands.CommandTree[Any]:
     """Every slash command. `adapter` is None when the tree is built only to be synced."""
     tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
+    if adapter is not None:
+        tree.error(adapter.command_failed)
     aspects = [app_commands.Choice(name=a, value=a) for a in ASPECT_CHOICES]
 
     def models(kind: str) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
