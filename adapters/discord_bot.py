@@ -457,7 +457,8 @@ class DiscordAdapter:
     # --- buttons and the Edit modal --------------------------------------------------------
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """The one dispatcher for result/status buttons and the Edit modal."""
+        """The one dispatcher for result/status buttons (Delete removes the message it is on)
+        and the Edit modal."""
         if interaction.type not in (discord.InteractionType.component, discord.InteractionType.modal_submit):
             return
         data: dict[str, Any] = dict(interaction.data or {})
@@ -484,6 +485,16 @@ class DiscordAdapter:
                 await interaction.response.send_modal(_EditModal(str(data["custom_id"])))
 
             await self._handle(interaction, "edit button", open_modal, defer=None)
+            return
+
+        if action is ButtonAction.DELETE:
+
+            async def delete() -> None:
+                await self.engine.may_delete(actor, job_id)
+                # For a button, the interaction's original response is the message it sits on.
+                await interaction.delete_original_response()
+
+            await self._handle(interaction, "delete button", delete, defer="update")
             return
 
         async def press() -> None:

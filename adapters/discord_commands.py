@@ -27,6 +27,7 @@ from bot.commands import (
     ModOp,
     Platform,
 )
+from bot.reply import JobPhase
 
 __all__ = [
     "INSTRUCTION_FIELD",
@@ -37,6 +38,7 @@ __all__ = [
     "command_payload",
     "edit_command",
     "imagine_command",
+    "job_choices",
     "mod_command",
     "modal_value",
     "model3d_command",
@@ -52,6 +54,9 @@ class CommandHandler(Protocol):
     """What the command callbacks call: the running Discord adapter."""
 
     engine: Any
+
+    def actor(self, interaction: discord.Interaction) -> Actor:
+        """The Actor behind an interaction."""
 
     async def run_job(
         self,
@@ -197,6 +202,21 @@ def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTI
     return None
 
 
+def job_choices(jobs: Iterable[Any], current: str, *, running: bool) -> list[app_commands.Choice[str]]:
+    """Autocomplete for a job id from the user's recent jobs (`JobRecord`s, newest first):
+    unfinished ones for /cancel (`running`), finished ones for /show, matching what was typed
+    (in the id or the prompt)."""
+    typed = current.strip().lower()
+    choices: list[app_commands.Choice[str]] = []
+    for job in jobs:
+        usable = not job.state.terminal if running else job.state is JobPhase.DONE
+        if not usable or (typed and typed not in job.id.lower() and typed not in job.spec.prompt.lower()):
+            continue
+        label = messages.job_choice(job.id, job.spec.kind.value, job.state.value, job.spec.prompt)
+        choices.append(app_commands.Choice(name=label, value=job.id))
+    return choices[:25]
+
+
 def command_digest(payload: list[dict[str, Any]], scope: str) -> str:
     """sha256 of the command set and where it is synced; a new digest means sync again."""
     blob = json.dumps({"scope": scope, "commands": payload}, sort_keys=True, separators=(",", ":"))
@@ -223,6 +243,15 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
             names = adapter.engine.model_names(kind) if adapter else []
             cur = current.lower()
             return [app_commands.Choice(name=n, value=n) for n in names if cur in n.lower()][:25]
+
+        return complete
+
+    def job_ids(running: bool) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
+        async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            if adapter is None:
+                return []
+            jobs = await adapter.engine.recent_jobs(adapter.actor(interaction))
+            return job_choices(jobs, current, running=running)
 
         return complete
 
@@ -302,12 +331,16 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
         if adapter:
             await adapter.show_job(interaction, job_id.strip())
 
+    show.autocomplete("job_id")(job_ids(running=False))
+
     @tree.command(name="cancel", description=messages.command_description("cancel"))
     @app_commands.describe(**messages.option_descriptions("cancel"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def cancel(interaction: discord.Interaction, job_id: str) -> None:
         if adapter:
             await adapter.cancel_job(interaction, job_id.strip())
+
+    cancel.autocomplete("job_id")(job_ids(running=True))
 
     tree.add_command(_quota_group(adapter))
     return tree

@@ -71,6 +71,17 @@ def not_your_job() -> str:
     return "Only the person who started this job (or a moderator) can use that button."
 
 
+def not_yours_to_delete() -> str:
+    """Someone pressed Delete on another member's result."""
+    return "Only the person who asked for this result (or a moderator) can delete it."
+
+
+def job_choice(job_id: str, kind: str, state: str, prompt: str) -> str:
+    """One suggestion in the job-id autocomplete of /show and /cancel (at most 100 characters)."""
+    label = f"{job_id} · {kind} · {state}" + (f" · {' '.join(prompt.split())}" if prompt.strip() else "")
+    return label if len(label) <= 100 else label[:99] + "…"
+
+
 def already_running() -> str:
     """A second click while the first job is still going."""
     return "That's already running. I'll post the result here when it's done."

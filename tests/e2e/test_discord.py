@@ -84,7 +84,7 @@ async def test_imagine_delivers_an_image_with_buttons_in_one_status_message(
     assert "1024×576" in msg.content and "seed 7" in msg.content
     [image] = msg.files
     assert image.data.startswith(PNG_MAGIC)
-    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D"]
+    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D", "Delete"]
     assert not msg.ephemeral
     assert len([m for m in fake.messages.values() if m.interaction_id == ix.id]) == 1
     assert await balance(bot, fake) == 90

@@ -14,8 +14,8 @@ import pytest
 from adapters import discord_commands
 from bot import messages
 from bot.app import BotApp
-from tests.e2e.discord_harness import discord_bot
-from tests.fakes.discord_fake import DiscordFake, FakeInteraction, FakeMessage
+from tests.e2e.discord_harness import discord_bot, wait_original, wait_result
+from tests.fakes.discord_fake import BOB, MOD, DiscordFake, FakeInteraction, FakeMessage
 from tests.support.core import fast_sandbox
 
 pytestmark = pytest.mark.slow
@@ -91,3 +91,85 @@ async def test_an_unexpected_error_in_a_command_gets_a_polite_private_answer_and
     assert line.name == "adapters.discord_bot" and "imagine" in line.getMessage()
     assert line.exc_info is not None and "boom" in str(line.exc_info[1])
     assert await bot.engine.store.count_unfinished() == {}  # nothing was started or charged
+
+
+# --- job id autocomplete -----------------------------------------------------------------------
+
+
+def _job_id(msg: FakeMessage) -> str:
+    return msg.custom_ids[0].split(":")[2]
+
+
+async def test_show_suggests_the_users_own_finished_jobs_newest_first(bot: BotApp, fake: DiscordFake) -> None:
+    fox = _job_id(await wait_result(fake, await fake.slash("imagine", {"prompt": "a red fox"})))
+    owl = _job_id(await wait_result(fake, await fake.slash("imagine", {"prompt": "a snowy owl"})))
+    await wait_result(fake, await fake.slash("imagine", {"prompt": "bob's cat"}, user=BOB))
+
+    choices = await fake.autocomplete("show", {"job_id": ""}, focused="job_id")
+
+    assert [c["value"] for c in choices] == [owl, fox]
+    assert "a snowy owl" in choices[0]["name"] and owl in choices[0]["name"]
+    assert all(len(c["name"]) <= 100 for c in choices)
+    typed = await fake.autocomplete("show", {"job_id": "fox"}, focused="job_id")
+    assert [c["value"] for c in typed] == [fox]
+
+
+async def test_cancel_suggests_only_jobs_still_running(tmp_path: Path, fake: DiscordFake) -> None:
+    async with fast_sandbox(latency=(3.0, 3.0)) as slow, discord_bot(tmp_path, fake, slow):
+        ix = await fake.slash("imagine", {"prompt": "a slow tortoise"})
+        running = _job_id(await wait_original(fake, ix, lambda m: bool(m.custom_ids)))
+
+        offered = await fake.autocomplete("cancel", {"job_id": ""}, focused="job_id")
+        shown = await fake.autocomplete("show", {"job_id": ""}, focused="job_id")
+
+        assert [c["value"] for c in offered] == [running]
+        assert "a slow tortoise" in offered[0]["name"]
+        assert shown == []  # nothing finished yet
+        await wait_result(fake, ix)
+
+
+# --- the Delete button ---------------------------------------------------------------------------
+
+
+async def test_the_requester_deletes_their_result(bot: BotApp, fake: DiscordFake) -> None:
+    result = await wait_result(fake, await fake.slash("imagine", {"prompt": "a regrettable fox"}))
+    assert [b["label"] for b in result.buttons][-1] == "Delete"
+
+    ix = await fake.click(result.id, result.button("Delete")["custom_id"])
+    await fake.wait_for(lambda: result.deleted)
+
+    assert fake.channel_messages() == []
+    assert [m for m in fake.replies(ix) if m.ephemeral] == []  # nothing else to say
+
+
+async def test_someone_else_is_politely_refused_delete_and_the_result_stays(
+    bot: BotApp, fake: DiscordFake
+) -> None:
+    result = await wait_result(fake, await fake.slash("imagine", {"prompt": "alice's fox"}))
+
+    ix = await fake.click(result.id, result.button("Delete")["custom_id"], user=BOB)
+    answer = await private_answer(fake, ix)
+
+    assert answer.content == messages.not_yours_to_delete()
+    assert not result.deleted and result.files
+
+
+async def test_a_moderator_may_delete_a_members_result(bot: BotApp, fake: DiscordFake) -> None:
+    result = await wait_result(fake, await fake.slash("imagine", {"prompt": "an off-topic fox"}))
+
+    await fake.click(result.id, result.button("Delete")["custom_id"], user=MOD)
+
+    await fake.wait_for(lambda: result.deleted)
+
+
+async def test_delete_on_one_image_of_a_grid_removes_only_that_message(
+    tmp_path: Path, fake: DiscordFake, sandbox: object
+) -> None:
+    async with discord_bot(tmp_path, fake, sandbox, route_order="pixazo"):  # type: ignore[arg-type]
+        grid = await wait_result(fake, await fake.slash("imagine", {"prompt": "four foxes", "count": 4}))
+        single = await wait_result(fake, await fake.click(grid.id, grid.button("U2")["custom_id"]))
+
+        await fake.click(single.id, single.button("Delete")["custom_id"])
+        await fake.wait_for(lambda: single.deleted)
+
+        assert not grid.deleted

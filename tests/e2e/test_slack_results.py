@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.slack_harness import ADMIN, CHANNEL, SlackBot, slack_bot
+from bot import messages
+from tests.e2e.slack_harness import ADMIN, CHANNEL, MEMBER, OTHER, SlackBot, slack_bot
 from tests.fakes.slack_fake import SlackFake
 
 pytestmark = pytest.mark.slow
@@ -45,3 +46,44 @@ async def test_the_caption_is_posted_once(bot: SlackBot, fake: SlackFake) -> Non
     assert sum(text.count("*a lonely lighthouse*") for text in shown) == 1, shown
     [upload] = fake.shared_uploads(CHANNEL)
     assert upload.data.startswith(b"\x89PNG")
+
+
+# --- the Delete button ---------------------------------------------------------------------------
+
+
+async def test_the_requester_deletes_the_card_and_its_files(bot: SlackBot, fake: SlackFake) -> None:
+    await bot.slash("/imagine", "a regrettable fox")
+    card = await bot.card()
+    assert card.button("ib:delete:")["style"] == "danger"
+
+    delivery = await bot.press(card, "ib:delete:")
+    await fake.wait_for(lambda: card.deleted)
+
+    assert delivery.status == 200 and delivery.elapsed < 3.0
+    assert fake.shared_uploads(CHANNEL) == []  # the file share went with it
+    assert [m for m in fake.messages if m.channel == CHANNEL and not m.deleted] == []
+    assert fake.responses_to(delivery.response_url or "") == []  # nothing to apologise for
+
+
+async def test_someone_else_is_politely_refused_delete_and_the_result_stays(
+    bot: SlackBot, fake: SlackFake
+) -> None:
+    await bot.slash("/imagine", "a member's fox", user=MEMBER)
+    card = await bot.card()
+
+    delivery = await bot.press(card, "ib:delete:", user=OTHER)
+    [answer] = await fake.wait_for(lambda: fake.responses_to(delivery.response_url or ""))
+
+    assert answer["text"] == messages.not_yours_to_delete()
+    assert answer["response_type"] == "ephemeral"
+    assert not card.deleted and len(fake.shared_uploads(CHANNEL)) == 1
+    assert fake.calls_to("chat.delete") == fake.calls_to("files.delete") == []
+
+
+async def test_a_workspace_admin_may_delete_a_members_result(bot: SlackBot, fake: SlackFake) -> None:
+    await bot.slash("/imagine", "an off-topic fox", user=MEMBER)
+    card = await bot.card()
+
+    await bot.press(card, "ib:delete:", user=ADMIN)
+
+    await fake.wait_for(lambda: card.deleted and not fake.shared_uploads(CHANNEL))
