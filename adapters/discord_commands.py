@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import discord
 from discord import app_commands
@@ -39,6 +40,7 @@ __all__ = [
     "edit_command",
     "imagine_command",
     "job_choices",
+    "message_image",
     "mod_command",
     "modal_value",
     "model3d_command",
@@ -77,6 +79,12 @@ class CommandHandler(Protocol):
 
     async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None:
         """Run a /quota subcommand."""
+
+    async def edit_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Edit image" context menu: ask for the instruction, then edit `image`."""
+
+    async def model3d_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Make 3D model" context menu: a 3D model from `image`."""
 
     async def command_failed(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -188,6 +196,31 @@ def mod_command(
     )
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def _looks_like_image(content_type: str | None, filename: str) -> bool:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and kind != "application/octet-stream":
+        return kind.startswith("image/")
+    return filename.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def message_image(message: discord.Message) -> ImageRef | None:
+    """The first image a message carries: an attached picture, else an embed's image (a
+    pasted image link shows as an embed of type "image" with the picture as thumbnail)."""
+    for att in message.attachments:
+        if _looks_like_image(att.content_type, att.filename):
+            return ImageRef(url=att.url, filename=att.filename)
+    for embed in message.embeds:
+        picture = embed.image if embed.image.url else embed.thumbnail if embed.type == "image" else None
+        url = picture and (picture.proxy_url or picture.url)
+        if url:
+            name = urlsplit(url).path.rsplit("/", 1)[-1] or "image"
+            return ImageRef(url=url, filename=name)
+    return None
+
+
 def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTION_FIELD) -> str | None:
     """The value typed into text input `custom_id` of a submitted modal (rows or labels)."""
     for c in components:
@@ -232,7 +265,8 @@ def command_payload(tree: app_commands.CommandTree[Any]) -> list[dict[str, Any]]
 
 
 def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_commands.CommandTree[Any]:
-    """Every slash command. `adapter` is None when the tree is built only to be synced."""
+    """Every slash command and the message context menus. `adapter` is None when the tree
+    is built only to be synced."""
     tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
     if adapter is not None:
         tree.error(adapter.command_failed)
@@ -341,6 +375,18 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
             await adapter.cancel_job(interaction, job_id.strip())
 
     cancel.autocomplete("job_id")(job_ids(running=True))
+
+    @tree.context_menu(name=messages.discord_edit_menu())
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def edit_image(interaction: discord.Interaction, message: discord.Message) -> None:
+        if adapter:
+            await adapter.edit_message_image(interaction, message_image(message))
+
+    @tree.context_menu(name=messages.discord_model3d_menu())
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def make_3d_model(interaction: discord.Interaction, message: discord.Message) -> None:
+        if adapter:
+            await adapter.model3d_message_image(interaction, message_image(message))
 
     tree.add_command(_quota_group(adapter))
     return tree

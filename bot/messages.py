@@ -422,6 +422,26 @@ def edit_instruction_missing() -> str:
     return "Say what should change."
 
 
+def edit_dialog_expired() -> str:
+    """An edit dialog submitted after the bot forgot which image it was for (a restart)."""
+    return "That edit dialog has expired. Please open it again on the message."
+
+
+def discord_edit_menu() -> str:
+    """Discord: the message context menu that edits a message's image (32 characters at most)."""
+    return "Edit image"
+
+
+def discord_model3d_menu() -> str:
+    """Discord: the message context menu that turns a message's image into a 3D model."""
+    return "Make 3D model"
+
+
+def no_image_in_message() -> str:
+    """A context menu (or shortcut) on a message that carries no usable image."""
+    return "That message has no image I can use. Pick one with an attached picture or an image link."
+
+
 def edit_file_subject(filename: str | None) -> str:
     """Names the chat file an edit modal works on."""
     return f"Editing **{filename or 'image'}**"

@@ -521,7 +521,7 @@ async def test_commands_sync_on_demand_and_then_not_on_start(
 
     count = await sync_commands(settings, fake.guild_id)
 
-    assert count == len(fake.commands[fake.guild_id]) == 7
+    assert count == len(fake.commands[fake.guild_id]) == 9  # 7 slash commands, 2 message menus
     quota = next(c for c in fake.commands[fake.guild_id] if c["name"] == "quota")
     assert int(quota["default_member_permissions"]) == 1 << 5  # Manage Server
     async with discord_bot(tmp_path, fake, sandbox, discord_dev_guild=fake.guild_id):  # type: ignore[arg-type]

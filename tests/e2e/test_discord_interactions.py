@@ -4,21 +4,25 @@ autocomplete, the Delete button, the message context menus and the tree's error 
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from PIL import Image
 
 from adapters import discord_commands
 from bot import messages
 from bot.app import BotApp
 from tests.e2e.discord_harness import discord_bot, wait_original, wait_result
-from tests.fakes.discord_fake import BOB, MOD, DiscordFake, FakeInteraction, FakeMessage
+from tests.fakes.discord_fake import ALICE, BOB, MOD, DiscordFake, FakeInteraction, FakeMessage
 from tests.support.core import fast_sandbox
 
 pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -173,3 +177,86 @@ async def test_delete_on_one_image_of_a_grid_removes_only_that_message(
         await fake.wait_for(lambda: single.deleted)
 
         assert not grid.deleted
+
+
+# --- message context menus -----------------------------------------------------------------------
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def balance(app: BotApp, fake: DiscordFake, user: str = ALICE.id) -> int:
+    return (await app.ledger.account(f"discord:{fake.guild_id}", user)).balance
+
+
+async def test_both_message_menus_are_synced_as_message_commands(bot: BotApp, fake: DiscordFake) -> None:
+    menus = {c["name"]: c for c in fake.commands["global"] if c.get("type") == 3}
+
+    assert sorted(menus) == sorted([messages.discord_edit_menu(), messages.discord_model3d_menu()])
+
+
+async def test_edit_image_on_a_members_picture_asks_for_the_instruction_then_edits_it(
+    bot: BotApp, fake: DiscordFake
+) -> None:
+    photo = fake.add_attachment("cat.png", png())
+    post = fake.user_message(BOB, "look at my cat", attachments=(photo,))
+
+    opened = await fake.message_command(messages.discord_edit_menu(), post, user=ALICE)
+    await fake.wait_for(lambda: opened.modal)
+    ix = await fake.submit_modal(opened, {"instruction": "give it a tiny hat"})
+    edited = await wait_result(fake, ix)
+
+    assert "Edit ·" in edited.content and "give it a tiny hat" in edited.content
+    assert edited.files[0].data.startswith(PNG_MAGIC)
+    assert await balance(bot, fake) < 100 and await balance(bot, fake, BOB.id) == 100
+
+
+async def test_make_3d_model_from_a_pasted_image_link(bot: BotApp, fake: DiscordFake) -> None:
+    linked = fake.add_attachment("vase.png", png(96, 96))
+    post = fake.user_message(BOB, linked.url, embeds=(fake.image_embed(linked),))
+
+    ix = await fake.message_command(messages.discord_model3d_menu(), post, user=ALICE)
+    model = await wait_result(fake, ix)
+
+    assert "3D model" in model.content
+    assert any(f.filename.endswith(".glb") and f.data[:4] == b"glTF" for f in model.files)
+
+
+async def test_make_3d_model_from_the_bots_own_result(bot: BotApp, fake: DiscordFake) -> None:
+    result = await wait_result(fake, await fake.slash("imagine", {"prompt": "a teapot"}))
+
+    ix = await fake.message_command(messages.discord_model3d_menu(), result, user=ALICE)
+    model = await wait_result(fake, ix)
+
+    assert any(f.data[:4] == b"glTF" for f in model.files)
+
+
+async def test_a_menu_on_a_message_without_an_image_says_so_privately(bot: BotApp, fake: DiscordFake) -> None:
+    post = fake.user_message(BOB, "just words")
+
+    for menu in (messages.discord_edit_menu(), messages.discord_model3d_menu()):
+        ix = await fake.message_command(menu, post, user=ALICE)
+        answer = await private_answer(fake, ix)
+        assert answer.content == messages.no_image_in_message()
+        assert ix.modal is None
+    assert await balance(bot, fake) == 100
+
+
+async def test_an_edit_dialog_opened_before_a_restart_asks_to_open_it_again(
+    tmp_path: Path, fake: DiscordFake, sandbox: object
+) -> None:
+    photo = fake.add_attachment("cat.png", png())
+    post = fake.user_message(BOB, attachments=(photo,))
+    async with discord_bot(tmp_path, fake, sandbox):  # type: ignore[arg-type]
+        opened = await fake.message_command(messages.discord_edit_menu(), post)
+        await fake.wait_for(lambda: opened.modal)
+
+    async with discord_bot(tmp_path, fake, sandbox) as app:  # type: ignore[arg-type]
+        ix = await fake.submit_modal(opened, {"instruction": "give it a hat"})
+        answer = await private_answer(fake, ix)
+
+        assert answer.content == messages.edit_dialog_expired()
+        assert await balance(app, fake) == 100
