@@ -18,6 +18,7 @@ SECTION_LIMIT = 3000  # characters of one section's text
 TEXT_LIMIT = 4000  # what we send as a message's notification text
 BUTTONS_PER_BLOCK = 25
 
+_FILE_ID = re.compile(r"F[A-Z0-9]+")  # Slack file ids; job ids are lower-case hex
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 # Slack's own markup that must pass through unescaped: mentions, channels, specials, links.
 _CONTROL = re.compile(r"<(?:[@#!][A-Za-z0-9^|._-]+(?:\|[^<>]*)?|(?:https?|mailto):[^<>\s]+)>")
@@ -66,7 +67,7 @@ def _button(button: Button, files: Sequence[str]) -> dict[str, Any]:
 
 def delete_targets(value: str | None) -> list[str]:
     """The file ids a Delete button's value names (see `message_blocks`)."""
-    return [f for f in (value or "").split(",") if f.startswith("F")]
+    return [f for f in (value or "").split(",") if _FILE_ID.fullmatch(f)]
 
 
 def message_blocks(
