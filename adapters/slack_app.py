@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_blocks import HELP, edit_modal, mrkdwn, plain
+from adapters.slack_blocks import HELP, delete_targets, edit_modal, mrkdwn, plain
 from adapters.slack_events import (
     EDIT_VIEW,
     INSTRUCTION_BLOCK,
@@ -367,6 +367,10 @@ class SlackAdapter:
             return
         user = press.user
         actor = await self._actor(press.team_id, user.id, user.username or user.name, press.channel_id)
+        if action is ButtonAction.DELETE:
+            await self.engine.may_delete(actor, job_id)
+            await self._delete_result(press)
+            return
         reply = SlackReply(
             self,
             SlackAddress(
@@ -379,6 +383,17 @@ class SlackAdapter:
         )
         key = request_key("action", press.team_id, user.id, press.actions[0].action_ts)
         await self.engine.press(actor, action, job_id, index, reply, request_key=key)
+
+    async def _delete_result(self, press: BlockActions) -> None:
+        """Delete a result card and the files shared with it (named by its Delete button)."""
+        for file_id in delete_targets(press.actions[0].value):
+            try:
+                await self.client.files_delete(file=file_id)
+            except SlackApiError as exc:  # already gone, or not the bot's: the card still goes
+                _log.info("could not delete slack file %s: %s", file_id, slack_error(exc))
+        ts = press.container.message_ts or (press.message.ts if press.message else None)
+        if ts:
+            await self.client.chat_delete(channel=press.channel_id, ts=ts)
 
     # --- the edit modal and the message shortcut -------------------------------------------
 

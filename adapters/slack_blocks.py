@@ -12,12 +12,13 @@ from bot import messages
 from bot.params import FLAGS_HELP
 from bot.reply import Button, ButtonAction
 
-__all__ = ["HELP", "edit_modal", "message_blocks", "mrkdwn", "plain"]
+__all__ = ["HELP", "delete_targets", "edit_modal", "message_blocks", "mrkdwn", "plain"]
 
 SECTION_LIMIT = 3000  # characters of one section's text
 TEXT_LIMIT = 4000  # what we send as a message's notification text
 BUTTONS_PER_BLOCK = 25
 
+_FILE_ID = re.compile(r"F[A-Z0-9]+")  # Slack file ids; job ids are lower-case hex
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 # Slack's own markup that must pass through unescaped: mentions, channels, specials, links.
 _CONTROL = re.compile(r"<(?:[@#!][A-Za-z0-9^|._-]+(?:\|[^<>]*)?|(?:https?|mailto):[^<>\s]+)>")
@@ -50,20 +51,30 @@ def plain(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _button(button: Button) -> dict[str, Any]:
+def _button(button: Button, files: Sequence[str]) -> dict[str, Any]:
     element: dict[str, Any] = {
         "type": "button",
         "action_id": button.custom_id,
         "text": {"type": "plain_text", "text": plain(button.label, 75)},
-        "value": button.job_id,
+        # Delete carries the ids of the files shared with this card, to remove them too
+        # (no state kept: it works after a restart).
+        "value": ",".join(files) if button.action is ButtonAction.DELETE and files else button.job_id,
     }
-    if button.action is ButtonAction.CANCEL:
+    if button.action in (ButtonAction.CANCEL, ButtonAction.DELETE):
         element["style"] = "danger"
     return element
 
 
-def message_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, Any]]:
-    """A section with `text` (already mrkdwn) and the buttons in actions blocks."""
+def delete_targets(value: str | None) -> list[str]:
+    """The file ids a Delete button's value names (see `message_blocks`)."""
+    return [f for f in (value or "").split(",") if _FILE_ID.fullmatch(f)]
+
+
+def message_blocks(
+    text: str, buttons: Sequence[Button] = (), files: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """A section with `text` (already mrkdwn) and the buttons in actions blocks; `files` are
+    the ids of the files uploaded with this message (its Delete button removes them too)."""
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": plain(text, SECTION_LIMIT)}}
     ]
@@ -73,7 +84,7 @@ def message_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, 
             {
                 "type": "actions",
                 "block_id": f"ib-actions-{start // BUTTONS_PER_BLOCK}",
-                "elements": [_button(b) for b in chunk],
+                "elements": [_button(b, files) for b in chunk],
             }
         )
     return blocks

@@ -533,6 +533,8 @@ class Engine:
                 await self.cancel(actor, job_id)
             case ButtonAction.EDIT:
                 raise ValueError("Edit needs an instruction: call edit_result")
+            case ButtonAction.DELETE:
+                raise ValueError("Delete removes platform messages: check may_delete, then delete")
             case _:
                 assert_never(action)
 
@@ -944,9 +946,12 @@ class Engine:
         )
 
     def _result_buttons(self, job: JobRecord, images: int, *, index: int | None = None) -> tuple[Button, ...]:
-        """Reroll, Edit and Make 3D (on image `index`, or the first), and U1…U4 for several."""
+        """Reroll, Edit and Make 3D (on image `index`, or the first), U1…U4 for several, Delete."""
         if job.spec.kind is Kind.MODEL3D:
-            return (Button(ButtonAction.REROLL, job.id, "Reroll"),)
+            return (
+                Button(ButtonAction.REROLL, job.id, "Reroll"),
+                Button(ButtonAction.DELETE, job.id, "Delete"),
+            )
         kinds = self.catalog.kinds()
         target = index if index is not None else (0 if images > 1 else None)
         buttons = [Button(ButtonAction.REROLL, job.id, "Reroll")]
@@ -956,7 +961,7 @@ class Engine:
             buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", target))
         if images > 1:
             buttons += [Button(ButtonAction.SINGLE, job.id, f"U{i + 1}", i) for i in range(images)]
-        return tuple(buttons)
+        return (*buttons, Button(ButtonAction.DELETE, job.id, "Delete"))
 
     # --- endings ---------------------------------------------------------------------------
 
@@ -1059,6 +1064,21 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Counts for /healthz."""
         return {"queued": len(self._queue), "running": len(self._running), "routes": self.router.health()}
+
+    # --- for the platforms: job-id suggestions and deleting results -------------------------
+
+    async def recent_jobs(self, actor: Actor, limit: int = 25) -> list[JobRecord]:
+        """The actor's own latest jobs here, newest first (job-id autocomplete)."""
+        return await self.store.recent(actor.tenant, actor.user_id, limit)
+
+    async def may_delete(self, actor: Actor, job_id: str) -> None:
+        """Raise a UserError unless `actor` may delete the messages of `job_id`'s result:
+        its requester, or a moderator of its server."""
+        job = await self.store.get(job_id)
+        if job is None or job.tenant != actor.tenant:
+            raise NotFoundError(messages.job_not_found(job_id))
+        if job.actor.user_id != actor.user_id and not actor.is_moderator:
+            raise UserError(messages.not_yours_to_delete())
 
 
 class _VendorJobFailed(Exception):

@@ -73,6 +73,17 @@ def not_your_job() -> str:
     return "Only the person who started this job (or a moderator) can use that button."
 
 
+def not_yours_to_delete() -> str:
+    """Someone pressed Delete on another member's result."""
+    return "Only the person who asked for this result (or a moderator) can delete it."
+
+
+def job_choice(job_id: str, kind: str, state: str, prompt: str) -> str:
+    """One suggestion in the job-id autocomplete of /show and /cancel (at most 100 characters)."""
+    label = f"{job_id} · {kind} · {state}" + (f" · {' '.join(prompt.split())}" if prompt.strip() else "")
+    return label if len(label) <= 100 else label[:99] + "…"
+
+
 def already_running() -> str:
     """A second click while the first job is still going."""
     return "That's already running. I'll post the result here when it's done."
@@ -441,6 +452,26 @@ def edit_instruction_missing() -> str:
     return "Say what should change."
 
 
+def edit_dialog_expired() -> str:
+    """An edit dialog submitted after the bot forgot which image it was for (a restart)."""
+    return "That edit dialog has expired. Please open it again on the message."
+
+
+def discord_edit_menu() -> str:
+    """Discord: the message context menu that edits a message's image (32 characters at most)."""
+    return "Edit image"
+
+
+def discord_model3d_menu() -> str:
+    """Discord: the message context menu that turns a message's image into a 3D model."""
+    return "Make 3D model"
+
+
+def no_image_in_message() -> str:
+    """A context menu (or shortcut) on a message that carries no usable image."""
+    return "That message has no image I can use. Pick one with an attached picture or an image link."
+
+
 def edit_file_subject(filename: str | None) -> str:
     """Names the chat file an edit modal works on."""
     return f"Editing **{filename or 'image'}**"
@@ -477,6 +508,128 @@ def slack_help(flags_help: str) -> str:
         "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, blocklist, "
         "history, top\n" + flags_help
     )
+
+
+# Discord's slash-command and option descriptions (at most 100 characters each), by command
+# path ("quota blocklist add"); the console and Slack explain the same commands in their help.
+_MEMBER_REASON = "Why (shown in the moderation log)"
+_COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
+    "imagine": (
+        "Create images from a text prompt (Hunyuan Image 3)",
+        {
+            "prompt": "What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
+            "aspect": "Aspect ratio",
+            "seed": "Seed, to repeat a result",
+            "negative": "Things to leave out",
+            "count": "How many images",
+            "model": "Model or vendor",
+        },
+    ),
+    "edit": (
+        "Change an image by instruction",
+        {
+            "image": "The image to change",
+            "instruction": "What should change",
+            "seed": "Seed, to repeat a result",
+            "model": "Model or vendor",
+        },
+    ),
+    "model3d": (
+        "Make a 3D model (.glb) from a prompt or an image",
+        {
+            "prompt": "What to model (or attach an image instead)",
+            "image": "An image to turn into 3D",
+            "face_count": "Mesh detail: 40,000 to 1,500,000 faces",
+            "geometry_only": "Skip textures (faster)",
+            "model": "Model or vendor",
+        },
+    ),
+    "credits": ("Your credits, daily allowance and recent jobs", {}),
+    "show": (
+        "Post a finished job's result again, with its buttons",
+        {"job_id": "The job id from the result's caption (pick one of your recent jobs)"},
+    ),
+    "cancel": (
+        "Cancel a job that is still running (you are not charged)",
+        {"job_id": "The job id from its status message (pick one of your running jobs)"},
+    ),
+    "quota": ("Manage members' credits (moderators)", {}),
+    "quota grant": (
+        "Give a member credits",
+        {
+            "member": "The member who gets the credits",
+            "amount": "How many credits to give",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota take": (
+        "Take credits from a member",
+        {
+            "member": "The member to take credits from",
+            "amount": "How many credits to take",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota set": (
+        "Set a member's balance",
+        {
+            "member": "The member whose balance to set",
+            "amount": "Their new balance, in credits",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota freeze": (
+        "Freeze a member's credits",
+        {"member": "The member whose credits to freeze", "reason": _MEMBER_REASON},
+    ),
+    "quota unfreeze": (
+        "Unfreeze a member's credits",
+        {"member": "The member whose credits to unfreeze", "reason": _MEMBER_REASON},
+    ),
+    "quota ban": (
+        "Stop a member from generating here",
+        {"member": "The member to stop from generating", "reason": _MEMBER_REASON},
+    ),
+    "quota unban": (
+        "Let a banned member generate again",
+        {"member": "The member who may generate again", "reason": _MEMBER_REASON},
+    ),
+    "quota allowance": (
+        "Daily credits every member gets",
+        {"amount": "Credits each member is topped up to every day (0: no daily top-up)"},
+    ),
+    "quota cost": (
+        "Credits a command kind costs",
+        {"kind": "Which command", "amount": "Credits it costs (per image for image)"},
+    ),
+    "quota budget": (
+        "Server-wide daily credit cap (0 removes it)",
+        {"amount": "Credits the whole server may spend per day (0 removes the cap)"},
+    ),
+    "quota history": ("A member's credit history", {"member": "The member whose history to show"}),
+    "quota top": ("Who spent the most credits", {}),
+    "quota spend": ("What generation cost at the vendors", {}),
+    "quota blocklist": ("Words refused in prompts", {}),
+    "quota blocklist add": (
+        "Refuse prompts with these words",
+        {"words": "Words to refuse, separated by spaces or commas"},
+    ),
+    "quota blocklist remove": (
+        "Allow these words again",
+        {"words": "Words to allow again, separated by spaces or commas"},
+    ),
+    "quota blocklist list": ("Show the blocked words", {}),
+}
+
+
+def command_description(path: str) -> str:
+    """A slash command's one-line description (`path` like "quota grant")."""
+    return _COMMANDS[path][0]
+
+
+def option_descriptions(path: str) -> dict[str, str]:
+    """Descriptions of a slash command's options, by option name."""
+    return dict(_COMMANDS[path][1])
 
 
 def console_help(flags_help: str) -> str:
