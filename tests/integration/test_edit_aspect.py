@@ -20,7 +20,9 @@ def _input(tmp_path: Path, size: tuple[int, int]) -> ImageRef:
 async def _edited_size(tmp_path: Path, instruction: str, size: tuple[int, int]) -> tuple[int, int]:
     async with running_app(tmp_path) as app:
         reply = RecordingReply()
-        await app.engine.submit(MEMBER, EditCommand(image=_input(tmp_path, size), instruction=instruction), reply)
+        await app.engine.submit(
+            MEMBER, EditCommand(image=_input(tmp_path, size), instruction=instruction), reply
+        )
         await reply.wait()
     assert not reply.failures, reply.failures
     image = next(f for f in reply.results[0].files if f.role == "image")
