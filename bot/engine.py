@@ -35,7 +35,7 @@ from bot.errors import (
     UserError,
 )
 from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
-from bot.policy import check_prompt, require_moderator
+from bot.policy import check_image_source, check_job_id, check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
     Button,
@@ -307,6 +307,7 @@ class Engine:
         `request_key` (an interaction id, a Slack trigger id) makes a retried delivery of the
         same platform request return the first job's ticket instead of starting another.
         """
+        check_image_source(actor, command)  # a chat member never names a file on our disk
         if request_key and (existing := await self.store.by_request_key(request_key)):
             return self._ticket(existing)
         match command:
@@ -411,6 +412,7 @@ class Engine:
     # --- buttons ---------------------------------------------------------------------------
 
     async def _own_job(self, actor: Actor, job_id: str, *, spending: bool = True) -> JobRecord:
+        job_id = check_job_id(job_id)  # typed by the user: may hold characters SQLite refuses
         job = await self.store.get(job_id)
         if job is None or job.tenant != actor.tenant:
             raise NotFoundError(messages.job_not_found(job_id))
