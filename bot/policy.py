@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 
 from bot import messages
-from bot.commands import Actor, Platform, clean_text
+from bot.commands import Actor, EditCommand, ImagineCommand, Model3DCommand, Platform, clean_text
 from bot.errors import BlockedPromptError, InvalidInputError, NotModeratorError
 
 __all__ = [
@@ -37,14 +37,14 @@ def require_moderator(actor: Actor) -> None:
         raise NotModeratorError(messages.not_moderator())
 
 
-def check_image_source(actor: Actor, command: object) -> None:
+def check_image_source(actor: Actor, command: ImagineCommand | EditCommand | Model3DCommand) -> None:
     """Refuse a user-named local path unless the actor sits at the bot's own terminal.
 
     Called on what a user sent (`Engine.submit`), before anything touches the disk, so the
     answer is the same whether the file exists or not. The engine's own result files (Edit
     and Make 3D buttons) do not come through here.
     """
-    image = getattr(command, "image", None)
+    image = command.image if isinstance(command, EditCommand | Model3DCommand) else None
     if image is not None and image.path and actor.platform not in LOCAL_FILE_PLATFORMS:
         raise InvalidInputError(messages.local_path_refused())
 
