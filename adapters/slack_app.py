@@ -480,4 +480,5 @@ class SlackAdapter:
 
 
 def _headline(user: str, what: str) -> str:
-    return f"<@{user}> · {plain(mrkdwn(what.strip()), 280)}"
+    # `what` holds the member's raw command text: rendered with no mention surviving.
+    return f"<@{user}> · {plain(mrkdwn(what.strip(), mentions=False), 280)}"

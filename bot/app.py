@@ -165,6 +165,7 @@ class BotApp:
             max_input_bytes=s.max_input_bytes,
             max_result_bytes=s.max_result_bytes,
             allow_private=s.media_allow_private,
+            result_allow_private=s.sandbox or s.media_allow_private,  # the sandbox vendors live on loopback
             link_base_url=s.public_base_url,
             link_ttl=s.media_link_ttl,
         )

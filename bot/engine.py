@@ -42,7 +42,7 @@ from bot.params import (
     random_seed,
     split_words,
 )
-from bot.policy import check_prompt, require_moderator
+from bot.policy import check_image_source, check_job_id, check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
     Button,
@@ -314,6 +314,7 @@ class Engine:
         `request_key` (an interaction id, a Slack trigger id) makes a retried delivery of the
         same platform request return the first job's ticket instead of starting another.
         """
+        check_image_source(actor, command)  # a chat member never names a file on our disk
         if request_key and (existing := await self.store.by_request_key(request_key)):
             return self._ticket(existing)
         match command:
@@ -419,6 +420,7 @@ class Engine:
     # --- buttons ---------------------------------------------------------------------------
 
     async def _own_job(self, actor: Actor, job_id: str, *, spending: bool = True) -> JobRecord:
+        job_id = check_job_id(job_id)  # typed by the user: may hold characters SQLite refuses
         job = await self.store.get(job_id)
         if job is None or job.tenant != actor.tenant:
             raise NotFoundError(messages.job_not_found(job_id))

@@ -350,7 +350,7 @@ class CreditLedger:
                 have = account["balance"]
                 raise InvalidInputError(
                     messages.invalid(
-                        f"<@{user}> has only {messages.credits_word(have)}, so you can't take {amount}.",
+                        f"{messages.mention(user)} has only {messages.credits_word(have)}, so you can't take {amount}.",
                         f"Take at most {have}.",
                     )
                 )

@@ -2,8 +2,10 @@
 
 Every byte that crosses the network is streamed under a size cap and its type is sniffed from
 the bytes themselves (a Slack login page answers 200 with HTML, vendors mislabel files). User
-URLs may only reach public addresses: each hop is resolved once, checked, and the connection
-pinned to the checked address, so DNS cannot swap in a private one between check and connect.
+URLs and vendor result URLs may only reach public addresses (unless private ones are allowed:
+tests, the sandbox's loopback vendors): each hop, redirects included, is resolved once,
+checked, and the connection pinned to the checked address, so DNS cannot swap in a private one
+between check and connect.
 Pillow and file work run in threads, never on the event loop.
 """
 
@@ -136,6 +138,14 @@ class _NotImageError(Exception):
     pass
 
 
+class _PrivateAddressError(Exception):
+    """A URL's host is (or resolves to) a non-public address."""
+
+
+class _UnresolvableError(Exception):
+    """A URL's host does not resolve."""
+
+
 class MediaStore:
     """Fetches, checks and stores media under `files_dir`, and signs links to it.
 
@@ -152,6 +162,7 @@ class MediaStore:
         max_input_bytes: int,
         max_result_bytes: int,
         allow_private: bool,
+        result_allow_private: bool | None = None,
         link_base_url: str | None = None,
         link_ttl: int = 3600,
         clock: Callable[[], float] = time.time,
@@ -167,6 +178,9 @@ class MediaStore:
         self.max_input_bytes = max_input_bytes
         self.max_result_bytes = max_result_bytes
         self.allow_private = allow_private
+        # Vendor results follow the same rule; only the sandbox's loopback vendors need an
+        # exception of their own (None: the same as for user URLs).
+        self.result_allow_private = allow_private if result_allow_private is None else result_allow_private
         self.link_base_url = link_base_url
         self.link_ttl = link_ttl
         self._clock = clock
@@ -257,12 +271,19 @@ class MediaStore:
                 raise InvalidInputError(messages.image_unsupported_scheme(url.scheme))
             if not url.raw_host:
                 raise unreachable
-            targets, host_header, server_hostname = await self._pin(url, ref.label)
+            try:
+                targets, host_header, server_hostname = await self._pin(url, allow_private=self.allow_private)
+            except _PrivateAddressError:
+                _log.info("input refused, private address: %s", ref.label)
+                raise InvalidInputError(messages.image_private_address(url.host or url.raw_host)) from None
+            except _UnresolvableError:
+                _log.info("input host does not resolve: %s", ref.label)
+                raise unreachable from None
             sent = dict(headers)
             if host_header:
                 sent["Host"] = host_header
             try:
-                resp = await self._connect(targets, sent, server_hostname)
+                resp = await self._connect(targets, sent, server_hostname, self._input_timeout)
                 async with resp:
                     location = resp.headers.get("Location")
                     if resp.status in _REDIRECTS and location:
@@ -284,7 +305,11 @@ class MediaStore:
         raise unreachable
 
     async def _connect(
-        self, targets: Sequence[URL], headers: dict[str, str], server_hostname: str | None
+        self,
+        targets: Sequence[URL],
+        headers: dict[str, str],
+        server_hostname: str | None,
+        timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         """GET the first target that accepts a connection (the addresses of one host)."""
         for i, target in enumerate(targets):
@@ -294,42 +319,39 @@ class MediaStore:
                     headers=headers,
                     allow_redirects=False,
                     server_hostname=server_hostname,
-                    timeout=self._input_timeout,
+                    timeout=timeout,
                 )
             except aiohttp.ClientConnectorError:
                 if i == len(targets) - 1:
                     raise
         raise aiohttp.ClientConnectionError("no address to connect to")
 
-    async def _pin(self, url: URL, label: str) -> tuple[list[URL], str | None, str | None]:
+    async def _pin(self, url: URL, *, allow_private: bool) -> tuple[list[URL], str | None, str | None]:
         """Where to connect for `url`: (target URLs in order, Host header, TLS server name).
 
         With `allow_private` the URL is used as is. Otherwise every address the host
-        resolves to must be public, and the connection goes to those checked addresses.
+        resolves to must be public (`_PrivateAddressError`), and the connection goes to those
+        checked addresses. `_UnresolvableError` when the host does not resolve.
         """
         host = url.raw_host
         assert host is not None
-        if self.allow_private:
+        if allow_private:
             return [url], None, None
-        refused = InvalidInputError(messages.image_private_address(url.host or host))
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
             literal = None
         if literal is not None:
             if not is_public_address(literal):
-                _log.info("input refused, private address: %s", label)
-                raise refused
+                raise _PrivateAddressError
             return [url], None, None
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            _log.info("input host does not resolve: %s", label)
-            raise InvalidInputError(messages.image_unreachable(label)) from None
+            raise _UnresolvableError from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos))
         if not addresses or not all(is_public_address(a) for a in addresses):
-            _log.info("input refused, host resolves to a private address: %s", label)
-            raise refused
+            raise _PrivateAddressError
         return (
             [url.with_host(str(a)) for a in addresses[:_MAX_ADDRESSES]],
             url.host_port_subcomponent,
@@ -404,22 +426,54 @@ class MediaStore:
         )
 
     async def _download(self, url: str, part: Path) -> tuple[bytes, int]:
-        """Stream `url` into `part` under the result cap; returns (first bytes, size)."""
+        """Stream `url` into `part` under the result cap; returns (first bytes, size).
+
+        The vendor's URL gets the user URLs' guard: http(s) only, public addresses only
+        (pinned), every redirect hop checked again, at most `_MAX_REDIRECTS` of them.
+        """
         shown = _redact(url)
         try:
-            async with self._session.get(url, timeout=self._result_timeout) as resp:
-                if resp.status != 200:
-                    retryable = resp.status >= 500 or resp.status in (408, 425, 429)
-                    _log.warning("result download HTTP %d: %s", resp.status, shown)
-                    raise DownloadError(
-                        f"the result download failed (HTTP {resp.status})", retryable=retryable
+            current = URL(url)
+        except (ValueError, TypeError):
+            raise DownloadError("the vendor's result URL is not a valid link", retryable=False) from None
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                if current.scheme not in ("http", "https") or not current.raw_host:
+                    _log.warning("result refused, not an http(s) URL: %s", _redact(str(current)))
+                    raise DownloadError("the vendor's result URL is not an http(s) link", retryable=False)
+                try:
+                    targets, host_header, server_hostname = await self._pin(
+                        current, allow_private=self.result_allow_private
                     )
-                if resp.content_length is not None and resp.content_length > self.max_result_bytes:
-                    raise DownloadError(self._too_big_text(resp.content_length), retryable=False)
-                return await self._stream_to(resp, part)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                except _PrivateAddressError:
+                    _log.warning("result refused, private address: %s", _redact(str(current)))
+                    raise DownloadError(
+                        "the vendor's result URL points at a private address", retryable=False
+                    ) from None
+                except _UnresolvableError:
+                    _log.warning("result host does not resolve: %s", _redact(str(current)))
+                    raise DownloadError("the vendor's result host does not resolve", retryable=True) from None
+                headers = {"Host": host_header} if host_header else {}
+                resp = await self._connect(targets, headers, server_hostname, self._result_timeout)
+                async with resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        current = current.join(URL(location))
+                        continue
+                    if resp.status != 200:
+                        retryable = resp.status >= 500 or resp.status in (408, 425, 429)
+                        _log.warning("result download HTTP %d: %s", resp.status, shown)
+                        raise DownloadError(
+                            f"the result download failed (HTTP {resp.status})", retryable=retryable
+                        )
+                    if resp.content_length is not None and resp.content_length > self.max_result_bytes:
+                        raise DownloadError(self._too_big_text(resp.content_length), retryable=False)
+                    return await self._stream_to(resp, part)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             _log.warning("result download failed %s: %s", shown, type(exc).__name__)
             raise DownloadError("the result download was interrupted", retryable=True) from None
+        _log.warning("result download: too many redirects: %s", shown)
+        raise DownloadError("the vendor's result URL redirects too often", retryable=False)
 
     async def _stream_to(self, resp: aiohttp.ClientResponse, part: Path) -> tuple[bytes, int]:
         out: BinaryIO = await asyncio.to_thread(part.open, "wb")
@@ -447,7 +501,7 @@ class MediaStore:
     def _measure(self, path: Path) -> tuple[int, int]:
         try:
             with path.open("rb") as f:
-                _, width, height = _decode_image(f, self._max_pixels)
+                _, width, height = _verify_image(f, self._max_pixels)
         except (_NotImageError, _TooManyPixelsError):
             raise DownloadError("the vendor's image is damaged or unreadable", retryable=False) from None
         return width, height
@@ -524,6 +578,27 @@ def _decode_image(fp: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
                 raise _TooManyPixelsError
             img.load()
             fmt, width, height = img.format, img.width, img.height
+    except Image.DecompressionBombError:
+        raise _TooManyPixelsError from None
+    except _TooManyPixelsError:
+        raise
+    except Exception:  # Pillow raises many types on malformed data
+        raise _NotImageError from None
+    if fmt not in _IMAGE_FORMATS:
+        raise _NotImageError
+    return fmt, width, height
+
+
+def _verify_image(fp: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
+    """(Pillow format, width, height) from the header, for vendor results: `verify()` walks
+    the file's structure (a PNG's chunks and their checksums) without decoding the pixels,
+    which costs a fraction of a full decode on every delivered image."""
+    try:
+        with Image.open(fp, formats=tuple(_IMAGE_FORMATS)) as img:
+            fmt, width, height = img.format, img.width, img.height
+            if width * height > max_pixels:
+                raise _TooManyPixelsError
+            img.verify()
     except Image.DecompressionBombError:
         raise _TooManyPixelsError from None
     except _TooManyPixelsError:

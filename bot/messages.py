@@ -6,6 +6,22 @@ Keep them short, friendly and ending with what to do next.
 
 from __future__ import annotations
 
+#: Marks a mention the core itself wrote (a word joiner: invisible on every platform). Slack
+#: renders marked mentions and escapes every other `<`, `>` and `&`, so a prompt or reason
+#: echoed back can never ping anyone; user text is stripped of this character at the boundary
+#: (`bot.commands.clean_text`), so it cannot forge one.
+MENTION_MARK = "\u2060"
+
+
+def mention(user_id: str) -> str:
+    """A mention of a member, written by the core (e.g. a moderator's answer)."""
+    return f"{MENTION_MARK}<@{user_id}>"
+
+
+def channel_mention(channel_id: str) -> str:
+    """A link to a channel, written by the core."""
+    return f"{MENTION_MARK}<#{channel_id}>"
+
 
 def credits_word(n: int) -> str:
     """`1 credit`, `5 credits`."""
@@ -95,6 +111,14 @@ def already_running() -> str:
 def invalid(what: str, fix: str) -> str:
     """A parameter problem: what is wrong, then how to fix it."""
     return f"{what} {fix}"
+
+
+def unreadable_characters() -> str:
+    """Text with broken characters (lone UTF-16 surrogates) that cannot be stored or sent."""
+    return (
+        "Your text contains broken characters I can't read (often a half-copied emoji). "
+        "Please retype it without them."
+    )
 
 
 def invalid_amount(amount: int, limit: int) -> str:
@@ -228,16 +252,16 @@ def mod_balance(op: str, user: str, amount: int, balance: int) -> str:
         "take": f"Took {credits_word(amount)} from",
         "set": "Set the balance of",
     }[op]
-    return f"{verb} <@{user}>. Their balance is now {credits_word(balance)}."
+    return f"{verb} {mention(user)}. Their balance is now {credits_word(balance)}."
 
 
 def mod_flag(op: str, user: str) -> str:
     """After freeze/unfreeze/ban/unban."""
     return {
-        "freeze": f"Froze the credits of <@{user}>.",
-        "unfreeze": f"Unfroze the credits of <@{user}>.",
-        "ban": f"Banned <@{user}> from generating here.",
-        "unban": f"<@{user}> may generate again.",
+        "freeze": f"Froze the credits of {mention(user)}.",
+        "unfreeze": f"Unfroze the credits of {mention(user)}.",
+        "ban": f"Banned {mention(user)} from generating here.",
+        "unban": f"{mention(user)} may generate again.",
     }[op]
 
 
@@ -284,8 +308,8 @@ def history_view(user: str, entries: list) -> str:
     """/quota history @user: each change with its job id; settles (which move nothing) left out."""
     shown = [e for e in entries if not (e.kind == "settle" and not e.delta)]
     if not shown:
-        return f"<@{user}> has no credit history yet."
-    lines = [f"Credit history of <@{user}> (newest first):"]
+        return f"{mention(user)} has no credit history yet."
+    lines = [f"Credit history of {mention(user)} (newest first):"]
     for e in shown:
         delta = f"{e.delta:+d}" if e.delta else "±0"
         what = _ENTRY_WORDS.get(e.kind, e.kind)
@@ -301,7 +325,7 @@ def top_view(rows: list) -> str:
     if not rows:
         return "Nobody has spent credits yet."
     return "Top spenders:\n" + "\n".join(
-        f"{i}. <@{user}> — {credits_word(spent)}" for i, (user, spent) in enumerate(rows, 1)
+        f"{i}. {mention(user)} — {credits_word(spent)}" for i, (user, spent) in enumerate(rows, 1)
     )
 
 
@@ -317,7 +341,7 @@ def mod_log_line(actor: str, op: str, target: str | None, command: object, reaso
     amount = getattr(command, "amount", None)
     bits = [f"{actor} ran `{op}`"]
     if target:
-        bits.append(f"on <@{target}>")
+        bits.append(f"on {mention(target)}")
     if amount is not None:
         bits.append(f"({amount})")
     if getattr(command, "kind", None):
@@ -369,6 +393,14 @@ def image_unreachable(label: str) -> str:
     )
 
 
+def local_path_refused() -> str:
+    """A chat member named a file on the bot's disk; the same words whether it exists or not."""
+    return (
+        "I can only use images you attach or link to (http:// or https://), not file paths. "
+        "Please attach the image instead."
+    )
+
+
 def image_unreadable(label: str) -> str:
     """A local input file could not be read."""
     return f"I couldn't read {label}. Check the path, or attach the image instead."
@@ -406,7 +438,7 @@ def slack_cannot_post_here() -> str:
 
 def discord_sent_by_dm(channel_id: str) -> str:
     """Discord: the first line of a job message that came by DM because the channel refused it."""
-    return f"I can't post in <#{channel_id}>, so this comes to you by direct message."
+    return f"I can't post in {channel_mention(channel_id)}, so this comes to you by direct message."
 
 
 def file_too_big(filename: str, size: str) -> str:

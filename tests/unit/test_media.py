@@ -519,11 +519,12 @@ async def test_result_that_is_not_an_image_or_model_is_refused(store: MediaStore
         await store.save_result(Artifact(url=f"{files.base}/login"), store.files_dir / "jobs/j6", "j6-0")
 
 
-async def test_vendor_results_may_live_on_loopback_even_when_inputs_may_not(
-    strict: MediaStore, files: Files
+async def test_sandbox_vendor_results_may_live_on_loopback_even_when_inputs_may_not(
+    traced: Traced, tmp_path: Path, files: Files
 ) -> None:
-    out = await strict.save_result(
-        Artifact(url=f"{files.base}/cat.png"), strict.files_dir / "jobs/j7", "j7-0"
+    sandboxed = _store(traced.session, tmp_path, allow_private=False, result_allow_private=True)
+    out = await sandboxed.save_result(
+        Artifact(url=f"{files.base}/cat.png"), sandboxed.files_dir / "jobs/j7", "j7-0"
     )
     assert out.width == 64
 
