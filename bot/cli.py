@@ -22,8 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import Settings, settings_problems
 from bot.errors import ConfigError, UserError
+from bot.logs import setup_logging as _setup_logging
 
 __all__ = ["main"]
 
@@ -37,42 +38,6 @@ NO_VENDOR = (
     "no vendor configured — set at least one of APIINONE_API_KEY, PIXAZO_API_KEY, AIMLAPI_API_KEY, "
     "NOVITA_API_KEY, RUNWARE_API_KEY (or SANDBOX=true for the loopback emulators)"
 )
-
-
-class _SecretFilter(logging.Filter):
-    """Last line of defence: mask configured secrets if any code path ever logs one."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 6]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            msg = record.getMessage()
-            if any(s in msg for s in self._secrets):
-                for s in self._secrets:
-                    msg = msg.replace(s, "***")
-                record.msg, record.args = msg, None
-        return True
-
-
-def _setup_logging(settings: Settings, level: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    secrets = [
-        v.get_secret_value()
-        for k, v in settings.__dict__.items()
-        if v is not None and hasattr(v, "get_secret_value") and k
-    ]
-    handler.addFilter(_SecretFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel((level or settings.log_level).upper())
-    for noisy in ("aiohttp.access", "discord.gateway", "discord.client", "slack_bolt"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # At DEBUG these write request URLs that carry interaction tokens: never below INFO.
-    for leaky in ("discord.http", "discord.webhook.async_", "slack_sdk"):
-        logging.getLogger(leaky).setLevel(max(logging.INFO, root.level))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        print(f"imagine-bot: setting {str(err['loc'][0]).upper()} is invalid: {err['msg']}", file=sys.stderr)
-        return 2
+        return _report_bad_settings(exc)
     try:
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as exc:
@@ -137,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _report_bad_settings(exc: ValidationError) -> int:
+    # Every problem at once, so the operator fixes the .env in one go.
+    for line in settings_problems(exc):
+        print(f"imagine-bot: {line}", file=sys.stderr)
+    return 2
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
