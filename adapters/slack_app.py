@@ -107,6 +107,7 @@ class SlackAdapter:
             clock=clock,
         )
         self._socket: AsyncSocketModeHandler | None = None
+        self.health = ctx.readiness.platform(self.name)
         self._tasks: set[asyncio.Task[None]] = set()
         self.bot_user: str | None = None
         self.team_id: str | None = None
@@ -150,6 +151,8 @@ class SlackAdapter:
                 await handler.close_async()
                 raise
             self._socket = handler
+            self._watch_socket(handler)
+        self.health.connected()  # HTTP mode has no connection to lose; Socket Mode just connected
         _log.info(
             "slack ready team=%s bot=%s http=%s socket=%s",
             self.team_id,
@@ -157,6 +160,19 @@ class SlackAdapter:
             bool(self._settings.slack_signing_secret),
             self._socket is not None,
         )
+
+    def _watch_socket(self, handler: AsyncSocketModeHandler) -> None:
+        # slack_sdk reconnects by itself; Slack greets every new connection with a "hello".
+        async def closed(_message: Any) -> None:
+            if self._socket is not None:
+                self.health.disconnected()
+
+        async def message(_message: Any) -> None:
+            self.health.connected()
+
+        handler.client.on_close_listeners.append(closed)
+        handler.client.on_error_listeners.append(closed)
+        handler.client.on_message_listeners.append(message)
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Close Socket Mode, let handler tasks finish (then cancel stragglers)."""
@@ -208,7 +224,7 @@ class SlackAdapter:
                         return
                     _log.info("response_url refused (%s)", resp.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                _log.warning("response_url failed: %s", exc)
+                _log.warning("response_url failed: %s", type(exc).__name__)  # its URL is a credential
         if target is None:
             return
         channel, user = target

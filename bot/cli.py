@@ -160,7 +160,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = _demo_settings(settings, args.data_dir)
     _setup_logging(settings, "WARNING")
     console_cls = load_adapter("console")
-    async with BotApp(settings, platforms=[], extra_adapters=[console_cls]) as app:
+    async with BotApp(settings, platforms=[], extra_adapters=[console_cls], single_instance=True) as app:
         print(
             f"imagine-bot demo: sandbox vendors on loopback, files under {settings.files_dir.resolve()}",
             flush=True,
@@ -172,7 +172,7 @@ async def _run(settings: Settings) -> int:
     from bot.app import BotApp
 
     _setup_logging(settings)
-    app = BotApp(settings)
+    app = BotApp(settings, single_instance=True)
     if not app.adapter_names():
         print(NOTHING_TO_RUN, file=sys.stderr)
         return 2
@@ -182,8 +182,24 @@ async def _run(settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with app:
-        await stop.wait()
-        _log.info("stopping: unfinished jobs will resume on the next start")
+        return await _serve(app, stop)
+
+
+async def _serve(app: Any, stop: asyncio.Event) -> int:
+    """Until a signal (exit 0) or a platform gone for good (exit 1: the restart policy
+    brings the bot back with a fresh connection)."""
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+    gone = asyncio.create_task(app.readiness.gone(), name="platform-watch")
+    try:
+        await asyncio.wait({stopped, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, gone):
+            task.cancel()
+        await asyncio.gather(stopped, gone, return_exceptions=True)
+    if gone.done() and not gone.cancelled() and gone.exception() is None:
+        _log.error("exiting: %s; unfinished jobs will resume on the next start", gone.result())
+        return 1
+    _log.info("stopping: unfinished jobs will resume on the next start")
     return 0
 
 
@@ -203,7 +219,7 @@ async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
     def cli_console(ctx: Any) -> Any:
         return console_cls(ctx, stdin=io.StringIO(line + "\n"), actor=actor, strict=True)  # type: ignore[call-arg]
 
-    app = BotApp(settings, platforms=[], extra_adapters=[cli_console])
+    app = BotApp(settings, platforms=[], extra_adapters=[cli_console], resume=_no_bot_running(settings))
     async with app:
         if not app.router.providers:
             raise ConfigError(NO_VENDOR)
@@ -316,7 +332,9 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     def quiet_console(ctx: Any) -> Any:
         return console_cls(ctx, stdin=io.StringIO(""))  # type: ignore[call-arg]
 
-    async with BotApp(_local_settings(settings), platforms=[], extra_adapters=[quiet_console]) as app:
+    async with BotApp(
+        _local_settings(settings), platforms=[], extra_adapters=[quiet_console], single_instance=True
+    ) as app:
         code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
         await app.engine.drain()
     return code
@@ -332,6 +350,13 @@ async def _discord(args: argparse.Namespace, settings: Settings) -> int:
     count = await module.sync_commands(settings, args.guild)
     print(f"synced {count} command(s) " + (f"to guild {args.guild}" if args.guild else "globally"))
     return 0
+
+
+def _no_bot_running(settings: Settings) -> bool:
+    # A one-off job next to a running bot follows only its own job, never the bot's.
+    from bot.instance import InstanceLock
+
+    return not InstanceLock(settings.db_path).held_elsewhere()
 
 
 def _exit_user_error(err: UserError) -> int:

@@ -191,20 +191,12 @@ class Settings(BaseSettings):
         "aimlapi_base_url",
         "novita_base_url",
         "runware_base_url",
-        "discord_api_base",
         "slack_api_base",
-    )
+    )  # DISCORD_API_BASE / DISCORD_GATEWAY_URL: checked by the Discord adapter when it starts
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("discord_gateway_url")
-    @classmethod
-    def _ws_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("ws://", "wss://")):
-            raise ValueError("must be a ws:// or wss:// URL")
         return value
 
     @model_validator(mode="after")
