@@ -108,6 +108,7 @@ class SlackAdapter:
         )
         self._socket: AsyncSocketModeHandler | None = None
         self.health = ctx.readiness.platform(self.name)
+        self._watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.bot_user: str | None = None
         self.team_id: str | None = None
@@ -162,20 +163,30 @@ class SlackAdapter:
         )
 
     def _watch_socket(self, handler: AsyncSocketModeHandler) -> None:
-        # slack_sdk reconnects by itself; Slack greets every new connection with a "hello".
-        async def closed(_message: Any) -> None:
-            if self._socket is not None:
-                self.health.disconnected()
-
+        # slack_sdk reconnects by itself and reports nothing while it retries (its close
+        # listeners run only after a reconnect succeeded), so its own connection state is read
+        # every few seconds; Slack's "hello" on a new connection marks it connected at once.
         async def message(_message: Any) -> None:
             self.health.connected()
 
-        handler.client.on_close_listeners.append(closed)
-        handler.client.on_error_listeners.append(closed)
+        async def watch() -> None:
+            interval = min(2.0, self._settings.platform_grace_seconds / 4)
+            while True:
+                await asyncio.sleep(interval)
+                if await handler.client.is_connected():
+                    self.health.connected()
+                else:
+                    self.health.disconnected()
+
         handler.client.on_message_listeners.append(message)
+        self._watcher = asyncio.get_running_loop().create_task(watch(), name="slack-socket-watch")
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Close Socket Mode, let handler tasks finish (then cancel stragglers)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
@@ -197,6 +208,10 @@ class SlackAdapter:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """`POST /slack/events`: Bolt verifies the signature (401 otherwise) and dispatches."""
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            # slack_sdk's verifier calls int() on it and would answer 500 with a traceback.
+            return web.json_response({"error": "invalid request"}, status=401)
         bolt_request = await to_bolt_request(request)
         return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
 
