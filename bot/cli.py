@@ -6,6 +6,7 @@ imagine-bot imagine|edit|model3d …     one job through the engine and ledger
 imagine-bot credits show|grant|take|set|history USER [AMOUNT]
 imagine-bot providers check            try each configured vendor's key
 imagine-bot discord sync [--guild ID]  push slash commands to Discord
+imagine-bot db backup PATH             a consistent copy of the database, safe while the bot runs
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
         "action", choices=["list", "resume"], help="resume: finish or refund them all, then exit"
     )
 
+    db = sub.add_parser("db", help="database tools")
+    db.add_argument("action", choices=["backup"], help="backup: a consistent copy, safe while the bot runs")
+    db.add_argument("path", help="the backup file, or a directory for a timestamped one")
+
     dc = sub.add_parser("discord", help="Discord tools")
     dc.add_argument("action", choices=["sync"])
     dc.add_argument("--guild", help="sync to one guild (instant) instead of globally")
@@ -125,6 +130,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _jobs(args, settings)
         case "discord":
             return await _discord(args, settings)
+        case "db":
+            return await _db(args, settings)
     return 2
 
 
@@ -349,6 +356,20 @@ async def _discord(args: argparse.Namespace, settings: Settings) -> int:
     module = importlib.import_module("adapters.discord_bot")  # the one platform the command is for
     count = await module.sync_commands(settings, args.guild)
     print(f"synced {count} command(s) " + (f"to guild {args.guild}" if args.guild else "globally"))
+    return 0
+
+
+async def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from bot.backup import backup_database
+
+    _setup_logging(settings, "WARNING")
+    target = Path(args.path)
+    if args.path.endswith("/"):  # a directory the operator means, even if it does not exist yet
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+    written = await backup_database(settings.db_path, target)
+    print(f"backed up {settings.db_path} to {written}")
     return 0
 
 

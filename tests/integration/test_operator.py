@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -182,3 +183,19 @@ async def test_a_gateway_away_beyond_the_give_up_period_exits_non_zero(tmp_path:
             code, out = await bot.wait()
     assert code == 1
     assert "exiting: discord: disconnected for more than 1s" in out
+
+
+async def test_db_backup_while_the_bot_runs_holds_the_ledger(tmp_path: Path) -> None:
+    target = tmp_path / "backup.sqlite3"
+    async with _demo(tmp_path):
+        code, _out, err = await _run(tmp_path, "credits", "grant", "u1", "7", "--reason", "before backup")
+        assert code == 0, err
+        code, out, err = await _run(tmp_path, "db", "backup", str(target))
+        assert code == 0, err
+    assert out.strip() == f"backed up {tmp_path / 'data' / 'imagine-bot.sqlite3'} to {target}"
+    conn = sqlite3.connect(target)
+    try:
+        rows = conn.execute("SELECT kind, delta, reason FROM entries WHERE user_id = 'u1'").fetchall()
+    finally:
+        conn.close()
+    assert ("grant", 7, "before backup") in rows
