@@ -53,8 +53,16 @@ def secrets_of(settings: Settings) -> list[str]:
     return out
 
 
+#: reply addresses inside URLs: Discord interaction tokens (discord.http logs the URL of a
+#: rate-limited request at WARNING) and Slack response URLs; each is a credential for its reply
+_REPLY_ADDRESSES = (
+    (re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/\s?#'\"]+"), r"\1***"),
+    (re.compile(r"(https://hooks\.slack\.com/(?:commands|actions|services)/)[^\s'\"]+"), r"\1***"),
+)
+
+
 class _Redactor:
-    """Masks configured secrets (6 characters or longer) wherever they appear in a line."""
+    """Masks configured secrets (6 characters or longer) and reply addresses in a line."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
@@ -63,6 +71,8 @@ class _Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
+        for pattern, masked in _REPLY_ADDRESSES:
+            text = pattern.sub(masked, text)
         return text
 
 

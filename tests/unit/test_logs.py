@@ -96,3 +96,31 @@ def test_configured_secrets_are_masked_in_messages_and_tracebacks(tmp_path: Path
     assert stream.getvalue().count("***") >= 2
     if fmt == "json":
         assert all(json.loads(line) for line in _lines(stream))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://discord.com/api/v10/webhooks/1234567890/{TOKEN}/messages/@original",
+        f"https://discord.com/api/v10/interactions/1234567890/{TOKEN}/callback",
+        f"https://hooks.slack.com/commands/T0001/1234/{TOKEN}",
+    ],
+)
+def test_reply_addresses_in_library_warnings_are_masked(tmp_path: Path, fmt: str, url: str) -> None:
+    stream = io.StringIO()
+    setup_logging(_settings(tmp_path, log_format=fmt), stream=stream)
+    # discord.py's own warning for a rate-limited request, at the default level
+    logging.getLogger("discord.http").warning(
+        "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.", "PATCH", url, 0.5
+    )
+    text = stream.getvalue()
+    assert TOKEN not in text
+    assert "responded with 429" in text
+
+
+def test_our_own_vendor_webhook_paths_are_left_readable(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    setup_logging(_settings(tmp_path), stream=stream)
+    logging.getLogger("aiohttp.access").warning('127.0.0.1 "POST /webhooks/novita/job-1" 200 0.001s')
+    assert "/webhooks/novita/job-1" in stream.getvalue()
