@@ -19,13 +19,16 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from bot.config import Settings, settings_problems
 from bot.errors import ConfigError, UserError
 from bot.logs import setup_logging as _setup_logging
+
+if TYPE_CHECKING:
+    from bot.app import BotApp
 
 __all__ = ["main"]
 
@@ -192,7 +195,7 @@ async def _run(settings: Settings) -> int:
         return await _serve(app, stop)
 
 
-async def _serve(app: Any, stop: asyncio.Event) -> int:
+async def _serve(app: BotApp, stop: asyncio.Event) -> int:
     """Until a signal (exit 0) or a platform gone for good (exit 1: the restart policy
     brings the bot back with a fresh connection)."""
     stopped = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -226,7 +229,8 @@ async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
     def cli_console(ctx: Any) -> Any:
         return console_cls(ctx, stdin=io.StringIO(line + "\n"), actor=actor, strict=True)  # type: ignore[call-arg]
 
-    app = BotApp(settings, platforms=[], extra_adapters=[cli_console], resume=_no_bot_running(settings))
+    resume = await asyncio.to_thread(_no_bot_running, settings)
+    app = BotApp(settings, platforms=[], extra_adapters=[cli_console], resume=resume)
     async with app:
         if not app.router.providers:
             raise ConfigError(NO_VENDOR)

@@ -4,7 +4,9 @@ backups, readiness. Real child processes each time."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -199,3 +201,24 @@ async def test_db_backup_while_the_bot_runs_holds_the_ledger(tmp_path: Path) -> 
     finally:
         conn.close()
     assert ("grant", 7, "before backup") in rows
+
+
+async def test_a_one_off_job_runs_next_to_a_running_bot(tmp_path: Path) -> None:
+    async with _demo(tmp_path):
+        code, out, err = await _run(tmp_path, "imagine", "--sandbox", "a red fox")
+    assert code == 0, err
+    assert "saved image: " in out
+
+
+async def test_json_logs_are_one_object_per_line_and_sigterm_exits_0(tmp_path: Path) -> None:
+    async with DiscordFake() as fake:
+        env = _discord_env(fake, LOG_FORMAT="json", NOVITA_API_KEY="sk-novita-secret-123456")
+        async with Running(tmp_path, "run", ready_line="imagine-bot up:", **env) as bot:
+            assert bot.proc is not None
+            bot.proc.send_signal(signal.SIGTERM)
+            code, out = await bot.wait()
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert {"ts", "level", "logger", "message"} <= set(records[0])
+    assert any(r["message"].startswith("imagine-bot up:") for r in records)
+    assert "sk-novita-secret-123456" not in out
