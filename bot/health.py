@@ -47,7 +47,7 @@ class PlatformHealth:
     def disconnected(self) -> None:
         """The connection dropped; the platform library is trying to reconnect."""
         if self.is_connected:
-            _log.warning("%s disconnected; waiting for it to reconnect", self.name)
+            _log.info("%s disconnected; waiting for it to reconnect", self.name)  # routine for Discord
             self.is_connected, self.down_since = False, self._clock()
             self._on_change()
 
