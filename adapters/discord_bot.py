@@ -138,8 +138,16 @@ class _Client(discord.Client):
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
 
-    async def on_connect(self) -> None:
+    async def on_connect(self) -> None:  # discord.py dispatches it on READY
         self.adapter.connected.set()
+        self.adapter.health.connected()
+
+    async def on_resumed(self) -> None:
+        self.adapter.health.connected()
+
+    async def on_disconnect(self) -> None:
+        if not self.adapter.stopping:  # our own close is not a lost connection
+            self.adapter.health.disconnected()
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         await self.adapter.on_interaction(interaction)
@@ -177,6 +185,8 @@ class DiscordAdapter:
         self.media = ctx.media
         self.clock: Callable[[], float] = time.time  # tests move it to age tokens
         self.connected = asyncio.Event()
+        self.health = ctx.readiness.platform(self.name)
+        self.stopping = False
         self.client: _Client | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -220,6 +230,7 @@ class DiscordAdapter:
         Raises ConfigError for a refused token; undoes what it started on any failure."""
         apply_endpoints(self.settings)
         token = _token(self.settings)
+        self.stopping = False
         client = self.client = _Client(self)
         try:
             await self._connect(client, token)
@@ -255,12 +266,19 @@ class DiscordAdapter:
             raise ConfigError(f"no READY from the Discord gateway within {_CONNECT_TIMEOUT:.0f}s")
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
-        # discord.py reconnects by itself; it only gives up for good (bad token, intents).
-        if not task.cancelled() and (exc := task.exception()) is not None and self.connected.is_set():
-            _log.error("the Discord gateway stopped: %r; restart the bot", exc)
+        # discord.py reconnects by itself; it only gives up for good (bad token, intents):
+        # report it, so the process exits and the restart policy brings the bot back.
+        if task.cancelled() or self.stopping:
+            return
+        exc = task.exception()
+        reason = f"the Discord gateway stopped: {exc!r}" if exc is not None else "the Discord gateway closed"
+        if self.connected.is_set():
+            _log.error("%s", reason)
+        self.health.failed(reason)
 
     async def stop(self) -> None:
         """Close the gateway and REST client; running handlers get a moment to finish."""
+        self.stopping = True
         if self._handlers:
             _, pending = await asyncio.wait(set(self._handlers), timeout=_STOP_GRACE)
             for task in pending:

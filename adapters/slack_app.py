@@ -107,6 +107,8 @@ class SlackAdapter:
             clock=clock,
         )
         self._socket: AsyncSocketModeHandler | None = None
+        self.health = ctx.readiness.platform(self.name)
+        self._watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.bot_user: str | None = None
         self.team_id: str | None = None
@@ -150,6 +152,8 @@ class SlackAdapter:
                 await handler.close_async()
                 raise
             self._socket = handler
+            self._watch_socket(handler)
+        self.health.connected()  # HTTP mode has no connection to lose; Socket Mode just connected
         _log.info(
             "slack ready team=%s bot=%s http=%s socket=%s",
             self.team_id,
@@ -158,8 +162,31 @@ class SlackAdapter:
             self._socket is not None,
         )
 
+    def _watch_socket(self, handler: AsyncSocketModeHandler) -> None:
+        # slack_sdk reconnects by itself and reports nothing while it retries (its close
+        # listeners run only after a reconnect succeeded), so its own connection state is read
+        # every few seconds; Slack's "hello" on a new connection marks it connected at once.
+        async def message(_message: Any) -> None:
+            self.health.connected()
+
+        async def watch() -> None:
+            interval = min(2.0, self._settings.platform_grace_seconds / 4)
+            while True:
+                await asyncio.sleep(interval)
+                if await handler.client.is_connected():
+                    self.health.connected()
+                else:
+                    self.health.disconnected()
+
+        handler.client.on_message_listeners.append(message)
+        self._watcher = asyncio.get_running_loop().create_task(watch(), name="slack-socket-watch")
+
     async def stop(self, *, grace: float = 5.0) -> None:
         """Close Socket Mode, let handler tasks finish (then cancel stragglers)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
@@ -181,6 +208,10 @@ class SlackAdapter:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """`POST /slack/events`: Bolt verifies the signature (401 otherwise) and dispatches."""
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            # slack_sdk's verifier calls int() on it and would answer 500 with a traceback.
+            return web.json_response({"error": "invalid request"}, status=401)
         bolt_request = await to_bolt_request(request)
         return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
 
@@ -208,7 +239,7 @@ class SlackAdapter:
                         return
                     _log.info("response_url refused (%s)", resp.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                _log.warning("response_url failed: %s", exc)
+                _log.warning("response_url failed: %s", type(exc).__name__)  # its URL is a credential
         if target is None:
             return
         channel, user = target

@@ -318,6 +318,7 @@ class DiscordFake:
         self.command_puts = 0
         self.identifies = 0
         self.resumes = 0
+        self.gateway_refused = False  # while set, new gateway connections get HTTP 503
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self._faults: list[_Fault] = []
         self._ws: web.WebSocketResponse | None = None
@@ -460,7 +461,9 @@ class DiscordFake:
 
     # --- gateway ---------------------------------------------------------------------------
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_refused:
+            return web.Response(status=503, text="gateway unavailable")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))

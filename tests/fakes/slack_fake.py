@@ -132,6 +132,7 @@ class SlackFake:
         self.file_downloads: list[tuple[str, bool]] = []  # (path, authorised)
         self.socket_acks: dict[str, dict[str, Any]] = {}
         self.socket_connections = 0
+        self.socket_refused = False
         self._response_issued: dict[str, float] = {}
         self._triggers: dict[str, float] = {}
         self._rate_limits: dict[str, list[float]] = {}
@@ -283,7 +284,16 @@ class SlackFake:
         """The client's acknowledgement of an envelope."""
         return await self.wait_for(lambda: self.socket_acks.get(envelope_id), timeout)  # type: ignore[no-any-return]
 
-    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+    async def drop_sockets(self, *, refuse: bool = False) -> None:
+        """Close every Socket Mode connection; with `refuse`, new ones get HTTP 503 until
+        `socket_refused` is cleared."""
+        self.socket_refused = refuse
+        for ws in list(self._sockets):
+            await ws.close()
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self.socket_refused:
+            return web.Response(status=503, text="socket unavailable")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         if request.query.get("ticket") != "fake-ticket":
