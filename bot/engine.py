@@ -889,6 +889,8 @@ class Engine:
         except BotError as exc:  # media.DownloadError and friends
             raise _DeliveryError(str(exc)) from exc
         size = (job.result or {}).get("size")
+        if images and images[0].width and images[0].height:  # vendors may snap to their own sizes
+            size = [images[0].width, images[0].height]
         # Settle first, then record the result and DONE in one write: a crash in between leaves
         # the job DELIVERING with a settled hold, and the resumed job re-delivers (settle is
         # idempotent), so the user is never charged without getting the files.
