@@ -84,6 +84,19 @@ def invalid(what: str, fix: str) -> str:
     return f"{what} {fix}"
 
 
+def prompt_length_refused(what: str, length: int, minimum: int, maximum: int) -> str:
+    """No configured model takes a prompt (or instruction) of this length."""
+    if length < minimum:
+        chars = "character" if length == 1 else "characters"
+        return f"Your {what} is {length} {chars} long; the models here need at least {minimum}. Please say a little more."
+    return f"Your {what} is {length:,} characters long; the models here take at most {maximum:,}. Please shorten it."
+
+
+def no_model_takes(what: str) -> str:
+    """No configured model can take this combination of options."""
+    return f"No model here can make {what} with these options. Try fewer images or another `--model`."
+
+
 def invalid_amount(amount: int, limit: int) -> str:
     """A moderator amount outside the allowed range."""
     return f"{amount} isn't a valid amount: use a whole number from 1 to {limit:,}."

@@ -248,7 +248,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
                 )
             )
     model = _check_model(model, Kind.IMAGE, catalog)
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.IMAGE,
         prompt=prompt,
         negative=negative,
@@ -259,6 +259,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
         seed=seed,
         model=model,
     )
+    return catalog.check(spec, has_image=False)
 
 
 def _parse_seed(raw: str | None) -> int | None:
@@ -298,7 +299,7 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
     instruction = _check_prompt(flags.prompt, limits.max_prompt, what="instruction")
     seed = _parse_seed(_merge(cmd.seed, flags.values.get("seed")))
     model = _check_model(_merge(cmd.model, flags.values.get("model")), Kind.EDIT, catalog)
-    return JobSpec(kind=Kind.EDIT, prompt=instruction, seed=seed, model=model)
+    return catalog.check(JobSpec(kind=Kind.EDIT, prompt=instruction, seed=seed, model=model), has_image=True)
 
 
 def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
@@ -327,13 +328,14 @@ def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
     if not routes:
         what = "from an image" if has_image else "from text"
         raise InvalidInputError(messages.not_configured(f"3D generation {what}"))
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.MODEL3D,
         prompt=prompt,
         face_count=face_count,
         geometry_only=cmd.geometry_only,
         model=model,
     )
+    return catalog.check(spec, has_image=has_image)
 
 
 def split_words(text: str) -> list[str]:
