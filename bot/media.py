@@ -28,7 +28,7 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import aiohttp
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from yarl import URL
 
 from bot import messages
@@ -43,6 +43,8 @@ __all__ = [
     "DownloadError",
     "MediaStore",
     "StoredImage",
+    "badge_box",
+    "grid_badge",
     "is_public_address",
     "sniff",
 ]
@@ -63,6 +65,8 @@ _MAX_ADDRESSES = 4
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GRID_LONG_SIDE = 1024
 _GRID_BACKGROUND = (24, 24, 24)
+_BADGE_FILL = (0, 0, 0, 170)  # dark, see-through enough to keep the picture readable under it
+_BADGE_INK = (255, 255, 255, 255)
 _THUMB_START_SIDE = 2048
 _THUMB_MIN_SIDE = 32
 
@@ -455,7 +459,8 @@ class MediaStore:
     # --- previews -------------------------------------------------------------------------
 
     async def compose_grid(self, files: Sequence[OutputFile], dest: Path) -> OutputFile:
-        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px.
+        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px, each tile
+        numbered 1–4 in its top-left corner to match the U1–U4 buttons.
 
         JPEG (quality 90) unless `dest` ends in `.png`; the extension is added when missing.
         """
@@ -599,7 +604,28 @@ def _compose(paths: Sequence[Path], out: Path) -> tuple[int, int, int]:
         x = col * cell_w + (cell_w - fitted.width) // 2
         y = row * cell_h + (cell_h - fitted.height) // 2
         canvas.paste(fitted, (x, y))
+        if len(images) > 1:  # numbers pair tiles with U1–U4; a lone image has no buttons to match
+            bx, by, side = badge_box(fitted.width, fitted.height)
+            badge = grid_badge(index + 1, side)
+            canvas.paste(badge, (x + bx, y + by), mask=badge.getchannel("A"))
     return canvas.width, canvas.height, _save(canvas, out)
+
+
+def badge_box(tile_width: int, tile_height: int) -> tuple[int, int, int]:
+    """Where a tile's number badge goes: (x, y) from the tile's top-left corner, and its side."""
+    side = max(14, round(min(tile_width, tile_height) * 0.09))
+    margin = max(2, side // 4)
+    return margin, margin, side
+
+
+def grid_badge(number: int, side: int) -> Image.Image:
+    """The RGBA badge for tile `number`: a white digit on a dark rounded square."""
+    badge = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(badge)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=max(2, side // 5), fill=_BADGE_FILL)
+    font = ImageFont.load_default(size=max(8, round(side * 0.7)))
+    draw.text((side / 2, side / 2), str(number), font=font, fill=_BADGE_INK, anchor="mm")
+    return badge
 
 
 def _encode_jpeg(img: Image.Image, quality: int) -> bytes:
