@@ -35,6 +35,7 @@ from bot.errors import (
     UserError,
 )
 from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d, split_words
+from bot.pngmeta import ResultInfo
 from bot.policy import check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
@@ -878,8 +879,9 @@ class Engine:
         dest = self.media.files_dir / "jobs" / job.id
         files: list[OutputFile] = []
         try:
+            info = ResultInfo(job.spec.prompt, job.spec.negative, job.spec.seed, job.route or "", job.id)
             for i, artifact in enumerate(update.artifacts):
-                files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}"))
+                files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}", metadata=info))
             if not files:
                 raise _DeliveryError("the vendor reported success without files")
             images = [f for f in files if f.role == "image"]

@@ -31,7 +31,7 @@ import aiohttp
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from yarl import URL
 
-from bot import messages
+from bot import messages, pngmeta
 from bot.commands import ImageRef
 from bot.errors import BotError, InvalidInputError
 from bot.reply import OutputFile
@@ -360,11 +360,14 @@ class MediaStore:
 
     # --- results --------------------------------------------------------------------------
 
-    async def save_result(self, source: Artifact, dest_dir: Path, stem: str) -> OutputFile:
+    async def save_result(
+        self, source: Artifact, dest_dir: Path, stem: str, *, metadata: pngmeta.ResultInfo | None = None
+    ) -> OutputFile:
         """Download (or write) one vendor artifact to `dest_dir/<stem>.<ext>` now.
 
         The extension and role come from the bytes: PNG/JPEG/WebP → "image" (or
-        "thumbnail" when the vendor said so), binary glTF → "model". Raises `DownloadError`.
+        "thumbnail" when the vendor said so), binary glTF → "model". A PNG image gets
+        `metadata` (with its measured size) as text chunks. Raises `DownloadError`.
         """
         await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
         part = dest_dir / f".{stem}.{secrets.token_hex(4)}.part"
@@ -389,6 +392,9 @@ class MediaStore:
             else:
                 width, height = await asyncio.to_thread(self._measure, part)
                 role = "image" if source.role == "image" else "thumbnail"
+                if metadata is not None and role == "image" and content_type == "image/png":
+                    info = metadata.fields(width, height, seed=source.seed)
+                    size = await pngmeta.stamp_png(part, info) or size
             final = dest_dir / f"{stem}.{ext}"
             await asyncio.to_thread(os.replace, part, final)
         except BaseException:
