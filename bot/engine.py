@@ -884,6 +884,8 @@ class Engine:
                 files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}", metadata=info))
             if not files:
                 raise _DeliveryError("the vendor reported success without files")
+            model = await self.media.model_preview(files, dest / f"{job.id}-view")
+            files += [model.thumbnail] if model.thumbnail else []
             images = [f for f in files if f.role == "image"]
             preview = (
                 await self.media.compose_grid(images, dest / f"{job.id}-grid") if len(images) > 1 else None
@@ -901,6 +903,7 @@ class Engine:
             "size": size,
             "files": [_file_json(f, self.media.files_dir) for f in files],
             "preview": _file_json(preview, self.media.files_dir) if preview else None,
+            "faces": model.faces,
         }
         job.state = JobPhase.DONE
         await self.store.save(job)
@@ -927,6 +930,7 @@ class Engine:
                 job.spec.seed,
                 job.cost,
                 len(images),
+                (job.result or {}).get("faces"),
             ),
             files=tuple(files),
             preview=_file_from_json(preview_json, self.media) if preview_json else None,

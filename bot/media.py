@@ -31,7 +31,7 @@ import aiohttp
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from yarl import URL
 
-from bot import messages, pngmeta
+from bot import mesh_preview, messages, pngmeta
 from bot.commands import ImageRef
 from bot.errors import BotError, InvalidInputError
 from bot.reply import OutputFile
@@ -42,6 +42,7 @@ __all__ = [
     "GLB_CONTENT_TYPE",
     "DownloadError",
     "MediaStore",
+    "ModelPreview",
     "StoredImage",
     "badge_box",
     "grid_badge",
@@ -84,6 +85,15 @@ class StoredImage:
     height: int
     size: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreview:
+    """What the bot adds to a 3D result: a rendered picture when the vendor sent none, and
+    the model's face count; either is None when the GLB could not be read."""
+
+    thumbnail: OutputFile | None
+    faces: int | None
 
 
 class DownloadError(BotError):
@@ -485,6 +495,38 @@ class MediaStore:
             height=height,
         )
 
+    async def model_preview(self, files: Sequence[OutputFile], dest: Path) -> ModelPreview:
+        """For a result holding a GLB: its face count, and a shaded PNG view of it at `dest`
+        unless the vendor sent a thumbnail. A model that cannot be read gets neither (logged);
+        the delivery goes on without them."""
+        model = next((f for f in files if f.role == "model"), None)
+        if model is None:
+            return ModelPreview(None, None)
+        if any(f.role == "thumbnail" for f in files):
+            try:
+                faces = await asyncio.to_thread(_count_faces, model.path)
+            except (mesh_preview.MeshError, OSError) as exc:
+                _log.info("face count unknown for %s: %s", model.filename, exc)
+                return ModelPreview(None, None)
+            return ModelPreview(None, faces)
+        out = _with_suffix(dest, (".png",), ".png")
+        try:
+            shot = await mesh_preview.render_preview(model.path, out)
+        except (mesh_preview.MeshError, OSError) as exc:
+            _log.warning("no preview for the model %s: %s", model.filename, exc)
+            return ModelPreview(None, None)
+        thumbnail = OutputFile(
+            path=out,
+            filename=out.name,
+            content_type="image/png",
+            size=shot.size,
+            role="thumbnail",
+            url=self.link_for(out),
+            width=shot.width,
+            height=shot.height,
+        )
+        return ModelPreview(thumbnail, shot.faces)
+
     async def thumbnail_under(self, file: OutputFile, limit_bytes: int, dest: Path) -> OutputFile:
         """A downscaled JPEG of `file` of at most `limit_bytes`, for images over a platform's
         attachment limit. Its `url` links to the full-size original. Raises ValueError when
@@ -632,6 +674,10 @@ def grid_badge(number: int, side: int) -> Image.Image:
     font = ImageFont.load_default(size=max(8, round(side * 0.7)))
     draw.text((side / 2, side / 2), str(number), font=font, fill=_BADGE_INK, anchor="mm")
     return badge
+
+
+def _count_faces(path: Path) -> int:
+    return mesh_preview.parse_glb(path.read_bytes()).faces
 
 
 def _encode_jpeg(img: Image.Image, quality: int) -> bytes:
