@@ -105,7 +105,7 @@ def _chunks(data: bytes) -> tuple[dict[str, Any], bytes]:
         if kind == _JSON and doc is None:
             try:
                 doc = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 raise MeshError("the GLB's JSON chunk is not valid JSON") from None
         elif kind == _BIN and not binary:
             binary = body

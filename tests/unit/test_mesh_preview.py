@@ -183,7 +183,14 @@ def test_a_big_mesh_is_decimated_for_drawing_but_counted_whole() -> None:
             "node cycle",
         ),
         (pack_glb({"scenes": [{"nodes": ["x"]}]}, b""), "junk node index"),
+        (
+            struct.pack("<4sIII4s", b"glTF", 2, 20 + 200_000, 200_000, b"JSON")
+            + b"[" * 100_000
+            + b"]" * 100_000,
+            "JSON nested past the recursion limit",
+        ),
     ],
+    ids=lambda v: v if isinstance(v, str) else "glb",
 )
 def test_a_malformed_glb_is_a_typed_error(data: bytes, why: str) -> None:
     with pytest.raises(MeshError) as caught:
