@@ -42,6 +42,7 @@ from bot.params import (
     random_seed,
     split_words,
 )
+from bot.pngmeta import ResultInfo
 from bot.policy import check_image_source, check_job_id, check_prompt, require_moderator
 from bot.polling import RouteTimes
 from bot.reply import (
@@ -896,10 +897,13 @@ class Engine:
         dest = self.media.files_dir / "jobs" / job.id
         files: list[OutputFile] = []
         try:
+            info = ResultInfo(job.spec.prompt, job.spec.negative, job.spec.seed, job.route or "", job.id)
             for i, artifact in enumerate(update.artifacts):
-                files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}"))
+                files.append(await self.media.save_result(artifact, dest, f"{job.id}-{i}", metadata=info))
             if not files:
                 raise _DeliveryError("the vendor reported success without files")
+            model = await self.media.model_preview(files, dest / f"{job.id}-view")
+            files += [model.thumbnail] if model.thumbnail else []
             images = [f for f in files if f.role == "image"]
             preview = (
                 await self.media.compose_grid(images, dest / f"{job.id}-grid") if len(images) > 1 else None
@@ -907,6 +911,8 @@ class Engine:
         except BotError as exc:  # media.DownloadError and friends
             raise _DeliveryError(str(exc)) from exc
         size = (job.result or {}).get("size")
+        if images and images[0].width and images[0].height:  # vendors may snap to their own sizes
+            size = [images[0].width, images[0].height]
         # Settle first, then record the result and DONE in one write: a crash in between leaves
         # the job DELIVERING with a settled hold, and the resumed job re-delivers (settle is
         # idempotent), so the user is never charged without getting the files.
@@ -915,6 +921,7 @@ class Engine:
             "size": size,
             "files": [_file_json(f, self.media.files_dir) for f in files],
             "preview": _file_json(preview, self.media.files_dir) if preview else None,
+            "faces": model.faces,
         }
         job.state = JobPhase.DONE
         await self.store.save(job)
@@ -941,6 +948,7 @@ class Engine:
                 job.spec.seed,
                 job.cost,
                 len(images),
+                (job.result or {}).get("faces"),
             ),
             files=tuple(files),
             preview=_file_from_json(preview_json, self.media) if preview_json else None,

@@ -30,10 +30,10 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import aiohttp
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from yarl import URL
 
-from bot import messages
+from bot import mesh_preview, messages, pngmeta
 from bot.commands import ImageRef
 from bot.errors import BotError, InvalidInputError
 from bot.reply import OutputFile
@@ -44,7 +44,10 @@ __all__ = [
     "GLB_CONTENT_TYPE",
     "DownloadError",
     "MediaStore",
+    "ModelPreview",
     "StoredImage",
+    "badge_box",
+    "grid_badge",
     "is_public_address",
     "sniff",
 ]
@@ -65,6 +68,8 @@ _MAX_ADDRESSES = 4
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GRID_LONG_SIDE = 1024
 _GRID_BACKGROUND = (24, 24, 24)
+_BADGE_FILL = (0, 0, 0, 170)  # dark, see-through enough to keep the picture readable under it
+_BADGE_INK = (255, 255, 255, 255)
 _THUMB_START_SIDE = 2048
 _THUMB_MIN_SIDE = 32
 
@@ -82,6 +87,15 @@ class StoredImage:
     height: int
     size: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreview:
+    """What the bot adds to a 3D result: a rendered picture when the vendor sent none, and
+    the model's face count; either is None when the GLB could not be read."""
+
+    thumbnail: OutputFile | None
+    faces: int | None
 
 
 class DownloadError(BotError):
@@ -378,11 +392,14 @@ class MediaStore:
 
     # --- results --------------------------------------------------------------------------
 
-    async def save_result(self, source: Artifact, dest_dir: Path, stem: str) -> OutputFile:
+    async def save_result(
+        self, source: Artifact, dest_dir: Path, stem: str, *, metadata: pngmeta.ResultInfo | None = None
+    ) -> OutputFile:
         """Download (or write) one vendor artifact to `dest_dir/<stem>.<ext>` now.
 
         The extension and role come from the bytes: PNG/JPEG/WebP → "image" (or
-        "thumbnail" when the vendor said so), binary glTF → "model". Raises `DownloadError`.
+        "thumbnail" when the vendor said so), binary glTF → "model". A PNG image gets
+        `metadata` (with its measured size) as text chunks. Raises `DownloadError`.
         """
         await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
         part = dest_dir / f".{stem}.{secrets.token_hex(4)}.part"
@@ -407,6 +424,9 @@ class MediaStore:
             else:
                 width, height = await asyncio.to_thread(self._measure, part)
                 role = "image" if source.role == "image" else "thumbnail"
+                if metadata is not None and role == "image" and content_type == "image/png":
+                    info = metadata.fields(width, height, seed=source.seed)
+                    size = await pngmeta.stamp_png(part, info) or size
             final = dest_dir / f"{stem}.{ext}"
             await asyncio.to_thread(os.replace, part, final)
         except BaseException:
@@ -509,7 +529,8 @@ class MediaStore:
     # --- previews -------------------------------------------------------------------------
 
     async def compose_grid(self, files: Sequence[OutputFile], dest: Path) -> OutputFile:
-        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px.
+        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px, each tile
+        numbered 1–4 in its top-left corner to match the U1–U4 buttons.
 
         JPEG (quality 90) unless `dest` ends in `.png`; the extension is added when missing.
         """
@@ -527,6 +548,38 @@ class MediaStore:
             width=width,
             height=height,
         )
+
+    async def model_preview(self, files: Sequence[OutputFile], dest: Path) -> ModelPreview:
+        """For a result holding a GLB: its face count, and a shaded PNG view of it at `dest`
+        unless the vendor sent a thumbnail. A model that cannot be read gets neither (logged);
+        the delivery goes on without them."""
+        model = next((f for f in files if f.role == "model"), None)
+        if model is None:
+            return ModelPreview(None, None)
+        if any(f.role == "thumbnail" for f in files):
+            try:
+                faces = await asyncio.to_thread(_count_faces, model.path)
+            except (mesh_preview.MeshError, OSError) as exc:
+                _log.info("face count unknown for %s: %s", model.filename, exc)
+                return ModelPreview(None, None)
+            return ModelPreview(None, faces)
+        out = _with_suffix(dest, (".png",), ".png")
+        try:
+            shot = await mesh_preview.render_preview(model.path, out)
+        except (mesh_preview.MeshError, OSError) as exc:
+            _log.warning("no preview for the model %s: %s", model.filename, exc)
+            return ModelPreview(None, None)
+        thumbnail = OutputFile(
+            path=out,
+            filename=out.name,
+            content_type="image/png",
+            size=shot.size,
+            role="thumbnail",
+            url=self.link_for(out),
+            width=shot.width,
+            height=shot.height,
+        )
+        return ModelPreview(thumbnail, shot.faces)
 
     async def thumbnail_under(self, file: OutputFile, limit_bytes: int, dest: Path) -> OutputFile:
         """A downscaled JPEG of `file` of at most `limit_bytes`, for images over a platform's
@@ -674,7 +727,32 @@ def _compose(paths: Sequence[Path], out: Path) -> tuple[int, int, int]:
         x = col * cell_w + (cell_w - fitted.width) // 2
         y = row * cell_h + (cell_h - fitted.height) // 2
         canvas.paste(fitted, (x, y))
+        if len(images) > 1:  # numbers pair tiles with U1–U4; a lone image has no buttons to match
+            bx, by, side = badge_box(fitted.width, fitted.height)
+            badge = grid_badge(index + 1, side)
+            canvas.paste(badge, (x + bx, y + by), mask=badge.getchannel("A"))
     return canvas.width, canvas.height, _save(canvas, out)
+
+
+def badge_box(tile_width: int, tile_height: int) -> tuple[int, int, int]:
+    """Where a tile's number badge goes: (x, y) from the tile's top-left corner, and its side."""
+    side = max(14, round(min(tile_width, tile_height) * 0.09))
+    margin = max(2, side // 4)
+    return margin, margin, side
+
+
+def grid_badge(number: int, side: int) -> Image.Image:
+    """The RGBA badge for tile `number`: a white digit on a dark rounded square."""
+    badge = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(badge)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=max(2, side // 5), fill=_BADGE_FILL)
+    font = ImageFont.load_default(size=max(8, round(side * 0.7)))
+    draw.text((side / 2, side / 2), str(number), font=font, fill=_BADGE_INK, anchor="mm")
+    return badge
+
+
+def _count_faces(path: Path) -> int:
+    return mesh_preview.parse_glb(path.read_bytes()).faces
 
 
 def _encode_jpeg(img: Image.Image, quality: int) -> bytes:

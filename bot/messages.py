@@ -121,6 +121,19 @@ def unreadable_characters() -> str:
     )
 
 
+def prompt_length_refused(what: str, length: int, minimum: int, maximum: int) -> str:
+    """No configured model takes a prompt (or instruction) of this length."""
+    if length < minimum:
+        chars = "character" if length == 1 else "characters"
+        return f"Your {what} is {length} {chars} long; the models here need at least {minimum}. Please say a little more."
+    return f"Your {what} is {length:,} characters long; the models here take at most {maximum:,}. Please shorten it."
+
+
+def no_model_takes(what: str) -> str:
+    """No configured model can take this combination of options."""
+    return f"No model here can make {what} with these options. Try fewer images or another `--model`."
+
+
 def invalid_amount(amount: int, limit: int) -> str:
     """A moderator amount outside the allowed range."""
     return f"{amount} isn't a valid amount: use a whole number from 1 to {limit:,}."
@@ -169,19 +182,33 @@ def lost_after_restart() -> str:
 
 
 def result_caption(
-    job_id: str, kind: str, prompt: str, size: tuple[int, int], seed: int | None, cost: int, images: int
+    job_id: str,
+    kind: str,
+    prompt: str,
+    size: tuple[int, int],
+    seed: int | None,
+    cost: int,
+    images: int,
+    faces: int | None = None,
 ) -> str:
-    """The text under a delivered result."""
+    """The text under a delivered result (a 3D model's face count when known)."""
     what = {"image": "Image" if images <= 1 else f"{images} images", "edit": "Edit", "model3d": "3D model"}[
         kind
     ]
     short = prompt if len(prompt) <= 180 else prompt[:177] + "…"
     bits = [f"{size[0]}×{size[1]}"] if kind != "model3d" else []
+    if kind == "model3d" and faces is not None:
+        bits.append(faces_word(faces))
     if seed is not None:
         bits.append(f"seed {seed}")
     bits.append(credits_word(cost))
     head = f"**{short}**\n" if short else ""
     return f"{head}{what} · {' · '.join(bits)} · job `{job_id}`"
+
+
+def faces_word(n: int) -> str:
+    """`1 face`, `12,480 faces`: a 3D model's size."""
+    return f"{n:,} face" if n == 1 else f"{n:,} faces"
 
 
 def single_caption(job_id: str, index: int, prompt: str) -> str:

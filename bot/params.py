@@ -261,7 +261,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
                 )
             )
     model = _check_model(model, Kind.IMAGE, catalog)
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.IMAGE,
         prompt=prompt,
         negative=negative,
@@ -272,6 +272,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
         seed=seed,
         model=model,
     )
+    return catalog.check(spec, has_image=False)
 
 
 def random_seed() -> int:
@@ -327,7 +328,7 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
         aw, ah = _parse_aspect(aspect_raw)
         width, height = size_for_aspect(aw, ah)
         aspect = f"{aw}:{ah}"
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.EDIT,
         prompt=instruction,
         seed=seed,
@@ -336,6 +337,7 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
         height=height,
         aspect=aspect,
     )
+    return catalog.check(spec, has_image=True)
 
 
 def fit_to_input(spec: JobSpec, width: int, height: int) -> JobSpec:
@@ -380,13 +382,14 @@ def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
     if not routes:
         what = "from an image" if has_image else "from text"
         raise InvalidInputError(messages.not_configured(f"3D generation {what}"))
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.MODEL3D,
         prompt=prompt,
         face_count=face_count,
         geometry_only=cmd.geometry_only,
         model=model,
     )
+    return catalog.check(spec, has_image=has_image)
 
 
 def split_words(text: str) -> list[str]:
