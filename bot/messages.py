@@ -134,6 +134,19 @@ def no_model_takes(what: str) -> str:
     return f"No model here can make {what} with these options. Try fewer images or another `--model`."
 
 
+def flag_repeated(name: str) -> str:
+    """The same inline flag twice (`--seed 1 --seed 2`): which one was meant is a guess."""
+    return invalid(f"`--{name}` is given more than once.", "Keep just one.")
+
+
+def flags_conflict(first: str, second: str) -> str:
+    """Two inline flags that set the same thing (`--ar` and `--size` both set the shape)."""
+    return invalid(
+        f"`--{first}` and `--{second}` both set the image's shape.",
+        "Use one: `--ar 16:9` for a ratio, or `--size 1024x576` for exact pixels.",
+    )
+
+
 def invalid_amount(amount: int, limit: int) -> str:
     """A moderator amount outside the allowed range."""
     return f"{amount} isn't a valid amount: use a whole number from 1 to {limit:,}."

@@ -52,7 +52,8 @@ _KNOWN = {
     "model": "model",
     "size": "size",
 }
-_FLAG = re.compile(r"^(?:--|—|–)([a-zA-Z]+)$")  # phones turn "--" into a dash
+# `--n 4` or `--n=4`; phones turn "--" into a dash.
+_FLAG = re.compile(r"^(?:--|—|–)([a-zA-Z]+)(?:=(.*))?$", re.DOTALL)
 
 
 class JobSpec(BaseModel):
@@ -107,7 +108,7 @@ def parse_flags(text: str) -> Flags:
         match = _FLAG.match(token)
         if match:
             close()
-            name = match.group(1).lower()
+            name, inline = match.group(1).lower(), match.group(2)
             if name not in _KNOWN:
                 raise InvalidInputError(
                     messages.invalid(
@@ -116,6 +117,11 @@ def parse_flags(text: str) -> Flags:
                     )
                 )
             current, current_words = _KNOWN[name], []
+            if current in values:
+                # Silently keeping one of two values would make a result nobody asked for.
+                raise InvalidInputError(messages.flag_repeated(_flag_name(current)))
+            if inline:
+                current_words.append(inline)
             continue
         if current is None:
             words.append(token)
@@ -229,6 +235,8 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
     negative = _merge(cmd.negative, v.get("negative"))
     model = _merge(cmd.model, v.get("model"))
 
+    if size_raw and aspect_raw:
+        raise InvalidInputError(messages.flags_conflict("ar", "size"))
     if size_raw:
         width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
         aspect = _ratio(width, height)

@@ -154,3 +154,34 @@ def test_kinds_without_routes_are_explained() -> None:
     only_images = Catalog([ROUTES[0]])
     with pytest.raises(InvalidInputError, match="editing isn't configured"):
         parse_edit(EditCommand(image=ImageRef(url="https://e.com/a.png"), instruction="x"), only_images)
+
+
+@pytest.mark.parametrize("text", ["a fox --n=4 --seed=7", "a fox --n 4 --seed 7"])
+def test_flag_equals_value_is_the_same_as_flag_space_value(text: str) -> None:
+    spec = imagine(text)
+    assert (spec.prompt, spec.count, spec.seed) == ("a fox", 4, 7)
+
+
+def test_flag_equals_value_leaves_the_next_words_to_the_prompt() -> None:
+    assert imagine("a fox --ar=16:9 in the snow").prompt == "a fox in the snow"
+
+
+def test_flag_with_an_empty_equals_value_says_what_it_needs() -> None:
+    with pytest.raises(InvalidInputError, match=r"--seed` needs a value"):
+        imagine("a fox --seed=")
+
+
+@pytest.mark.parametrize(
+    "text", ["a fox --seed 1 --seed 2", "a fox --n 2 --count 3", "a fox --ar 1:1 --aspect=2:3"]
+)
+def test_a_repeated_flag_is_refused_with_one_message(text: str) -> None:
+    with pytest.raises(InvalidInputError, match="more than once"):
+        imagine(text)
+
+
+@pytest.mark.parametrize(
+    "text,kw", [("a fox --ar 16:9 --size 1024x576", {}), ("a fox --size 1024x576", {"aspect": "16:9"})]
+)
+def test_aspect_and_size_together_are_refused(text: str, kw: dict[str, str]) -> None:
+    with pytest.raises(InvalidInputError, match=r"`--ar` and `--size`.*Use one"):
+        imagine(text, **kw)
