@@ -249,7 +249,7 @@ class MediaStore:
             stored = await asyncio.to_thread(self._store_input, data)
         except _NotImageError:
             _log.info("input refused, not an image: %s", ref.label)
-            raise InvalidInputError(messages.not_an_image(ref.label)) from None
+            raise InvalidInputError(messages.not_an_image(ref.label, chat_file=bool(ref.headers))) from None
         except _TooManyPixelsError:
             raise InvalidInputError(messages.image_too_many_pixels(self._max_pixels)) from None
         _log.info(

@@ -6,6 +6,8 @@ Keep them short, friendly and ending with what to do next.
 
 from __future__ import annotations
 
+import re as _re
+
 #: Marks a mention the core itself wrote (a word joiner: invisible on every platform). Slack
 #: renders marked mentions and escapes every other `<`, `>` and `&`, so a prompt or reason
 #: echoed back can never ping anyone; user text is stripped of this character at the boundary
@@ -145,6 +147,13 @@ def flags_conflict(first: str, second: str) -> str:
         f"`--{first}` and `--{second}` both set the image's shape.",
         "Use one: `--ar 16:9` for a ratio, or `--size 1024x576` for exact pixels.",
     )
+
+
+def not_a_command(text: str) -> str:
+    """A typed line without a slash: a hint, never a paid job."""
+    short = " ".join(text.split())
+    short = short if len(short) <= 60 else short[:59] + "…"
+    return f"Commands start with a slash: `/imagine {short}` makes an image of that; `/help` lists the rest."
 
 
 def invalid_amount(amount: int, limit: int) -> str:
@@ -405,12 +414,14 @@ def no_image() -> str:
     return "Please attach an image (PNG, JPEG or WebP) or paste a link to one."
 
 
-def not_an_image(label: str) -> str:
-    """The input is not a PNG, JPEG or WebP picture (a text file, a login page…)."""
-    return (
-        f"“{label}” isn't an image I can use. Please attach a PNG, JPEG or WebP picture "
-        "(for a Slack file, make sure the bot can see it)."
-    )
+def not_an_image(label: str, *, chat_file: bool = False) -> str:
+    """The input is not a PNG, JPEG or WebP picture (a text file, a login page…).
+
+    `chat_file`: it was a private file shared in chat, which the bot gets as a login page when
+    it cannot see the file.
+    """
+    hint = " If it's a file shared in chat, make sure the bot can see it." if chat_file else ""
+    return f"“{label}” isn't an image I can use. Please use a PNG, JPEG or WebP picture.{hint}"
 
 
 def image_too_big(limit_bytes: int) -> str:
@@ -442,8 +453,8 @@ def local_path_refused() -> str:
 
 
 def image_unreadable(label: str) -> str:
-    """A local input file could not be read."""
-    return f"I couldn't read {label}. Check the path, or attach the image instead."
+    """A local input file (a path typed in the console) could not be read."""
+    return f"I couldn't read {label}. Check the path."
 
 
 def image_private_address(host: str) -> str:
@@ -720,9 +731,46 @@ def console_welcome() -> str:
     return "imagine-bot console — type /help. Files are saved under the output folder."
 
 
-def console_next(job_id: str) -> str:
-    """After a result in the terminal chat: how to get it again."""
-    return f"next: /imagine … again, or /show {job_id}"
+def console_next(job_id: str, image: str | None, *, edit: bool, make3d: bool) -> str:
+    """After a result in the terminal chat: the typed form of the result's buttons."""
+    steps = []
+    if image and edit:
+        steps.append(f"/edit {image} <what to change>")
+    if image and make3d:
+        steps.append(f"/model3d {image}")
+    steps.append(f"/show {job_id}")
+    return "next: " + "  or  ".join(steps)
+
+
+def console_stopped(running: int, platform: str) -> str:
+    """The terminal chat (or a one-off CLI job) was interrupted with jobs still running."""
+    if not running:
+        return "Stopped."
+    again = "imagine-bot jobs resume" if platform == "cli" else "the demo"
+    jobs = "1 job is still running; it" if running == 1 else f"{running} jobs are still running; they"
+    return f"Stopped. {jobs} will resume the next time you start {again}."
+
+
+def moderator_top_up(platform: str, user: str, tenant: str, amount: int) -> str:
+    """After `insufficient_credits`, for a moderator: how to grant themselves more."""
+    if platform == "cli":
+        how = f"`imagine-bot credits grant {user} {amount} --tenant {tenant}`"
+    else:
+        how = f"`/quota grant {mention(user)} {amount}`"
+    return f"As a moderator you can grant yourself more: {how}."
+
+
+_TERMINALS = frozenset({"console", "cli"})
+# Only the mentions the core wrote (marked): a prompt's own `<@x>` is the user's text.
+_CORE_MENTION = _re.compile(MENTION_MARK + r"<([@#])([^>|\s]+)(?:\|[^>]*)?>")
+
+
+def for_platform(text: str, platform: str) -> str:
+    """Shared wording as `platform` shows it: a terminal has no mentions or bold (`<@ann>` is `ann`)."""
+    if platform not in _TERMINALS:
+        return text
+    plain = _CORE_MENTION.sub(lambda m: m.group(2) if m.group(1) == "@" else f"#{m.group(2)}", text)
+    return plain.replace("**", "")
 
 
 def no_finished_image() -> str:

@@ -142,7 +142,8 @@ def parse_text(line: str) -> TextCommand:
     """One typed line into a command; raises InvalidInputError for unknown commands."""
     line = clean_text(line).strip()  # the models clean again; job ids and names need it here
     if not line.startswith("/"):
-        line = "/imagine " + line  # a bare prompt is an /imagine, as in Midjourney's DMs
+        # A chat line is not a paid job: a greeting must not cost credits.
+        raise InvalidInputError(messages.not_a_command(line))
     name, _, rest = line[1:].partition(" ")
     name, rest = name.lower(), rest.strip()
     match name:

@@ -14,8 +14,9 @@ def test_imagine_keeps_inline_flags_for_the_core_parser() -> None:
     assert cmd == ImagineCommand(prompt="a red fox --ar 16:9")
 
 
-def test_a_bare_prompt_is_an_imagine() -> None:
-    assert parse_text("a lighthouse at dusk").command == ImagineCommand(prompt="a lighthouse at dusk")
+def test_text_without_a_slash_is_a_hint_not_a_paid_imagine() -> None:
+    with pytest.raises(InvalidInputError, match=r"start with a slash: `/imagine hello there`"):
+        parse_text("hello there")
 
 
 def test_imagine_help_is_a_meta_command() -> None:
