@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import io
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -34,6 +36,10 @@ __all__ = ["main"]
 
 _log = logging.getLogger("bot")
 
+# The ledger tenant of one-off jobs, and so the default of `credits`: one operator, one account.
+CLI_TENANT_ID = "local"
+CLI_TENANT = f"cli:{CLI_TENANT_ID}"
+
 NOTHING_TO_RUN = (
     "imagine-bot run: no platform configured — set DISCORD_TOKEN, and/or SLACK_BOT_TOKEN with "
     "SLACK_SIGNING_SECRET (HTTP) or SLACK_APP_TOKEN (Socket Mode)"
@@ -45,57 +51,119 @@ NO_VENDOR = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagine-bot", description="Hunyuan Image 3 / Hunyuan3D chat bot")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="imagine-bot", description="Hunyuan Image 3 / Hunyuan3D chat bot.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = _Commands(p.add_subparsers(dest="cmd", required=True))
 
-    demo = sub.add_parser("demo", help="console chat against the embedded sandbox vendors")
-    demo.add_argument("--data-dir", help="where the database and output go (default: ./data)")
+    demo = sub.add_parser("demo", help="Console chat against the embedded sandbox vendors.")
+    demo.add_argument("--data-dir", help="Where the database and output go (default: ./data).")
 
-    sub.add_parser("run", help="start the configured Discord/Slack adapters and the HTTP server")
+    sub.add_parser("run", help="Start the configured Discord/Slack adapters and the HTTP server.")
 
     for name, helptext in (
         ("imagine", "text to image"),
         ("edit", "change an image by instruction"),
         ("model3d", "text or image to a 3D model"),
     ):
-        job = sub.add_parser(name, help=f"one {helptext} job, printing where the files went")
-        job.add_argument("args", nargs="+", help="the same text you would type after the slash command")
-        job.add_argument("--sandbox", action="store_true", help="use the loopback emulators")
-        job.add_argument("--user", default="operator", help="ledger user to charge (default: operator)")
+        job = sub.add_parser(name, help=f"One {helptext} job, printing where the files went.")
         job.add_argument(
-            "--tenant", default="local", help="charged to ledger tenant cli:TENANT (default cli:local)"
+            "args",
+            nargs="+",
+            help="The same text you would type after the slash command, flags like --ar 16:9 included.",
+        )
+        job.add_argument("--sandbox", action="store_true", help="Use the loopback emulators.")
+        job.add_argument("--user", default="operator", help="Ledger user to charge (default: operator).")
+        job.add_argument(
+            "--tenant",
+            default=CLI_TENANT_ID,
+            help=f"Charged to ledger tenant cli:TENANT (default: {CLI_TENANT}).",
         )
 
-    credits = sub.add_parser("credits", help="read and change the ledger")
-    credits.add_argument("action", choices=["show", "grant", "take", "set", "history", "spend"])
-    credits.add_argument("user", nargs="?", help="user id (not needed for spend)")
-    credits.add_argument("amount", nargs="?", type=int)
+    credits = sub.add_parser("credits", help="Read and change the ledger.")
     credits.add_argument(
-        "--tenant", default="console:local", help="tenant, e.g. discord:GUILD_ID or slack:TEAM_ID"
+        "action", choices=["show", "grant", "take", "set", "history", "spend"], help="What to do."
     )
-    credits.add_argument("--reason", default="operator CLI")
+    credits.add_argument("user", nargs="?", help="User id (not needed for spend).")
+    credits.add_argument("amount", nargs="?", type=int, help="Credits, for grant, take and set.")
+    credits.add_argument(
+        "--tenant",
+        default=CLI_TENANT,
+        help=f"Tenant, e.g. discord:GUILD_ID or slack:TEAM_ID (default: {CLI_TENANT}, the one-off jobs').",
+    )
+    credits.add_argument("--reason", default="operator CLI", help="Why, for the audit trail.")
 
-    prov = sub.add_parser("providers", help="vendor tools")
-    prov.add_argument("action", choices=["check"])
-    prov.add_argument("--sandbox", action="store_true", help="check the loopback emulators instead")
+    prov = sub.add_parser("providers", help="Vendor tools.")
+    prov.add_argument("action", choices=["check"], help="Try each configured vendor's key.")
+    prov.add_argument("--sandbox", action="store_true", help="Check the loopback emulators instead.")
 
-    jobs = sub.add_parser("jobs", help="unfinished jobs")
+    jobs = sub.add_parser("jobs", help="Unfinished jobs.")
     jobs.add_argument(
-        "action", choices=["list", "resume"], help="resume: finish or refund them all, then exit"
+        "action",
+        choices=["list", "resume"],
+        help="List them, or resume: finish or refund them all, then exit.",
     )
 
-    db = sub.add_parser("db", help="database tools")
-    db.add_argument("action", choices=["backup"], help="backup: a consistent copy, safe while the bot runs")
-    db.add_argument("path", help="the backup file, or a directory for a timestamped one")
+    db = sub.add_parser("db", help="Database tools.")
+    db.add_argument("action", choices=["backup"], help="Backup: a consistent copy, safe while the bot runs.")
+    db.add_argument("path", help="The backup file, or a directory for a timestamped one.")
 
-    dc = sub.add_parser("discord", help="Discord tools")
-    dc.add_argument("action", choices=["sync"])
-    dc.add_argument("--guild", help="sync to one guild (instant) instead of globally")
+    dc = sub.add_parser("discord", help="Discord tools.")
+    dc.add_argument("action", choices=["sync"], help="Push the slash commands to Discord.")
+    dc.add_argument("--guild", help="Sync to one guild (instant) instead of globally.")
     return p
+
+
+class _Commands:
+    """Subcommands whose one-line help is also their `--help` description."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, *, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, help=help, description=help)
+        return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("imagine-bot")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+_JOB_COMMANDS = ("imagine", "edit", "model3d")
+_JOB_OPTIONS = {"--sandbox": 0, "--user": 1, "--tenant": 1, "-h": 0, "--help": 0}
+
+
+def _job_argv(argv: Sequence[str]) -> list[str]:
+    """`imagine a cat --ar 16:9 --sandbox` → `imagine --sandbox -- a cat --ar 16:9`.
+
+    The CLI's own options are taken out wherever they are; every other word, inline flags
+    included, is the prompt, in order (a `--` still ends the CLI's options explicitly).
+    """
+    own: list[str] = []
+    text: list[str] = []
+    rest = list(argv[1:])
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            text += rest
+            break
+        name = token.split("=", 1)[0]
+        if name in _JOB_OPTIONS:
+            own.append(token)
+            if _JOB_OPTIONS[name] and "=" not in token and rest:
+                own.append(rest.pop(0))
+        else:
+            text.append(token)
+    return [argv[0], *own, "--", *text] if text else [argv[0], *own]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _JOB_COMMANDS:
+        argv = _job_argv(argv)
     args = _parser().parse_args(argv)
     try:
         settings = Settings()
@@ -151,7 +219,7 @@ def _demo_settings(settings: Settings, data_dir: str | None = None) -> Settings:
         "max_jobs_per_user": max(settings.max_jobs_per_user, 8),
     }
     if data_dir:
-        update["data_dir"] = data_dir
+        update["data_dir"] = Path(data_dir)  # model_copy does not validate: give the field's type
     return settings.model_copy(update=update)
 
 
@@ -171,11 +239,8 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     _setup_logging(settings, "WARNING")
     console_cls = load_adapter("console")
     async with BotApp(settings, platforms=[], extra_adapters=[console_cls], single_instance=True) as app:
-        print(
-            f"imagine-bot demo: sandbox vendors on loopback, files under {settings.files_dir.resolve()}",
-            flush=True,
-        )
-        return int(await app.adapters["console"].run())  # type: ignore[attr-defined]
+        banner = f"imagine-bot demo: sandbox vendors on loopback, files under {settings.files_dir.resolve()}"
+        return await _console_until_interrupted(app.adapters["console"], banner)
 
 
 async def _run(settings: Settings) -> int:
@@ -234,7 +299,33 @@ async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
     async with app:
         if not app.router.providers:
             raise ConfigError(NO_VENDOR)
-        return int(await app.adapters["console"].run())  # type: ignore[attr-defined]
+        return await _console_until_interrupted(app.adapters["console"])
+
+
+async def _console_until_interrupted(console: Any, banner: str | None = None) -> int:
+    """Run the console; the first Ctrl-C stops it politely, a second one at once.
+
+    The `banner` is printed once Ctrl-C is ours, so whoever sees it can rely on a polite stop.
+    """
+    loop = asyncio.get_running_loop()
+
+    def first_interrupt() -> None:
+        console.interrupt()
+        # Back to Python's own handler: a second Ctrl-C raises KeyboardInterrupt (exit 130).
+        loop.remove_signal_handler(signal.SIGINT)
+
+    installed = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off-main
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        installed = True
+    try:
+        if banner:
+            with contextlib.suppress(BrokenPipeError):  # `demo | head` may close before this line
+                print(banner, flush=True)
+        return int(await console.run())
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _credits(args: argparse.Namespace, settings: Settings) -> int:
@@ -262,6 +353,10 @@ async def _credits(args: argparse.Namespace, settings: Settings) -> int:
         if not args.user:
             print("imagine-bot credits: name the user id", file=sys.stderr)
             return 2
+        unknown = await _unknown_account(ledger, tenant, args.user, args.action)
+        if unknown:
+            print(f"imagine-bot credits {args.action}: {unknown}", file=sys.stderr)
+            return 1
         try:
             match args.action:
                 case "grant" | "take" | "set":
@@ -271,9 +366,11 @@ async def _credits(args: argparse.Namespace, settings: Settings) -> int:
                     fn = {"grant": ledger.grant, "take": ledger.take, "set": ledger.set_balance}[args.action]
                     await fn(tenant, args.user, args.amount, actor=who, reason=args.reason)
                     account = await ledger.account(tenant, args.user)
-                    print(messages.mod_balance(args.action, args.user, args.amount, account.balance))
+                    text = messages.mod_balance(args.action, args.user, args.amount, account.balance)
+                    print(messages.for_platform(text, "cli"))
                 case "history":
-                    print(messages.history_view(args.user, await ledger.history(tenant, args.user, limit=50)))
+                    text = messages.history_view(args.user, await ledger.history(tenant, args.user, limit=50))
+                    print(messages.for_platform(text, "cli"))
                 case _:
                     a = await ledger.account(tenant, args.user)
                     flags = [f for f, on in (("frozen", a.frozen), ("banned", a.banned)) if on]
@@ -284,6 +381,24 @@ async def _credits(args: argparse.Namespace, settings: Settings) -> int:
         except UserError as err:
             return _exit_user_error(err)
     return 0
+
+
+async def _unknown_account(ledger: Any, tenant: str, user: str, action: str) -> str | None:
+    """Why `user` in `tenant` cannot be read (a typo must not look like a fresh account), or None.
+
+    Granting to or setting a member the ledger has not seen yet is how an operator funds them
+    before their first job, so only reading and taking need an account that exists.
+    """
+    if action in ("grant", "set"):
+        return None
+    if not await ledger.known(tenant):
+        return (
+            f"unknown tenant {tenant} (tenants look like discord:GUILD_ID, slack:TEAM_ID, "
+            f"console:local or {CLI_TENANT})"
+        )
+    if not await ledger.known(tenant, user):
+        return f"unknown user {user} in {tenant}"
+    return None
 
 
 async def _providers(args: argparse.Namespace, settings: Settings) -> int:
@@ -338,6 +453,8 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(jobs)} unfinished job(s)")
         return 0
     # resume: start the engine (and the console for local jobs), wait for every resumed job
+    async with Database(settings.db_path) as db:
+        before = [job.id for job in await JobStore(db).unfinished()]
     console_cls = load_adapter("console")
 
     def quiet_console(ctx: Any) -> Any:
@@ -348,7 +465,28 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     ) as app:
         code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
         await app.engine.drain()
+        after = [await JobStore(app.db).get(job_id) for job_id in before]
+    print(_resume_report([job for job in after if job is not None]))
     return code
+
+
+def _resume_report(jobs: Sequence[Any]) -> str:
+    """One line per job `jobs resume` picked up (finished, refunded or left), then the totals."""
+    from bot.reply import JobPhase
+
+    lines, counts = [], {"finished": 0, "refunded": 0, "left": 0}
+    for job in jobs:
+        match job.state:
+            case JobPhase.DONE:
+                outcome, detail = "finished", f"charged {job.cost} credit(s)"
+            case JobPhase.FAILED | JobPhase.CANCELLED:
+                outcome, detail = "refunded", job.error or job.state.value
+            case _:
+                outcome, detail = "left", f"still {job.state.value}, for the bot running {job.actor.platform}"
+        counts[outcome] += 1
+        lines.append(f"{job.id}  {outcome}: {detail}")
+    lines.append(", ".join(f"{n} {what}" for what, n in counts.items()))
+    return "\n".join(lines)
 
 
 async def _discord(args: argparse.Namespace, settings: Settings) -> int:

@@ -591,6 +591,15 @@ class CreditLedger:
         _log.info("%s tenant=%s detail=%s actor=%s", kind, tenant, detail, actor)
         return changed
 
+    async def known(self, tenant: str, user: str | None = None) -> bool:
+        """Whether the ledger has seen `tenant` (and `user` there); reads only, unlike `account`."""
+        if user is not None:
+            sql, params = "SELECT 1 FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user)
+        else:
+            sql = "SELECT 1 FROM accounts WHERE tenant = ? UNION ALL SELECT 1 FROM entries WHERE tenant = ?"
+            params = (tenant, tenant)
+        return await self._db.fetchone(sql + " LIMIT 1", params) is not None
+
 
 # --- helpers ---------------------------------------------------------------------------------
 
