@@ -746,9 +746,12 @@ def console_stopped(running: int, platform: str) -> str:
     """The terminal chat (or a one-off CLI job) was interrupted with jobs still running."""
     if not running:
         return "Stopped."
-    again = "imagine-bot jobs resume" if platform == "cli" else "the demo"
-    jobs = "1 job is still running; it" if running == 1 else f"{running} jobs are still running; they"
-    return f"Stopped. {jobs} will resume the next time you start {again}."
+    jobs = "1 job is still running" if running == 1 else f"{running} jobs are still running"
+    if platform == "cli":
+        return f"Stopped. {jobs}; `imagine-bot jobs resume` finishes {'it' if running == 1 else 'them'}."
+    return (
+        f"Stopped. {jobs}; {'it' if running == 1 else 'they'} will resume the next time you start the demo."
+    )
 
 
 def moderator_top_up(platform: str, user: str, tenant: str, amount: int) -> str:

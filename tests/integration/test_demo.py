@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -70,15 +71,27 @@ async def test_ctrl_c_on_an_idle_demo_stops_it_at_once(tmp_path: Path) -> None:
 
 async def test_demo_ends_when_its_output_pipe_closes(tmp_path: Path) -> None:
     # `python -m bot demo | head -n 1`: head reads one line and exits; the demo is idle.
-    proc = await _start_demo(tmp_path)
-    await _line_with(proc, "imagine-bot demo:")
-    assert proc.stdout is not None and proc._transport is not None  # type: ignore[attr-defined]
-    proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
-    await asyncio.wait_for(proc.wait(), STOP_WITHIN)
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "demo",
+        cwd=str(tmp_path),
+        env=cli_env(tmp_path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as head:
+        first = await asyncio.wait_for(asyncio.to_thread(head.readline), 60)
+    assert first.startswith(b"imagine-bot demo:")
+    await asyncio.wait_for(proc.wait(), STOP_WITHIN)  # its stdin still open: no end of input
     assert proc.stderr is not None
-    err = (await proc.stderr.read()).decode()
+    err = await proc.stderr.read()
     assert proc.returncode == 141  # as if SIGPIPE ended it, like any Unix filter
-    assert "BrokenPipeError" not in err and "Traceback" not in err
+    assert b"BrokenPipeError" not in err and b"Traceback" not in err
 
 
 async def test_demo_data_dir_option_puts_database_and_files_there(tmp_path: Path) -> None:
@@ -132,3 +145,26 @@ async def test_a_text_file_is_refused_without_naming_another_platform(tmp_path: 
     code, out, err = await run_cli(tmp_path, "demo", stdin="/edit ./notes.txt make it night\n")
     assert code == 0, err
     assert "isn't an image I can use" in out and "Slack" not in out
+
+
+async def test_ctrl_c_stops_a_one_off_job_and_names_the_command_that_finishes_it(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "model3d",
+        "a",
+        "wooden",
+        "chair",
+        "--sandbox",
+        cwd=str(tmp_path),
+        env=cli_env(tmp_path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await _line_with(proc, "Queued")
+    _took, out, err = await _interrupt(proc)
+    assert proc.returncode == 130
+    assert "1 job is still running; `imagine-bot jobs resume` finishes it." in out
+    assert "Traceback" not in err
