@@ -85,6 +85,10 @@ class ApiInOneEmulator(VendorEmulator):
         """`Authorization: Bearer <key>`."""
         return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._outputs(job)
+
     def add_routes(self, app: web.Application) -> None:
         """The image endpoint and the task status route."""
         app.router.add_post("/api/v1/images/generations", self._submit)

@@ -30,7 +30,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -60,6 +60,10 @@ _log = logging.getLogger(__name__)
 _CONTENT_TYPES = {".png": "image/png", ".glb": "model/gltf-binary"}
 #: a timer may fire a hair before its moment; re-arm for at least this long (seconds)
 _REARM = 0.001
+#: outputs are drawn this long before a job ends, so its callback is not late by the drawing
+_DRAW_AHEAD = 2.0
+#: jobs older than this (wall clock) are forgotten at the next start, files and all
+KEEP_SECONDS = 24 * 3600
 
 
 class Fault(StrEnum):
@@ -401,9 +405,17 @@ class VendorEmulator(abc.ABC):
     def _read_records(self) -> list[dict[str, Any]]:
         folder = self.state_dir / "jobs"  # type: ignore[operator]
         out = []
+        cutoff = time.time() - KEEP_SECONDS
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
             with contextlib.suppress(OSError, ValueError):
-                out.append(json.loads(path.read_text(encoding="utf-8")))
+                record = json.loads(path.read_text(encoding="utf-8"))
+                if float(record.get("created_at", 0)) >= cutoff:
+                    out.append(record)
+                    continue
+                # Vendors expire old jobs too; the demo's data dir must not grow for ever.
+                for stale in (self.state_dir / "files").glob(f"{path.stem}*"):  # type: ignore[operator]
+                    stale.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
         return out
 
     def restored(self, job: SandboxJob) -> None:  # noqa: B027 - optional hook
@@ -605,31 +617,49 @@ class VendorEmulator(abc.ABC):
         """The body of the job's terminal callback (vendors with webhooks override it)."""
         raise NotImplementedError
 
-    def arm(self, job: SandboxJob) -> None:
-        """Schedule the job's callbacks (a job without a webhook, or STUCK, has none)."""
-        if not job.webhook_url or job.webhook_sent or Fault.STUCK in job.faults:
-            return
-        for moment in self.callback_moments(job):
-            self._arm_at(job.id, moment)
+    async def render(self, job: SandboxJob) -> None:  # noqa: B027 - optional hook
+        """Draw the job's outputs now (vendors with asynchronous jobs override it)."""
 
-    def _arm_at(self, job_id: str, moment: float) -> None:
+    def arm(self, job: SandboxJob) -> None:
+        """Schedule the job's drawing ahead of its end, then its callbacks (a job without a
+        webhook, or STUCK, has none): the callback then carries ready outputs at the end."""
+        if Fault.STUCK in job.faults:
+            return
+        moments = self.callback_moments(job)
+        # A job that ended long ago (read back after a restart) is drawn only if asked about.
+        recent = min(moments) > self.clock() - _DRAW_AHEAD
+        if not job.rendered and job.outcome() is Phase.SUCCEEDED and recent:
+            self._arm_at(job.id, max(job.created, min(moments) - _DRAW_AHEAD), self._render_logged)
+        if job.webhook_url and not job.webhook_sent:
+            for moment in moments:
+                self._arm_at(job.id, moment, self._send_due_logged)
+
+    def _arm_at(
+        self, job_id: str, moment: float, action: Callable[[SandboxJob], Coroutine[Any, Any, None]]
+    ) -> None:
         loop = asyncio.get_running_loop()
         delay = max(0.0, moment - self.clock())
         holder: list[asyncio.TimerHandle] = []
-        handle = loop.call_later(delay, self._fire, job_id, moment, holder)
+        handle = loop.call_later(delay, self._fire, job_id, moment, action, holder)
         holder.append(handle)
         self._timers.add(handle)
 
-    def _fire(self, job_id: str, moment: float, holder: list[asyncio.TimerHandle]) -> None:
+    def _fire(
+        self,
+        job_id: str,
+        moment: float,
+        action: Callable[[SandboxJob], Coroutine[Any, Any, None]],
+        holder: list[asyncio.TimerHandle],
+    ) -> None:
         for handle in holder:
             self._timers.discard(handle)
         job = self.jobs.get(job_id)
         if job is None:
             return
         if self.clock() < moment:
-            self._arm_at(job_id, max(moment, self.clock() + _REARM))
+            self._arm_at(job_id, max(moment, self.clock() + _REARM), action)
             return
-        task = asyncio.get_running_loop().create_task(self._send_due_logged(job))
+        task = asyncio.get_running_loop().create_task(action(job))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
@@ -638,6 +668,12 @@ class VendorEmulator(abc.ABC):
             await self.send_due(job)
         except Exception:  # a broken callback must not stop the others
             _log.exception("sandbox %s: callback for %s failed", self.name, job.id)
+
+    async def _render_logged(self, job: SandboxJob) -> None:
+        try:
+            await self.render(job)
+        except Exception:  # the status call will try again and answer with the error
+            _log.exception("sandbox %s: drawing %s failed", self.name, job.id)
 
     def send_webhook(
         self,

@@ -33,6 +33,7 @@ __all__ = [
     "build_mesh",
     "font_for",
     "image_tint",
+    "missing_glyphs",
     "render_edit",
     "render_glb",
     "render_png",
@@ -118,6 +119,11 @@ def font_for(char: str, size: int) -> Font | None:
         if point in points:
             return _load(path, size)
     return None
+
+
+def missing_glyphs(text: str) -> list[str]:
+    """The characters of `text` no shipped font draws (they appear as `U+XXXX` boxes)."""
+    return [c.text[0] for c in _clusters(text, 16) if c.font is None]
 
 
 # --- text -------------------------------------------------------------------------------
@@ -478,7 +484,9 @@ def _chair(m: Mesh, rnd: random.Random) -> None:
         for sz in (-1, 1):
             m.box((sx * (w / 2 - leg), (seat - 0.04) / 2, sz * (d / 2 - leg)), (leg, (seat - 0.04) / 2, leg))
     back = 0.4 + 0.3 * rnd.random()
-    m.box((0.0, seat + 0.04 + back / 2, -d / 2 + 0.03), (w / 2, back / 2, 0.03))
+    # The back stands in the seat, a little narrower: parts share no edge, so each stays a
+    # closed shell of its own.
+    m.box((0.0, seat + back / 2, -d / 2 + 0.035), (w / 2 - 0.01, back / 2, 0.03))
 
 
 def _table(m: Mesh, rnd: random.Random) -> None:

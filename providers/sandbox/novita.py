@@ -80,6 +80,10 @@ class NovitaEmulator(VendorEmulator):
 
     # --- routes --------------------------------------------------------------------------
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._outputs(job)
+
     def add_routes(self, app: web.Application) -> None:
         """Submit, task result and the balance endpoint."""
         app.router.add_post(f"/v3/async/{MODEL}", self.submit)

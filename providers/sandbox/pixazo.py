@@ -106,6 +106,10 @@ class PixazoEmulator(VendorEmulator):
         """`Ocp-Apim-Subscription-Key: <key>`."""
         return request.headers.get("Ocp-Apim-Subscription-Key") == self.api_key
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._render(job)
+
     def add_routes(self, app: web.Application) -> None:
         """One POST per model and the status GET."""
         for model, path in SUBMIT_PATHS.items():

@@ -141,6 +141,10 @@ class RunwareEmulator(VendorEmulator):
 
     # --- the one endpoint ----------------------------------------------------------------
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._produce(job)
+
     def add_routes(self, app: web.Application) -> None:
         """`POST /v1`."""
         app.router.add_post("/v1", self.handle)
