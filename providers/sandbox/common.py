@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import aiohttp
 from aiohttp import web
 
-from providers.sandbox.media import average_colour, render_edit, render_glb, render_png
+from providers.sandbox.media import average_colour, render_edit, render_glb, render_png, render_preview
 
 __all__ = [
     "FAL_PRESETS",
@@ -542,7 +542,7 @@ class VendorEmulator(abc.ABC):
                         colour = await asyncio.to_thread(average_colour, source)
                 glb = await asyncio.to_thread(render_glb, label, seed, colour)
                 await self.put_file(glb_name, glb, "model/gltf-binary")
-                thumb = await asyncio.to_thread(render_png, label, 256, 256, 3, "3D")
+                thumb = await asyncio.to_thread(render_preview, label, 256, seed, colour)
                 await self.put_file(thumb_name, thumb, "image/png")
                 job.outputs += [glb_name, thumb_name]
                 job.rendered = True

@@ -37,6 +37,7 @@ __all__ = [
     "render_edit",
     "render_glb",
     "render_png",
+    "render_preview",
 ]
 
 FONT_DIR = Path(__file__).with_name("fonts")
@@ -580,12 +581,63 @@ def build_mesh(prompt: str, seed: int = 0) -> Mesh:
     return mesh
 
 
+#: what a known shape is painted when the prompt names no colour
+_SHAPE_COLOURS = {
+    _chair: (150, 100, 60),
+    _table: (150, 100, 60),
+    _tree: (50, 140, 60),
+    _snowman: (235, 235, 240),
+}
+
+
 def _colour(prompt: str, seed: int) -> tuple[int, int, int]:
     words = _words(prompt)
     for w in words:
         if w in _COLOUR_WORDS:
             return _COLOUR_WORDS[w]
+    shape = next((_SHAPES[w.rstrip("s")] for w in words if w.rstrip("s") in _SHAPES), None)
+    if shape in _SHAPE_COLOURS:
+        return _SHAPE_COLOURS[shape]
     return _palette(prompt_seed(prompt, seed))[0]
+
+
+def render_preview(
+    prompt: str, size: int = 256, seed: int = 0, base_colour: tuple[int, int, int] | None = None
+) -> bytes:
+    """A shaded view of the prompt's mesh (the thumbnail of a 3D job): flat Lambert shading,
+    far triangles first, on the sandbox's usual background and badge."""
+    mesh = build_mesh(prompt, seed)
+    colour = base_colour or _colour(prompt, seed)
+    yaw, pitch = math.radians(35), math.radians(22)
+    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
+
+    def view(p: Vec) -> Vec:
+        x, z = p[0] * cy - p[2] * sy, p[0] * sy + p[2] * cy
+        return x, p[1] * cp - z * sp, p[1] * sp + z * cp
+
+    points = [view(p) for p in mesh.positions]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    scale = 0.72 * size / max(max(xs) - min(xs), max(ys) - min(ys), 1e-6)
+    mx, my = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+    light = (-0.4, 0.7, 0.6)
+    faces = []
+    for t in range(0, len(mesh.indices), 3):
+        a, b, c = (points[i] for i in mesh.indices[t : t + 3])
+        u = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+        v = (c[0] - a[0], c[1] - a[1], c[2] - a[2])
+        n = (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
+        length = math.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2)
+        if length == 0 or n[2] <= 0:  # facing away (the camera sits on +z, looking down -z)
+            continue
+        lit = 0.35 + 0.65 * max(0.0, (n[0] * light[0] + n[1] * light[1] + n[2] * light[2]) / length)
+        flat = [(size / 2 + (q[0] - mx) * scale, size / 2 - (q[1] - my) * scale) for q in (a, b, c)]
+        faces.append((a[2] + b[2] + c[2], flat, tuple(min(255, int(ch * lit)) for ch in colour)))
+    img = _background(size, size, prompt_seed(prompt, seed))
+    draw = ImageDraw.Draw(img)
+    for _depth, flat, fill in sorted(faces, key=lambda f: f[0]):  # far (low z) first
+        draw.polygon(flat, fill=fill)
+    _chrome(img, "3D", f"{len(mesh.indices) // 3} faces")
+    return _png(img)
 
 
 def render_glb(prompt: str = "", seed: int = 0, base_colour: tuple[int, int, int] | None = None) -> bytes:

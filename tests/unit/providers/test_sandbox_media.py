@@ -23,6 +23,7 @@ from providers.sandbox.media import (
     render_edit,
     render_glb,
     render_png,
+    render_preview,
 )
 
 # --- GLB reading ---------------------------------------------------------------------------
@@ -190,3 +191,11 @@ def test_an_edit_keeps_its_input_visible_and_tinted_by_the_instruction() -> None
     bottom = ImageStat.Stat(rgb.crop((0, 220, 400, 250))).mean
     assert sum(top) > sum(bottom) + 150  # the input's layout shows through
     assert top[2] > top[0] + 30  # and "blue" tinted it
+
+
+def test_a_3d_thumbnail_shows_the_mesh_in_its_colour() -> None:
+    with Image.open(io.BytesIO(render_preview("a red chair", 256))) as img:
+        rgb = img.convert("RGB")
+    data = rgb.tobytes()
+    reds = sum(1 for i in range(0, len(data), 3) if data[i] > 90 and data[i + 1] < 50 and data[i + 2] < 50)
+    assert reds > 1500  # the shaded chair covers a good part of the picture
