@@ -151,8 +151,11 @@ class BotApp:
         if s.sandbox:
             from providers.sandbox.server import Sandbox  # the demo's vendors; never in production
 
+            # Jobs kept under the data dir survive a restart; nothing kept names the port.
+            latency = (s.sandbox_latency,) * 2 if s.sandbox_latency is not None else (0.5, 2.0)
             self.sandbox = await stack.enter_async_context(
-                self._given_sandbox or Sandbox(api_key=SANDBOX_KEY, latency=(0.5, 2.0))
+                self._given_sandbox
+                or Sandbox(api_key=SANDBOX_KEY, latency=latency, state_dir=s.data_dir / "sandbox")
             )
             urls = {v: self.sandbox.base_url(v) for v in self.sandbox.emulators}
         providers = build_providers(s, session, urls)

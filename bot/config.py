@@ -81,6 +81,13 @@ class Settings(BaseSettings):
 
     # --- vendors -------------------------------------------------------------------------
     sandbox: bool = Field(False, description="Use the embedded loopback vendor emulators (the demo does).")
+    sandbox_latency: float | None = Field(
+        None,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds each sandbox job takes, to watch progress, cancel or kill mid-job; "
+        "default 0.5-2 s at random.",
+    )
     apiinone_api_key: SecretStr | None = Field(
         None, description="API in One API key; the vendor is used when set."
     )

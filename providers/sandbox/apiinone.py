@@ -17,7 +17,6 @@ content-policy refusal (prompts containing "nsfw") are our guesses.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -75,8 +74,6 @@ class ApiInOneEmulator(VendorEmulator):
         self.sync_mode = sync_mode
         self.flat_envelope = flat_envelope
         self.result_shape: ResultShape = result_shape
-        self._urls: dict[str, list[str]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
 
     # --- VendorEmulator hooks ----------------------------------------------------------------
 
@@ -88,15 +85,18 @@ class ApiInOneEmulator(VendorEmulator):
         """`Authorization: Bearer <key>`."""
         return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._outputs(job)
+
     def add_routes(self, app: web.Application) -> None:
         """The image endpoint and the task status route."""
         app.router.add_post("/api/v1/images/generations", self._submit)
         app.router.add_get("/api/v1/tasks/{task_id}", self._task)
 
-    async def tick(self) -> None:
-        """Send `callback_url` POSTs once a task ends."""
-        for job, url in self.claim_webhooks(self.clock()):
-            self.send_webhook(url, await self._task_body(job))
+    async def callback_payload(self, job: SandboxJob) -> dict[str, Any]:
+        """A `callback_url` POST carries the task answer."""
+        return await self._task_body(job)
 
     # --- handlers ----------------------------------------------------------------------------
 
@@ -114,16 +114,19 @@ class ApiInOneEmulator(VendorEmulator):
             return _error(400, problem, "invalid_request_error")
         if "nsfw" in body["prompt"].lower():
             return _error(400, "Prompt rejected by content moderation", "content_policy_violation")
-        for url in body.get("images") or ():
-            if not await self.fetchable(url):
-                return _error(400, f"Failed to download image: {url}", "invalid_request_error")
+        images = list(body.get("images") or ())
+        inputs = await self.fetch_inputs(images)
+        if inputs is None:
+            return _error(400, f"Failed to download image: {', '.join(images)}", "invalid_request_error")
 
         job = self.new_job(MODEL, body, prefix="task_")
+        await self.keep_inputs(job, inputs)
         callback = body.get("callback_url")
         job.webhook_url = callback if isinstance(callback, str) and callback else None
         if self.sync_mode:
             job.webhook_url = None  # the answer itself is the result
             return await self._answer_sync(job)
+        await self.accept(job)
         return json_response(self._envelope(job, "pending"))
 
     async def _task(self, request: web.Request) -> web.Response:
@@ -187,16 +190,11 @@ class ApiInOneEmulator(VendorEmulator):
                 assert_never(phase)
 
     async def _outputs(self, job: SandboxJob) -> list[str]:
-        # Polls and the webhook ticker may race to draw the same job's image once.
-        async with self._locks.setdefault(job.id, asyncio.Lock()):
-            if job.id not in self._urls:
-                body = job.request
-                width, height = (int(v) for v in str(body.get("size", "1024*1024")).split("*"))
-                seed = body.get("seed", -1)
-                self._urls[job.id] = await self.produce_images(
-                    job, body["prompt"], width, height, 1, seed if seed >= 0 else None
-                )
-            return self._urls[job.id]
+        # Drawn once (an edit from its kept input image); later looks reuse the files.
+        body = job.request
+        width, height = (int(v) for v in str(body.get("size", "1024*1024")).split("*"))
+        seed = body.get("seed", -1)
+        return await self.produce_images(job, body["prompt"], width, height, 1, seed if seed >= 0 else None)
 
     def _envelope(
         self, job: SandboxJob, status: str, *, urls: list[str] | None = None, error: str | None = None

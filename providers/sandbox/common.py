@@ -1,46 +1,69 @@
-"""Shared machinery of the vendor emulators: fault injection, job timing, real media, files.
+"""Shared machinery of the vendor emulators: fault injection, job timing, real media, files,
+jobs kept across restarts and callbacks sent when a job completes.
 
 Each emulator (`providers/sandbox/<vendor>.py`) subclasses `VendorEmulator` and adds the routes
 of its vendor's documented wire format. `Sandbox` (in `server.py`) mounts them all on one
 loopback aiohttp server, each under `/<vendor>` so the vendor's base URL is
 `http://127.0.0.1:<port>/<vendor>`.
+
+Jobs survive a restart when the emulator has a `state_dir`: each job is one JSON file there,
+written before the submit is answered (and again when its outputs or callbacks change), and its
+result files sit beside it. We keep state rather than encoding the request in the job id
+because ids are not always ours (Runware's taskUUID is the client's), prompts run to 4000
+characters, and an edit needs its input image, which the bot's signed link may no longer serve
+after a restart. Job times are stored on the wall clock, so a job whose latency passed while the
+process was down is finished at its next status call. Nothing stored names the port: vendor
+clients join their base URL (the new port) to the documented paths, and result URLs are built
+at answer time, so a sandbox on another port after a restart still answers for old jobs.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import io
+import contextlib
+import hashlib
 import json
 import logging
-import math
+import os
 import random
-import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
-from PIL import Image, ImageDraw, ImageFont
+
+from providers.sandbox.media import average_colour, render_edit, render_glb, render_png, render_preview
 
 __all__ = [
     "FAL_PRESETS",
+    "CallbackSent",
     "Fault",
     "FaultPlan",
     "Phase",
     "SandboxJob",
     "VendorEmulator",
     "json_response",
+    "render_edit",
     "render_glb",
     "render_png",
 ]
 
 _log = logging.getLogger(__name__)
+
+_CONTENT_TYPES = {".png": "image/png", ".glb": "model/gltf-binary"}
+#: a timer may fire a hair before its moment; re-arm for at least this long (seconds)
+_REARM = 0.001
+#: outputs are drawn this long before a job ends, so its callback is not late by the drawing
+_DRAW_AHEAD = 2.0
+#: jobs older than this (wall clock) are forgotten at the next start, files and all
+KEEP_SECONDS = 24 * 3600
 
 
 class Fault(StrEnum):
@@ -111,6 +134,16 @@ class FaultPlan:
     retry_after: float = 1.0
 
 
+class CallbackSent(NamedTuple):
+    """One callback POST: which job, when it was due (the job's completion) and when it went
+    out, both on the emulator's clock (monotonic in-process, wall clock for the CLI server)."""
+
+    vendor: str
+    job_id: str
+    due_at: float
+    sent_at: float
+
+
 @dataclass(slots=True)
 class SandboxJob:
     """One emulated vendor job and how long it takes."""
@@ -118,13 +151,22 @@ class SandboxJob:
     id: str
     model: str
     request: dict[str, Any]
-    created: float
+    created: float  # on the emulator's clock
     latency: float
     faults: set[Fault] = field(default_factory=set)
     outputs: list[str] = field(default_factory=list)  # file names under /files/
     webhook_url: str | None = None
     webhook_sent: bool = False
     cost_usd: float | None = None
+    created_at: float = field(default_factory=time.time)  # wall clock, what a restart reads
+    rendered: bool = False  # outputs drawn (they are drawn once, at the first look after the end)
+    inputs: list[str] = field(default_factory=list)  # stored input images (edits, image→3D)
+    extra: dict[str, Any] = field(default_factory=dict)  # vendor-specific state, JSON-able
+
+    @property
+    def done_at(self) -> float:
+        """When the job ends, on the emulator's clock."""
+        return self.created + self.latency
 
     def phase(self, now: float) -> Phase:
         """The job's phase at time `now`."""
@@ -148,6 +190,21 @@ class SandboxJob:
         if self.latency <= 0:
             return 1.0
         return max(0.0, min(1.0, (now - self.created) / self.latency))
+
+    def to_record(self) -> dict[str, Any]:
+        """The job as JSON (the clock-relative `created` is dropped: `created_at` replaces it)."""
+        record = asdict(self)
+        record.pop("created")
+        record["faults"] = sorted(self.faults)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, clock_now: float, wall_now: float) -> SandboxJob:
+        """A stored job on this process's clock: as old as the wall clock says it is."""
+        values = dict(record)
+        values["faults"] = {Fault(f) for f in values.get("faults", ())}
+        values["created"] = clock_now - (wall_now - float(values["created_at"]))
+        return cls(**values)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -175,6 +232,8 @@ class VendorEmulator(abc.ABC):
         oversize_bytes: int = 64 * 1024 * 1024,
         seed: int | None = None,
         render_cache: bool = False,
+        state_dir: Path | str | None = None,
+        callback_log: list[CallbackSent] | None = None,
     ) -> None:
         self.api_key = api_key
         self.latency = latency
@@ -186,15 +245,21 @@ class VendorEmulator(abc.ABC):
         # drawn and reused (the prompt is no longer drawn on each).
         self.render_cache = render_cache
         self._rendered: dict[tuple[int, int], bytes] = {}
+        #: where jobs and files are kept across restarts (None: in memory only, as benchmarks want)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.jobs: dict[str, SandboxJob] = {}
         self.files: dict[str, tuple[bytes, str]] = {}  # name -> (body, content type)
         self.requests: list[tuple[str, str]] = []  # (method, path) log for assertions
         self.webhooks_sent: list[tuple[str, dict[str, Any]]] = []
+        #: every callback sent, with its due and send times (the Sandbox shares one list)
+        self.callback_log: list[CallbackSent] = callback_log if callback_log is not None else []
         self._plans: deque[FaultPlan] = deque()
         self._job_faults: deque[Fault] = deque()
         self.base_url = ""  # set by the Sandbox once it listens
         self.session: aiohttp.ClientSession | None = None  # set by the Sandbox
         self._bg: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._job_locks: dict[str, asyncio.Lock] = {}
 
     # --- fault injection --------------------------------------------------------------
 
@@ -270,7 +335,7 @@ class VendorEmulator(abc.ABC):
     def add_routes(self, app: web.Application) -> None:
         """Register the vendor's routes (relative to the `/<vendor>` prefix)."""
 
-    # --- jobs and files ------------------------------------------------------------------
+    # --- jobs ----------------------------------------------------------------------------
 
     def new_job(self, model: str, request: dict[str, Any], *, prefix: str = "") -> SandboxJob:
         """Create a job with a latency drawn from the configured range and pending job faults."""
@@ -285,6 +350,15 @@ class VendorEmulator(abc.ABC):
         self.jobs[job.id] = job
         return job
 
+    async def accept(self, job: SandboxJob) -> None:
+        """Keep an asynchronous job (before its submit is answered) and arm its callbacks."""
+        await self.save(job)
+        self.arm(job)
+
+    def job_lock(self, job: SandboxJob) -> asyncio.Lock:
+        """One lock per job: polls and callbacks may race to draw its outputs once."""
+        return self._job_locks.setdefault(job.id, asyncio.Lock())
+
     async def hold(self, job: SandboxJob) -> bool:
         """Keep a synchronous call open as the vendor would: the job's latency, or
         `timeout_seconds` for a STUCK job (then False: answer with the vendor's timeout)."""
@@ -294,34 +368,157 @@ class VendorEmulator(abc.ABC):
         await asyncio.sleep(job.latency)
         return True
 
-    async def fetchable(self, url: str) -> bool:
-        """Whether an input URL downloads: vendors fetch edit and image→3D inputs themselves."""
+    # --- state across restarts --------------------------------------------------------------
+
+    async def save(self, job: SandboxJob) -> None:
+        """Write the job's record under `state_dir` (nothing without one)."""
+        if self.state_dir is None:
+            return
+        await asyncio.to_thread(self._write_record, job.id, json.dumps(job.to_record()))
+
+    def _write_record(self, job_id: str, text: str) -> None:
+        folder = self.state_dir / "jobs"  # type: ignore[operator]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{job_id}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / f"{job_id}.json")  # a crash leaves the old record or the new
+
+    async def load(self) -> int:
+        """Read the jobs kept under `state_dir` and re-arm their callbacks; returns the count."""
+        if self.state_dir is None:
+            return 0
+        records = await asyncio.to_thread(self._read_records)
+        clock_now, wall_now = self.clock(), time.time()
+        for record in records:
+            try:
+                job = SandboxJob.from_record(record, clock_now=clock_now, wall_now=wall_now)
+            except (KeyError, TypeError, ValueError):
+                _log.info("sandbox %s: skipped an unreadable job record", self.name)
+                continue
+            self.jobs[job.id] = job
+            self.restored(job)
+            self.arm(job)
+        if records:
+            _log.debug("sandbox %s: %d job(s) kept from the last run", self.name, len(records))
+        return len(records)
+
+    def _read_records(self) -> list[dict[str, Any]]:
+        folder = self.state_dir / "jobs"  # type: ignore[operator]
+        out = []
+        cutoff = time.time() - KEEP_SECONDS
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(path.read_text(encoding="utf-8"))
+                if float(record.get("created_at", 0)) >= cutoff:
+                    out.append(record)
+                    continue
+                # Vendors expire old jobs too; the demo's data dir must not grow for ever.
+                for stale in (self.state_dir / "files").glob(f"{path.stem}*"):  # type: ignore[operator]
+                    stale.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+        return out
+
+    def restored(self, job: SandboxJob) -> None:  # noqa: B027 - optional hook
+        """Called for each job read back after a restart (vendors rebuild their indexes)."""
+
+    # --- files ---------------------------------------------------------------------------
+
+    async def put_file(self, name: str, body: bytes, content_type: str) -> None:
+        """Keep a produced or received file (on disk too, with a `state_dir`)."""
+        self.files[name] = (body, content_type)
+        if self.state_dir is not None:
+            await asyncio.to_thread(self._write_file, name, body)
+
+    def _write_file(self, name: str, body: bytes) -> None:
+        folder = self.state_dir / "files"  # type: ignore[operator]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(body)
+        os.replace(tmp, folder / name)
+
+    async def get_file(self, name: str) -> tuple[bytes, str] | None:
+        """A kept file, from memory or (after a restart) from `state_dir`."""
+        if name in self.files:
+            return self.files[name]
+        if self.state_dir is None or "/" in name or name.startswith("."):
+            return None
+        path = self.state_dir / "files" / name
+        try:
+            body = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            return None
+        return body, _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+
+    async def fetch_input(self, url: str) -> bytes | None:
+        """An input image's bytes, or None when it does not download: vendors fetch edit and
+        image→3D inputs themselves, once, at submit."""
         assert self.session is not None
         try:
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                await resp.read()
-                return resp.status == 200
+                body = await resp.read()
+                return body if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
+            return None
+
+    async def fetchable(self, url: str) -> bool:
+        """Whether an input URL downloads."""
+        return await self.fetch_input(url) is not None
+
+    async def fetch_inputs(self, urls: list[str]) -> list[bytes] | None:
+        """Every input image's bytes, or None when one does not download."""
+        bodies = []
+        for url in urls:
+            body = await self.fetch_input(url)
+            if body is None:
+                return None
+            bodies.append(body)
+        return bodies
+
+    async def keep_inputs(self, job: SandboxJob, bodies: list[bytes]) -> None:
+        """Keep a job's input images with it (an edit is drawn from them, maybe after a restart)."""
+        for i, body in enumerate(bodies):
+            name = f"{job.id}-input-{i}.png"
+            await self.put_file(name, body, "image/png")
+            job.inputs.append(name)
+
+    async def _input(self, job: SandboxJob) -> bytes | None:
+        if not job.inputs:
+            return None
+        kept = await self.get_file(job.inputs[0])
+        return kept[0] if kept else None
 
     def file_url(self, name: str) -> str:
         """Where a produced file is served."""
         return f"{self.base_url}/files/{name}"
 
+    def output_urls(self, job: SandboxJob) -> list[str]:
+        """The job's result URLs on this process's port."""
+        return [self.file_url(name) for name in job.outputs]
+
     async def produce_images(
         self, job: SandboxJob, prompt: str, width: int, height: int, count: int, seed: int | None
     ) -> list[str]:
-        """Draw `count` PNGs for a job, store them and return their URLs."""
-        urls = []
-        for i in range(count):
-            name = f"{job.id}-{i}.png"
-            if Fault.OVERSIZE not in job.faults:
-                self.files[name] = (await self._png(prompt, width, height, (seed or 0) + i), "image/png")
-            job.outputs.append(name)
-            urls.append(self.file_url(name))
-        return urls
+        """Draw `count` PNGs for a job once (an edit recolours its kept input), store them and
+        return their URLs."""
+        async with self.job_lock(job):
+            if not job.rendered:
+                source = await self._input(job)
+                for i in range(count):
+                    name = f"{job.id}-{i}.png"
+                    if Fault.OVERSIZE not in job.faults:
+                        body = await self._png(prompt, width, height, (seed or 0) + i, source)
+                        await self.put_file(name, body, "image/png")
+                    job.outputs.append(name)
+                job.rendered = True
+                await self.save(job)
+        return self.output_urls(job)
 
-    async def _png(self, prompt: str, width: int, height: int, seed: int) -> bytes:
+    async def _png(self, prompt: str, width: int, height: int, seed: int, source: bytes | None) -> bytes:
+        if source is not None:
+            try:
+                return await asyncio.to_thread(render_edit, source, prompt, width, height, seed)
+            except OSError:  # not an image after all: draw the prompt instead
+                _log.debug("sandbox %s: edit input is not an image", self.name)
         if not self.render_cache:
             return await asyncio.to_thread(render_png, prompt, width, height, seed)
         if (width, height) not in self._rendered:
@@ -329,13 +526,29 @@ class VendorEmulator(abc.ABC):
         return self._rendered[(width, height)]
 
     async def produce_model(self, job: SandboxJob, label: str) -> tuple[str, str]:
-        """A GLB mesh and a PNG thumbnail for a 3D job; returns (glb_url, thumbnail_url)."""
-        glb_name, thumb_name = f"{job.id}.glb", f"{job.id}-thumb.png"
-        self.files[glb_name] = (render_glb(), "model/gltf-binary")
-        thumb = await asyncio.to_thread(render_png, label, 256, 256, 3)
-        self.files[thumb_name] = (thumb, "image/png")
-        job.outputs += [glb_name, thumb_name]
-        return self.file_url(glb_name), self.file_url(thumb_name)
+        """A GLB mesh and a PNG thumbnail for a 3D job, drawn once; returns their URLs. The
+        mesh depends on the prompt; an image→3D job is painted with its input's colour."""
+        async with self.job_lock(job):
+            if not job.rendered:
+                glb_name, thumb_name = f"{job.id}.glb", f"{job.id}-thumb.png"
+                source = await self._input(job)
+                colour = None
+                given = job.request.get("seed")
+                seed = given if isinstance(given, int) and not isinstance(given, bool) else 0
+                if source is not None:
+                    # image→3D: the input picks the shape's variation and paints it
+                    seed ^= int.from_bytes(hashlib.sha256(source).digest()[:4], "big")
+                    with contextlib.suppress(OSError):
+                        colour = await asyncio.to_thread(average_colour, source)
+                glb = await asyncio.to_thread(render_glb, label, seed, colour)
+                await self.put_file(glb_name, glb, "model/gltf-binary")
+                thumb = await asyncio.to_thread(render_preview, label, 256, seed, colour)
+                await self.put_file(thumb_name, thumb, "image/png")
+                job.outputs += [glb_name, thumb_name]
+                job.rendered = True
+                await self.save(job)
+        glb_url, thumb_url = self.output_urls(job)[-2:]
+        return glb_url, thumb_url
 
     def is_dead(self, name: str) -> bool:
         """Whether a file belongs to a job whose result URL must 404."""
@@ -366,9 +579,10 @@ class VendorEmulator(abc.ABC):
             except (ConnectionResetError, aiohttp.ClientConnectionError):
                 pass  # the client stopped reading at its cap, as it should
             return resp
-        if name not in self.files:
+        kept = await self.get_file(name)
+        if kept is None:
             return web.Response(status=404, text="NoSuchKey")
-        body, ctype = self.files[name]
+        body, ctype = kept
         return web.Response(body=body, content_type=ctype)
 
     def build_app(self) -> web.Application:
@@ -378,24 +592,106 @@ class VendorEmulator(abc.ABC):
         self.add_routes(app)
         return app
 
-    # --- webhooks ------------------------------------------------------------------------
+    # --- callbacks -------------------------------------------------------------------------
+    #
+    # Each job with a webhook gets one loop timer per moment a callback is due (its end; each
+    # image for Runware; each status change in Pixazo's sync mode), so a callback leaves when
+    # the job completes rather than on the next tick of a sweep. A timer that fires a hair
+    # early re-arms itself; `send_due` is idempotent, so a duplicate timer is harmless.
 
-    def send_webhook(self, url: str, payload: dict[str, Any], attempts: int = 3) -> None:
-        """POST a callback in the background, retrying non-2xx answers like vendors do."""
-        task = asyncio.get_running_loop().create_task(self._deliver(url, payload, attempts))
+    def callback_moments(self, job: SandboxJob) -> list[float]:
+        """When (on the emulator's clock) this job's callbacks are due: by default its end."""
+        return [job.done_at]
+
+    async def send_due(self, job: SandboxJob) -> None:
+        """Send whatever callback of `job` is due now and not sent yet; by default the one
+        terminal callback, with `callback_payload`'s body."""
+        if job.webhook_sent or not job.webhook_url or not job.phase(self.clock()).finished:
+            return
+        job.webhook_sent = True
+        payload = await self.callback_payload(job)
+        self.send_webhook(job.webhook_url, payload, job=job, due_at=job.done_at)
+        await self.save(job)
+
+    async def callback_payload(self, job: SandboxJob) -> dict[str, Any]:
+        """The body of the job's terminal callback (vendors with webhooks override it)."""
+        raise NotImplementedError
+
+    async def render(self, job: SandboxJob) -> None:  # noqa: B027 - optional hook
+        """Draw the job's outputs now (vendors with asynchronous jobs override it)."""
+
+    def arm(self, job: SandboxJob) -> None:
+        """Schedule the job's drawing ahead of its end, then its callbacks (a job without a
+        webhook, or STUCK, has none): the callback then carries ready outputs at the end."""
+        if Fault.STUCK in job.faults:
+            return
+        moments = self.callback_moments(job)
+        # A job that ended long ago (read back after a restart) is drawn only if asked about.
+        recent = min(moments) > self.clock() - _DRAW_AHEAD
+        if not job.rendered and job.outcome() is Phase.SUCCEEDED and recent:
+            self._arm_at(job.id, max(job.created, min(moments) - _DRAW_AHEAD), self._render_logged)
+        if job.webhook_url and not job.webhook_sent:
+            for moment in moments:
+                self._arm_at(job.id, moment, self._send_due_logged)
+
+    def _arm_at(
+        self, job_id: str, moment: float, action: Callable[[SandboxJob], Coroutine[Any, Any, None]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, moment - self.clock())
+        holder: list[asyncio.TimerHandle] = []
+        handle = loop.call_later(delay, self._fire, job_id, moment, action, holder)
+        holder.append(handle)
+        self._timers.add(handle)
+
+    def _fire(
+        self,
+        job_id: str,
+        moment: float,
+        action: Callable[[SandboxJob], Coroutine[Any, Any, None]],
+        holder: list[asyncio.TimerHandle],
+    ) -> None:
+        for handle in holder:
+            self._timers.discard(handle)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        if self.clock() < moment:
+            self._arm_at(job_id, max(moment, self.clock() + _REARM), action)
+            return
+        task = asyncio.get_running_loop().create_task(action(job))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
-    def claim_webhooks(self, now: float) -> list[tuple[SandboxJob, str]]:
-        """Finished jobs whose one terminal callback is due, with its URL; marks them sent."""
-        due = [
-            (job, job.webhook_url)
-            for job in self.jobs.values()
-            if job.webhook_url and not job.webhook_sent and job.phase(now).finished
-        ]
-        for job, _url in due:
-            job.webhook_sent = True
-        return due
+    async def _send_due_logged(self, job: SandboxJob) -> None:
+        try:
+            await self.send_due(job)
+        except Exception:  # a broken callback must not stop the others
+            _log.exception("sandbox %s: callback for %s failed", self.name, job.id)
+
+    async def _render_logged(self, job: SandboxJob) -> None:
+        try:
+            await self.render(job)
+        except Exception:  # the status call will try again and answer with the error
+            _log.exception("sandbox %s: drawing %s failed", self.name, job.id)
+
+    def send_webhook(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        attempts: int = 3,
+        *,
+        job: SandboxJob | None = None,
+        due_at: float | None = None,
+    ) -> None:
+        """POST a callback in the background, retrying non-2xx answers like vendors do."""
+        if job is not None:
+            self.callback_log.append(
+                CallbackSent(self.name, job.id, due_at if due_at is not None else job.done_at, self.clock())
+            )
+        task = asyncio.get_running_loop().create_task(self._deliver(url, payload, attempts))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     async def _deliver(self, url: str, payload: dict[str, Any], attempts: int) -> None:
         assert self.session is not None
@@ -410,112 +706,10 @@ class VendorEmulator(abc.ABC):
             await asyncio.sleep(0.2 * (attempt + 1))
 
     async def aclose(self) -> None:
-        """Stop background webhook deliveries."""
+        """Stop pending callback timers and background deliveries."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
         for task in list(self._bg):
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
-
-    async def tick(self) -> None:  # noqa: B027 - optional hook
-        """Called periodically by the Sandbox: send callbacks for jobs that just finished."""
-
-
-# --- real media -------------------------------------------------------------------------
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        return ImageFont.load_default()
-
-
-def render_png(prompt: str, width: int, height: int, seed: int = 0) -> bytes:
-    """A real PNG of the requested size: a gradient keyed by the seed with the prompt on it."""
-    rnd = random.Random(seed)
-    a = (rnd.randrange(40, 200), rnd.randrange(40, 200), rnd.randrange(40, 200))
-    b = (rnd.randrange(40, 200), rnd.randrange(40, 200), rnd.randrange(40, 200))
-    # Draw the gradient as a 1-pixel-wide strip and stretch it: fast for any size.
-    strip = Image.new("RGB", (1, 256))
-    for y in range(256):
-        t = y / 255
-        strip.putpixel((0, y), tuple(int(a[i] + (b[i] - a[i]) * t) for i in range(3)))
-    img = strip.resize((width, height))
-    draw = ImageDraw.Draw(img)
-    size = max(12, min(width, height) // 18)
-    font = _font(size)
-    words, lines, line = prompt.split(), [], ""
-    per_line = max(8, int(width / (size * 0.6)))
-    for w in words:
-        if len(line) + len(w) + 1 > per_line:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    lines.append(line)
-    y = max(4, height // 2 - len(lines[:8]) * size // 2)
-    for text in lines[:8]:
-        draw.text((max(4, width // 20), y), text, fill=(255, 255, 255), font=font)
-        y += int(size * 1.2)
-    out = io.BytesIO()
-    img.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
-
-
-def render_glb(segments: int = 12) -> bytes:
-    """A real binary glTF 2.0 file: a small UV-sphere-ish mesh (positions + indices)."""
-    positions: list[tuple[float, float, float]] = []
-    for i in range(segments + 1):
-        lat = math.pi * i / segments - math.pi / 2
-        for j in range(segments):
-            lon = 2 * math.pi * j / segments
-            positions.append((math.cos(lat) * math.cos(lon), math.sin(lat), math.cos(lat) * math.sin(lon)))
-    indices: list[int] = []
-    for i in range(segments):
-        for j in range(segments):
-            a = i * segments + j
-            b = i * segments + (j + 1) % segments
-            c = a + segments
-            d = b + segments
-            indices += [a, c, b, b, c, d]
-    pos_bytes = b"".join(struct.pack("<3f", *p) for p in positions)
-    idx_bytes = b"".join(struct.pack("<H", i) for i in indices)
-    pad = (4 - len(idx_bytes) % 4) % 4
-    buffer = pos_bytes + idx_bytes + b"\0" * pad
-    gltf = {
-        "asset": {"version": "2.0", "generator": "imagine-bot sandbox"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
-        "buffers": [{"byteLength": len(buffer)}],
-        "bufferViews": [
-            {"buffer": 0, "byteOffset": 0, "byteLength": len(pos_bytes), "target": 34962},
-            {
-                "buffer": 0,
-                "byteOffset": len(pos_bytes),
-                "byteLength": len(idx_bytes),
-                "target": 34963,
-            },
-        ],
-        "accessors": [
-            {
-                "bufferView": 0,
-                "componentType": 5126,
-                "count": len(positions),
-                "type": "VEC3",
-                "min": [-1.0, -1.0, -1.0],
-                "max": [1.0, 1.0, 1.0],
-            },
-            {"bufferView": 1, "componentType": 5123, "count": len(indices), "type": "SCALAR"},
-        ],
-    }
-    js = json.dumps(gltf, separators=(",", ":")).encode()
-    js += b" " * ((4 - len(js) % 4) % 4)
-    total = 12 + 8 + len(js) + 8 + len(buffer)
-    return (
-        struct.pack("<4sII", b"glTF", 2, total)
-        + struct.pack("<I4s", len(js), b"JSON")
-        + js
-        + struct.pack("<I4s", len(buffer), b"BIN\0")
-        + buffer
-    )

@@ -7,7 +7,6 @@ Errors come in the flat gateway envelope `{code, reason, message, metadata}` by 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -47,8 +46,6 @@ class NovitaEmulator(VendorEmulator):
         super().__init__(**options)
         self.envelope = "flat"  # "flat" (observed gateway) or "nested" (Novita's skill docs)
         self.balance = 1_000_000  # 1/10000 USD, i.e. $100
-        self._produce_lock = asyncio.Lock()
-        self._urls: dict[str, list[str]] = {}
 
     # --- errors --------------------------------------------------------------------------
 
@@ -83,6 +80,10 @@ class NovitaEmulator(VendorEmulator):
 
     # --- routes --------------------------------------------------------------------------
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._outputs(job)
+
     def add_routes(self, app: web.Application) -> None:
         """Submit, task result and the balance endpoint."""
         app.router.add_post(f"/v3/async/{MODEL}", self.submit)
@@ -106,6 +107,7 @@ class NovitaEmulator(VendorEmulator):
         webhook = (body.get("extra") or {}).get("webhook") or {}
         job.webhook_url = webhook.get("url") or None
         job.cost_usd = 0.10
+        await self.accept(job)
         return json_response({"task_id": job.id})
 
     async def task_result(self, request: web.Request) -> web.Response:
@@ -192,16 +194,15 @@ class NovitaEmulator(VendorEmulator):
 
     async def _outputs(self, job: SandboxJob) -> list[str]:
         """Pre-signed-looking URLs of the job's image, drawn once."""
-        async with self._produce_lock:
-            if job.id not in self._urls:
-                width, height = _size(job.request)
-                seed = job.request.get("seed")
-                urls = await self.produce_images(
-                    job, job.request["prompt"], width, height, 1, seed if seed and seed > 0 else None
-                )
-                self._urls[job.id] = [self._presign(u) for u in urls]
-                self.balance -= 1000
-        return self._urls[job.id]
+        width, height = _size(job.request)
+        seed = job.request.get("seed")
+        urls = await self.produce_images(
+            job, job.request["prompt"], width, height, 1, seed if seed and seed > 0 else None
+        )
+        if not job.extra.get("billed"):
+            job.extra["billed"] = True
+            self.balance -= 1000
+        return [self._presign(u) for u in urls]
 
     def _presign(self, url: str) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -211,11 +212,10 @@ class NovitaEmulator(VendorEmulator):
             f"&X-Amz-Date={stamp}&X-Amz-Expires={URL_TTL}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}"
         )
 
-    async def tick(self) -> None:
-        """Deliver `ASYNC_TASK_RESULT` once for every finished job that asked for a webhook."""
-        for job, url in self.claim_webhooks(self.clock()):
-            payload = await self.result_body(job, ttl_as_string=True)
-            self.send_webhook(url, {"event_type": "ASYNC_TASK_RESULT", "payload": payload})
+    async def callback_payload(self, job: SandboxJob) -> dict[str, Any]:
+        """`ASYNC_TASK_RESULT`, once, when a job that asked for a webhook ends."""
+        payload = await self.result_body(job, ttl_as_string=True)
+        return {"event_type": "ASYNC_TASK_RESULT", "payload": payload}
 
 
 def _size(body: dict[str, Any]) -> tuple[int, int]:

@@ -14,7 +14,6 @@ queue errors use `{error, message}` (402, 400). Validation errors are not docume
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -93,11 +92,6 @@ class PixazoEmulator(VendorEmulator):
     def __init__(self, *, model3d_shape: Model3DShape = "model_glb", **options: Any) -> None:
         super().__init__(**options)
         self.model3d_shape: Model3DShape = model3d_shape
-        self._output: dict[str, dict[str, Any]] = {}
-        self._created: dict[str, datetime] = {}
-        self._sync_mode: set[str] = set()  # jobs whose caller asked for X-Webhook-Mode: sync
-        self._last_posted: dict[str, str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         #: models the gateway answers "not found or is disabled" for (set by tests)
         self.disabled_models: set[str] = set()
 
@@ -112,24 +106,35 @@ class PixazoEmulator(VendorEmulator):
         """`Ocp-Apim-Subscription-Key: <key>`."""
         return request.headers.get("Ocp-Apim-Subscription-Key") == self.api_key
 
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._render(job)
+
     def add_routes(self, app: web.Application) -> None:
         """One POST per model and the status GET."""
         for model, path in SUBMIT_PATHS.items():
             app.router.add_post(path, self._submitter(model))
         app.router.add_get("/v2/requests/status/{request_id}", self._status)
 
-    async def tick(self) -> None:
-        """Post callbacks: once at a terminal status, and on each change in `sync` mode."""
-        now = self.clock()
-        for job in list(self.jobs.values()):
-            if not job.webhook_url or job.webhook_sent:
-                continue
-            phase = job.phase(now)
-            terminal = phase.finished
-            if terminal or (job.id in self._sync_mode and self._last_posted.get(job.id) != phase):
-                self._last_posted[job.id] = phase
-                job.webhook_sent = terminal
-                self.send_webhook(job.webhook_url, await self._status_body(job))
+    def callback_moments(self, job: SandboxJob) -> list[float]:
+        """The end; in `sync` mode also the submit (QUEUED) and the start of PROCESSING."""
+        if not job.extra.get("sync"):
+            return [job.done_at]
+        return [job.created, job.created + min(0.25 * job.latency, 1.0), job.done_at]
+
+    async def send_due(self, job: SandboxJob) -> None:
+        """Post once at a terminal status, and on each change in `sync` mode."""
+        if not job.webhook_url or job.webhook_sent:
+            return
+        phase = job.phase(self.clock())
+        terminal = phase.finished
+        if terminal or (job.extra.get("sync") and job.extra.get("last_posted") != phase):
+            job.extra["last_posted"] = str(phase)
+            job.webhook_sent = terminal
+            body = await self._status_body(job)
+            due = job.done_at if terminal else self.clock()
+            self.send_webhook(job.webhook_url, body, job=job, due_at=due)
+            await self.save(job)
 
     # --- handlers ----------------------------------------------------------------------------
 
@@ -162,15 +167,17 @@ class PixazoEmulator(VendorEmulator):
         if webhook is not None and (problem := _check_webhook(webhook, mode)):
             return _bad(problem)
         image_url = body.get("input_image_url")
-        if image_url and not await self.fetchable(image_url):
+        inputs = await self.fetch_inputs([image_url] if image_url else [])
+        if inputs is None:
             return _bad(f"Could not download input_image_url: {image_url}")
 
         job = self.new_job(model, body, prefix=f"{model}_")
+        await self.keep_inputs(job, inputs)
         job.webhook_url = webhook
         job.cost_usd = PRICES[model]
-        self._created[job.id] = datetime.now(UTC)
         if webhook and mode == "sync":
-            self._sync_mode.add(job.id)
+            job.extra["sync"] = True
+        await self.accept(job)
         return json_response(
             {
                 "request_id": job.id,
@@ -191,7 +198,7 @@ class PixazoEmulator(VendorEmulator):
     # --- helpers -----------------------------------------------------------------------------
 
     async def _status_body(self, job: SandboxJob) -> dict[str, Any]:
-        created = self._created.get(job.id, datetime.now(UTC))
+        created = datetime.fromtimestamp(job.created_at, UTC)
         now = datetime.now(UTC)
         body: dict[str, Any] = {
             "request_id": job.id,
@@ -214,19 +221,12 @@ class PixazoEmulator(VendorEmulator):
             case Phase.ERROR:
                 body |= {"status": "ERROR", "error": "Internal system error while processing the request"}
             case Phase.SUCCEEDED:
-                body |= {"status": "COMPLETED", "output": await self._outputs(job)}
+                body |= {"status": "COMPLETED", "output": await self._render(job)}
             case _:
                 assert_never(phase)
         if phase.finished:
             body["completed_at"] = body["updated_at"]
         return body
-
-    async def _outputs(self, job: SandboxJob) -> dict[str, Any]:
-        # Polls and the webhook ticker may race to render the same job once.
-        async with self._locks.setdefault(job.id, asyncio.Lock()):
-            if job.id not in self._output:
-                self._output[job.id] = await self._render(job)
-            return self._output[job.id]
 
     async def _render(self, job: SandboxJob) -> dict[str, Any]:
         body = job.request
@@ -242,17 +242,17 @@ class PixazoEmulator(VendorEmulator):
         glb_url, thumb_url = await self.produce_model(job, label)
         if self.model3d_shape == "media_url":
             return {"media_url": [glb_url], "media_type": "model/glb"}
-        glb_name, thumb_name = job.outputs[-2], job.outputs[-1]
+        glb_file, thumb_file = [await self.get_file(name) for name in job.outputs[-2:]]
         glb = {
             "file_name": "model.glb",
             "url": glb_url,
-            "file_size": len(self.files[glb_name][0]),
+            "file_size": len(glb_file[0]) if glb_file else 0,
             "content_type": "model/gltf-binary",
         }
         thumb = {
             "file_name": "thumbnail.png",
             "url": thumb_url,
-            "file_size": len(self.files[thumb_name][0]),
+            "file_size": len(thumb_file[0]) if thumb_file else 0,
             "content_type": "image/png",
         }
         # No OBJ is rendered, so `model_urls` lists only the GLB.

@@ -10,7 +10,6 @@ posts each finished image separately. Job faults: JOB_FAILED is a per-item `stat
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -56,7 +55,6 @@ _STAGES = {_INFERENCE: "submit", "getResponse": "poll"}
 @dataclass(slots=True)
 class _Result:
     image_uuid: str
-    url: str
     file: str
     seed: int
     cost: float
@@ -98,9 +96,6 @@ class RunwareEmulator(VendorEmulator):
         super().__init__(**options)
         self.balance = 2450.75  # USD
         self.tasks: dict[str, str] = {}  # taskUUID -> sandbox job id
-        self._results: dict[str, list[_Result]] = {}
-        self._delivered: dict[str, int] = {}  # webhook posts made per job
-        self._produce_lock = asyncio.Lock()
 
     # --- errors and auth -----------------------------------------------------------------
 
@@ -145,6 +140,10 @@ class RunwareEmulator(VendorEmulator):
         return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
 
     # --- the one endpoint ----------------------------------------------------------------
+
+    async def render(self, job: SandboxJob) -> None:
+        """Draw an asynchronous job's outputs (ahead of its end)."""
+        await self._produce(job)
 
     def add_routes(self, app: web.Application) -> None:
         """`POST /v1`."""
@@ -240,6 +239,7 @@ class RunwareEmulator(VendorEmulator):
         self.tasks[task_uuid] = job.id
         if task.get("deliveryMethod", "sync") == "async":
             job.webhook_url = task.get("webhookURL")
+            await self.accept(job)
             return [{"taskType": _INFERENCE, "taskUUID": task_uuid, "status": "processing"}], []
         if not await self.hold(job):
             raise _TaskError(504, "timeoutProvider", "The task exceeded the maximum queue wait.")
@@ -308,22 +308,40 @@ class RunwareEmulator(VendorEmulator):
 
     async def _produce(self, job: SandboxJob) -> list[_Result]:
         """Draw every image of a job once (they are revealed one by one)."""
-        async with self._produce_lock:
-            if job.id not in self._results:
+        async with self.job_lock(job):
+            if "results" not in job.extra:
                 task = job.request
                 width, height = int(task.get("width", 1024)), int(task.get("height", 1024))
                 seed = task.get("seed")
                 base_seed = seed if isinstance(seed, int) else self.rng.randrange(2**32)
-                urls = await self.produce_images(
-                    job, task["positivePrompt"], width, height, _count(job), base_seed
-                )
                 cost = round(0.12 + 0.05 * width * height / 1_000_000, 4)
-                self._results[job.id] = [
-                    _Result(str(uuid.uuid4()), url, name, base_seed + i, cost)
-                    for i, (url, name) in enumerate(zip(urls, job.outputs, strict=True))
+                # Kept with the job, so a restart answers with the same images.
+                job.extra["results"] = [
+                    {
+                        "image_uuid": str(uuid.uuid4()),
+                        "file": f"{job.id}-{i}.png",
+                        "seed": base_seed + i,
+                        "cost": cost,
+                    }
+                    for i in range(_count(job))
                 ]
-                self.balance -= cost * len(urls)
-        return self._results[job.id]
+                self.balance -= cost * _count(job)
+        results = [_Result(**r) for r in job.extra["results"]]
+        await self.produce_images(
+            job,
+            job.request["positivePrompt"],
+            int(job.request.get("width", 1024)),
+            int(job.request.get("height", 1024)),
+            _count(job),
+            results[0].seed,
+        )
+        return results
+
+    def restored(self, job: SandboxJob) -> None:
+        """A job read back after a restart answers for its taskUUID again."""
+        task_uuid = job.request.get("taskUUID")
+        if isinstance(task_uuid, str):
+            self.tasks[task_uuid] = job.id
 
     def _item(self, job: SandboxJob, result: _Result, *, with_status: bool) -> dict[str, Any]:
         task = job.request
@@ -342,34 +360,42 @@ class RunwareEmulator(VendorEmulator):
             else:
                 item["imageBase64Data"] = b64
         else:
-            item["imageURL"] = result.url
+            item["imageURL"] = self.file_url(result.file)
         if task.get("includeCost"):
             item["cost"] = result.cost
         if with_status:
             item["status"] = "success"
         return item
 
-    async def tick(self) -> None:
-        """Post each newly finished image (or the failure) of async jobs with a webhook."""
-        for job in list(self.jobs.values()):
-            if not job.webhook_url or job.webhook_sent:
-                continue
-            phase = job.phase(self.clock())
-            if phase in (Phase.FAILED, Phase.ERROR):
-                job.webhook_sent = True
-                failure = self._failure(job)
-                assert failure is not None
-                self.send_webhook(job.webhook_url, {"errors": [failure]})
-                continue
-            ready = self._ready(job)
-            sent = self._delivered.get(job.id, 0)
-            if ready <= sent:
-                continue
-            results = await self._produce(job)
-            for result in results[sent:ready]:
-                self.send_webhook(job.webhook_url, {"data": [self._item(job, result, with_status=False)]})
-            self._delivered[job.id] = ready
-            job.webhook_sent = ready >= len(results)
+    def callback_moments(self, job: SandboxJob) -> list[float]:
+        """Each image as it finishes (one every latency/n seconds); a failure at the end."""
+        n = _count(job)
+        return [job.created + job.latency * k / n for k in range(1, n + 1)]
+
+    async def send_due(self, job: SandboxJob) -> None:
+        """Post each newly finished image (or the failure) of an async job with a webhook."""
+        if not job.webhook_url or job.webhook_sent:
+            return
+        phase = job.phase(self.clock())
+        if phase in (Phase.FAILED, Phase.ERROR):
+            job.webhook_sent = True
+            failure = self._failure(job)
+            assert failure is not None
+            self.send_webhook(job.webhook_url, {"errors": [failure]}, job=job)
+            await self.save(job)
+            return
+        ready = self._ready(job)
+        sent = int(job.extra.get("delivered", 0))
+        if ready <= sent:
+            return
+        job.extra["delivered"] = ready  # claimed before the await: a racing timer sends nothing
+        results = await self._produce(job)
+        n = len(results)
+        for k, result in enumerate(results[sent:ready], start=sent + 1):
+            item = {"data": [self._item(job, result, with_status=False)]}
+            self.send_webhook(job.webhook_url, item, job=job, due_at=job.created + job.latency * k / n)
+        job.webhook_sent = ready >= n
+        await self.save(job)
 
 
 def _count(job: SandboxJob) -> int:

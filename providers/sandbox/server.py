@@ -2,7 +2,12 @@
 
 Used by the demo, the tests and the benchmark through the real provider clients. Besides the
 vendor routes it serves a small control API so another process can inject faults:
-`POST /_sandbox/{vendor}/faults {"fault": "rate_limit", "count": 2, "stage": "submit"}`.
+`POST /_sandbox/{vendor}/faults {"fault": "rate_limit", "count": 2, "stage": "submit"}`, and read
+jobs and callbacks: `GET /_sandbox/{vendor}/jobs` → `{"jobs": {id: {"done_at", "model"}},
+"requests": n, "callbacks": [[job_id, due_at, sent_at], …]}` (times on the emulator's clock).
+
+With `state_dir`, each emulator keeps its jobs and files in `state_dir/<vendor>/` and reads them
+back on the next start (see `common.py`), so the demo's jobs survive a restart.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
 
-from providers.sandbox.common import Fault, VendorEmulator, json_response
+from providers.sandbox.common import CallbackSent, Fault, VendorEmulator, json_response
 
 __all__ = ["EMULATORS", "Sandbox"]
 
@@ -44,7 +50,11 @@ def load_emulator(vendor: str) -> type[VendorEmulator]:
 
 
 class Sandbox:
-    """Starts the emulators on 127.0.0.1 (port 0 by default) as an async context manager."""
+    """Starts the emulators on 127.0.0.1 (port 0 by default) as an async context manager.
+
+    `state_dir` keeps jobs across restarts (None: memory only). `callback_log` lists every
+    callback sent by any emulator, with its due and send times, for benchmarks and tests.
+    """
 
     def __init__(
         self,
@@ -53,17 +63,24 @@ class Sandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str = "sandbox-key",
+        state_dir: Path | str | None = None,
         **emulator_options: Any,
     ) -> None:
         self.host = host
         self.port = port
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.callback_log: list[CallbackSent] = []
         self.emulators: dict[str, VendorEmulator] = {}
         for name in vendors or EMULATORS:
-            self.emulators[name] = load_emulator(name)(api_key=api_key, **emulator_options)
+            self.emulators[name] = load_emulator(name)(
+                api_key=api_key,
+                state_dir=self.state_dir / name if self.state_dir is not None else None,
+                callback_log=self.callback_log,
+                **emulator_options,
+            )
         self.request_counts: dict[str, int] = dict.fromkeys(self.emulators, 0)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._ticker: asyncio.Task[None] | None = None
 
     def __getitem__(self, vendor: str) -> VendorEmulator:
         return self.emulators[vendor]
@@ -111,8 +128,11 @@ class Sandbox:
         emu = self.emulators.get(request.match_info["vendor"])
         if emu is None:
             return json_response({"error": "unknown vendor"}, 404)
-        jobs = {j.id: {"done_at": j.created + j.latency, "model": j.model} for j in emu.jobs.values()}
-        return json_response({"jobs": jobs, "requests": self.request_counts.get(emu.name, 0)})
+        jobs = {j.id: {"done_at": j.done_at, "model": j.model} for j in emu.jobs.values()}
+        callbacks = [[c.job_id, c.due_at, c.sent_at] for c in emu.callback_log if c.vendor == emu.name]
+        return json_response(
+            {"jobs": jobs, "requests": self.request_counts.get(emu.name, 0), "callbacks": callbacks}
+        )
 
     async def _health(self, _request: web.Request) -> web.Response:
         return json_response({"ok": True, "vendors": list(self.emulators)})
@@ -124,32 +144,21 @@ class Sandbox:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])  # the port actually bound (port 0 → any)
+        kept = 0
         for name, emu in self.emulators.items():
             emu.base_url = self.base_url(name)
             emu.session = self._session
-        self._ticker = asyncio.create_task(self._tick_forever())
-        _log.info(
-            "sandbox listening on http://%s:%s (%s)",
+            kept += await emu.load()
+        _log.debug(
+            "sandbox listening on http://%s:%s (%s); %d job(s) kept from the last run",
             self.host,
             self.port,
             ", ".join(self.emulators),
+            kept,
         )
         return self
 
-    async def _tick_forever(self) -> None:
-        while True:
-            for emu in self.emulators.values():
-                try:
-                    await emu.tick()
-                except Exception:  # a broken emulator must not stop the others
-                    _log.exception("sandbox tick failed for %s", emu.name)
-            await asyncio.sleep(0.1)
-
     async def __aexit__(self, *exc: object) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
         for emu in self.emulators.values():
             await emu.aclose()
         if self._runner:
