@@ -167,7 +167,7 @@ class Engine:
         """Pick up every unfinished job and send every unsent message; returns jobs resumed."""
         resumed = 0
         for job in await self.store.unfinished():
-            if self.scheduler.position(job.id) or job.id in self.runner._live:
+            if self.scheduler.position(job.id) or self.runner.follows(job.id):
                 continue
             if not self.delivery.can_reach(job):
                 # Its user can only be told through its platform: leave it to a process that

@@ -82,10 +82,9 @@ class Runner:
         self._resumed: set[str] = set()
         self._pushed: dict[str, JobUpdate] = {}
 
-    @property
-    def live(self) -> int:
-        """Jobs this process follows."""
-        return len(self._live)
+    def follows(self, job_id: str) -> bool:
+        """Whether this process is following the job."""
+        return job_id in self._live
 
     # --- steps -----------------------------------------------------------------------------
 

@@ -221,3 +221,44 @@ async def test_a_held_database_lock_is_a_friendly_message_not_database_is_locked
         await reply.wait()
         assert reply.results
         assert await _balance(app) == 90
+
+
+class _RefusedReply(RecordingReply):
+    """A chat that refuses the result on every route the adapter has (channel gone, DMs shut)."""
+
+    async def result(self, result: JobResult) -> None:
+        raise RuntimeError("channel deleted and DMs closed")
+
+
+async def test_a_result_no_route_can_deliver_is_logged_counted_and_kept_for_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_app(tmp_path, route_order="apiinone") as app:
+        ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), _RefusedReply())
+        await app.engine.drain()
+        warnings = [r.getMessage() for r in caplog.records if "undeliverable" in r.getMessage()]
+        assert len(warnings) == 1 and ticket.job_id in warnings[0]
+        sample = app.metrics.registry.get_sample_value(
+            "imagine_outbox_undeliverable_total", {"kind": "result"}
+        )
+        assert sample == 1
+        assert [r.job_id for r in await app.engine.store.unsent()] == [ticket.job_id]
+        assert await _balance(app) == 90  # the work was done and is paid for; the files wait
+    async with running_app(tmp_path, route_order="apiinone") as app:
+        restorer = _Restorer()
+        app.engine.register_restorer("console", restorer)
+        await app.engine.resume()
+        assert [r.job_id for reply in restorer.replies for r in reply.results] == [ticket.job_id]
+        assert await app.engine.store.unsent() == []
+
+
+async def test_the_learned_poll_schedule_survives_a_restart(tmp_path: Path) -> None:
+    async with running_app(tmp_path, route_order="apiinone") as app:
+        replies = [RecordingReply() for _ in range(2)]
+        for reply in replies:
+            await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
+        await app.engine.drain()
+        learned = app.engine.route_times.snapshot()
+        assert len(learned["apiinone:hunyuan-image-3"]) == 2
+    async with running_app(tmp_path, route_order="apiinone") as app:
+        assert app.engine.route_times.snapshot() == learned
