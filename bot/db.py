@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -182,6 +183,9 @@ class Database:
         self._migrations = list(MIGRATIONS if migrations is None else migrations)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[_Call] = []
+        #: transactions run by `run` (fewer than its calls when they are committed in groups)
+        self.hops = 0
         #: seconds a transaction keeps retrying for the write lock before DatabaseBusyError
         self.lock_wait = lock_wait
 
@@ -240,28 +244,65 @@ class Database:
                 await _commit(conn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in one `BEGIN IMMEDIATE … COMMIT` on the worker thread (one hop).
+        """Run `fn(conn)` in one `BEGIN IMMEDIATE … COMMIT` on the worker thread.
 
-        `fn` is plain sync code; any exception rolls the transaction back and propagates. A
-        caller cancelled meanwhile still waits for the hop to finish (then is cancelled), so
-        the lock never passes on mid-transaction. Raises DatabaseBusyError when another
-        writer holds the file for longer than `lock_wait`.
+        `fn` is plain sync code; an exception in it undoes its writes and propagates. Calls
+        that arrive while a transaction is running are committed together in the next one
+        (group commit: one thread hop and one COMMIT for the lot, each call in a savepoint
+        of its own so one failing call undoes only its own writes); a call returns only once
+        its writes are committed. A caller cancelled while its batch runs waits for the hop
+        to finish, so the lock never passes on mid-transaction. Raises DatabaseBusyError when
+        another writer holds the file for longer than `lock_wait`.
         """
-        deadline = time.monotonic() + self.lock_wait
+        call = _Call(fn, asyncio.get_running_loop().create_future(), time.monotonic() + self.lock_wait)
+        self._pending.append(call)
         delay = 0.01
-        while True:
-            async with self._lock:
-                try:
-                    return await _finish(self.conn._execute(_in_transaction, self._raw(), fn))
-                except sqlite3.OperationalError as exc:
-                    if not _locked(exc) or time.monotonic() >= deadline:
-                        if _locked(exc):
-                            _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
-                            raise DatabaseBusyError(messages.database_busy()) from exc
-                        raise
-            # Outside the lock: let other coroutines queue, and retry shortly.
-            await asyncio.sleep(delay)
-            delay = min(0.2, delay * 2)
+        try:
+            while not call.future.done():
+                async with self._lock:
+                    if call.future.done():
+                        break
+                    batch, self._pending = self._pending, []
+                    if await _finish(self._commit(batch)):
+                        continue
+                    self._pending[:0] = [c for c in batch if not c.future.done()]
+                # Another process holds the write lock: wait outside our lock, then retry.
+                await asyncio.sleep(delay)
+                delay = min(0.2, delay * 2)
+        except asyncio.CancelledError:
+            if call in self._pending:  # not started: it never runs
+                self._pending.remove(call)
+            raise
+        result: T = call.future.result()
+        return result
+
+    async def _commit(self, batch: list[_Call]) -> bool:
+        """One hop for the batch; False when the write lock could not be had (nothing ran)."""
+        now = time.monotonic()
+        for call in batch:
+            if now >= call.deadline:
+                _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
+                call.future.set_exception(DatabaseBusyError(messages.database_busy()))
+        live = [c for c in batch if not c.future.done()]
+        if not live:
+            return True
+        self.hops += 1
+        try:
+            outcomes = await self.conn._execute(_in_batch, self._raw(), [c.fn for c in live])
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                return False
+            for call in live:
+                call.future.set_exception(exc)
+            return True
+        for call, (ok, value) in zip(live, outcomes, strict=True):
+            if ok:
+                call.future.set_result(value)
+            elif isinstance(value, sqlite3.OperationalError) and _locked(value):
+                call.future.set_exception(DatabaseBusyError(messages.database_busy()))
+            else:
+                call.future.set_exception(value)
+        return True
 
     def _raw(self) -> sqlite3.Connection:
         # aiosqlite keeps the sqlite3 connection private; `run` needs it to hand `fn` the
@@ -297,15 +338,39 @@ class Database:
         return rows[0] if rows else None
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One `Database.run` call waiting for its transaction."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    deadline: float  # monotonic time after which it fails with DatabaseBusyError
+
+
+def _in_batch(
+    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """On the worker thread: every fn in one transaction, each in its own savepoint."""
     conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[tuple[bool, Any]] = []
     try:
-        out = fn(conn)
+        for fn in fns:
+            conn.execute("SAVEPOINT call")
+            try:
+                value = fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE call")
+                outcomes.append((True, value))
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
-    return out
+    return outcomes
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
