@@ -96,7 +96,12 @@ def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
     return env
 
 
-async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def _start(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as err:  # the child keeps its own descriptor
+        return await _exec(env, err.fileno())
+
+
+async def _exec(env: dict[str, str], err: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -106,7 +111,7 @@ async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
         env=env,
         cwd=str(ROOT),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=err,
         stdin=asyncio.subprocess.DEVNULL,
     )
 
@@ -115,20 +120,21 @@ async def test_a_thousand_jobs_through_faults_cancels_and_three_sigkills(
     tmp_path: Path, chaos_sandbox: Sandbox
 ) -> None:
     env = _env(tmp_path, chaos_sandbox)
+    log = tmp_path / "bot-stderr.log"
     rng = random.Random(SEED)
     for _ in range(KILLS):
-        child = await _start(env)
+        child = await _start(env, log)
         await asyncio.sleep(rng.uniform(2.0, 6.0))  # a random moment mid-run
         child.send_signal(signal.SIGKILL)
         await child.wait()
         assert child.returncode == -signal.SIGKILL
-    final = await _start(env)
+    final = await _start(env, log)
     out, _ = await asyncio.wait_for(final.communicate(), 150)
-    assert final.returncode == 0 and b"drained" in out
+    assert final.returncode == 0 and b"drained" in out, log.read_text()[-3000:]
 
     async with Database(tmp_path / "data" / "imagine-bot.sqlite3") as db:
         jobs = {r["id"]: r["state"] for r in await db.fetchall("SELECT id, state FROM jobs")}
-        assert len(jobs) == JOBS
+        assert len(jobs) == JOBS, log.read_text()[-3000:]
         states = Counter(jobs.values())
         print("chaos job states:", dict(states))
         assert set(states) <= {"done", "failed", "cancelled"}, states
