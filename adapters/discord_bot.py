@@ -1,9 +1,12 @@
-"""The Discord adapter: slash commands, result buttons and the Edit modal, on discord.py 2.7.
+"""The Discord adapter: slash commands, message menus, result buttons and the Edit modal, on
+discord.py 2.7.
 
 Every interaction is acknowledged first (Discord drops answers after 3 s), then translated by
 small pure functions into the core's `Actor` and command models and handed to the engine. The
 buttons carry `ib:<action>:<job id>[:<index>]` custom ids and are handled by one dispatcher in
-`on_interaction`, without discord.py views, so they keep working after a restart. Command sync
+`on_interaction`, without discord.py views, so they keep working after a restart (the "Edit
+image" message menu is the exception: it keeps the picture in memory until its modal comes back,
+so a dialog opened before a restart asks to be opened again). Command sync
 is not done on every start: only when the command payload's hash changed (or on demand through
 `sync_commands`, the CLI's `imagine-bot discord sync`).
 """
@@ -30,15 +33,17 @@ from adapters.discord_commands import (
     build_tree,
     command_digest,
     command_payload,
+    edit_command,
     modal_value,
+    model3d_command,
 )
 from adapters.discord_reply import DiscordReply, ReplyRef, clip
 from bot import messages
 from bot.adapter import AdapterContext
-from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
+from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModCommand, Model3DCommand
 from bot.config import Settings
 from bot.engine import LogReply
-from bot.errors import ConfigError, UserError
+from bot.errors import ConfigError, InvalidInputError, UserError
 from bot.reply import ButtonAction, Reply, parse_custom_id
 
 __all__ = ["COMMANDS_HASH_FILE", "DiscordAdapter", "apply_endpoints", "sync_commands"]
@@ -51,6 +56,10 @@ _DEFAULT_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 #: how long stop() lets running handlers finish before cancelling them
 _STOP_GRACE = 5.0
 _CONNECT_TIMEOUT = 60.0
+#: the "Edit image" modal's custom id prefix (then the menu interaction's id)
+_MESSAGE_EDIT = "ib-menu-edit:"
+#: how long an opened "Edit image" modal is remembered (Discord's modal timeout)
+_MODAL_TTL = 15 * 60.0
 
 
 def apply_endpoints(settings: Settings) -> None:
@@ -129,8 +138,16 @@ class _Client(discord.Client):
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
 
-    async def on_connect(self) -> None:
+    async def on_connect(self) -> None:  # discord.py dispatches it on READY
         self.adapter.connected.set()
+        self.adapter.health.connected()
+
+    async def on_resumed(self) -> None:
+        self.adapter.health.connected()
+
+    async def on_disconnect(self) -> None:
+        if not self.adapter.stopping:  # our own close is not a lost connection
+            self.adapter.health.disconnected()
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         await self.adapter.on_interaction(interaction)
@@ -168,9 +185,13 @@ class DiscordAdapter:
         self.media = ctx.media
         self.clock: Callable[[], float] = time.time  # tests move it to age tokens
         self.connected = asyncio.Event()
+        self.health = ctx.readiness.platform(self.name)
+        self.stopping = False
         self.client: _Client | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        # "Edit image" menus waiting for their modal: interaction id -> (image, monotonic time)
+        self._message_edits: dict[str, tuple[ImageRef, float]] = {}
         ctx.engine.register_restorer(self.name, self)
 
     @classmethod
@@ -209,6 +230,7 @@ class DiscordAdapter:
         Raises ConfigError for a refused token; undoes what it started on any failure."""
         apply_endpoints(self.settings)
         token = _token(self.settings)
+        self.stopping = False
         client = self.client = _Client(self)
         try:
             await self._connect(client, token)
@@ -244,12 +266,19 @@ class DiscordAdapter:
             raise ConfigError(f"no READY from the Discord gateway within {_CONNECT_TIMEOUT:.0f}s")
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
-        # discord.py reconnects by itself; it only gives up for good (bad token, intents).
-        if not task.cancelled() and (exc := task.exception()) is not None and self.connected.is_set():
-            _log.error("the Discord gateway stopped: %r; restart the bot", exc)
+        # discord.py reconnects by itself; it only gives up for good (bad token, intents):
+        # report it, so the process exits and the restart policy brings the bot back.
+        if task.cancelled() or self.stopping:
+            return
+        exc = task.exception()
+        reason = f"the Discord gateway stopped: {exc!r}" if exc is not None else "the Discord gateway closed"
+        if self.connected.is_set():
+            _log.error("%s", reason)
+        self.health.failed(reason)
 
     async def stop(self) -> None:
         """Close the gateway and REST client; running handlers get a moment to finish."""
+        self.stopping = True
         if self._handlers:
             _, pending = await asyncio.wait(set(self._handlers), timeout=_STOP_GRACE)
             for task in pending:
@@ -362,6 +391,29 @@ class DiscordAdapter:
         except discord.HTTPException as err:
             _log.warning("could not answer interaction=%s: %s", interaction.id, err)
 
+    async def command_failed(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """The command tree's one error handler, for whatever escaped a command (a failed
+        translation, an unknown command): the operator gets a log line, the user a polite
+        private answer in the shared wording, never a traceback."""
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, UserError):
+            await self._tell(interaction, str(cause))
+            return
+        command = interaction.command
+        name = command.qualified_name if command else str((interaction.data or {}).get("name", "?"))
+        _log.error(
+            "discord command %r failed interaction=%s user=%s guild=%s: %r",
+            name,
+            interaction.id,
+            interaction.user.id,
+            interaction.guild_id,
+            cause,
+            exc_info=cause,
+        )
+        await self._tell(interaction, messages.something_went_wrong())
+
     async def _say(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.edit_original_response(content=clip(text))
 
@@ -382,6 +434,52 @@ class DiscordAdapter:
         await self._handle(
             interaction, interaction.command.name if interaction.command else "job", work, defer="public"
         )
+
+    async def edit_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Edit image" message menu: a modal asks for the instruction, whose submission
+        edits `image` (remembered here under the modal's custom id until then)."""
+
+        async def open_modal() -> None:
+            if image is None:
+                raise InvalidInputError(messages.no_image_in_message())
+            now = time.monotonic()
+            for key, (_, opened) in list(self._message_edits.items()):
+                if now - opened > _MODAL_TTL:
+                    del self._message_edits[key]
+            self._message_edits[str(interaction.id)] = (image, now)
+            await interaction.response.send_modal(_EditModal(f"{_MESSAGE_EDIT}{interaction.id}"))
+
+        await self._handle(interaction, "edit image menu", open_modal, defer=None)
+
+    async def _edit_submitted(self, interaction: discord.Interaction, key: str, instruction: str) -> None:
+        async def edit() -> None:
+            pending = self._message_edits.pop(key, None)
+            if pending is None:  # opened before a restart, or too long ago
+                raise InvalidInputError(messages.edit_dialog_expired())
+            image = pending[0]
+            command = edit_command(
+                url=image.url or "", filename=image.filename or "image", instruction=instruction
+            )
+            await self.engine.submit(
+                self.actor(interaction),
+                command,
+                self.reply_for(interaction, instruction),
+                request_key=f"discord:{interaction.id}",
+            )
+
+        await self._handle(interaction, "edit image modal", edit, defer="public")
+
+    async def model3d_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Make 3D model" message menu: /model3d from the message's image."""
+        if image is None:
+
+            async def refuse() -> None:
+                raise InvalidInputError(messages.no_image_in_message())
+
+            await self._handle(interaction, "make 3d model menu", refuse, defer=None)
+            return
+        command = model3d_command(url=image.url, filename=image.filename)
+        await self.run_job(interaction, command, head=image.filename or "")
 
     async def show_credits(self, interaction: discord.Interaction) -> None:
         """/credits, privately."""
@@ -434,11 +532,17 @@ class DiscordAdapter:
     # --- buttons and the Edit modal --------------------------------------------------------
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """The one dispatcher for result/status buttons and the Edit modal."""
+        """The one dispatcher for result/status buttons (Delete removes the message it is on)
+        and the Edit modal."""
         if interaction.type not in (discord.InteractionType.component, discord.InteractionType.modal_submit):
             return
         data: dict[str, Any] = dict(interaction.data or {})
-        parsed = parse_custom_id(str(data.get("custom_id", "")))
+        custom_id = str(data.get("custom_id", ""))
+        if interaction.type is discord.InteractionType.modal_submit and custom_id.startswith(_MESSAGE_EDIT):
+            instruction = modal_value(data.get("components", [])) or ""
+            await self._edit_submitted(interaction, custom_id.removeprefix(_MESSAGE_EDIT), instruction)
+            return
+        parsed = parse_custom_id(custom_id)
         if parsed is None:
             return
         action, job_id, index = parsed
@@ -461,6 +565,16 @@ class DiscordAdapter:
                 await interaction.response.send_modal(_EditModal(str(data["custom_id"])))
 
             await self._handle(interaction, "edit button", open_modal, defer=None)
+            return
+
+        if action is ButtonAction.DELETE:
+
+            async def delete() -> None:
+                await self.engine.may_delete(actor, job_id)
+                # For a button, the interaction's original response is the message it sits on.
+                await interaction.delete_original_response()
+
+            await self._handle(interaction, "delete button", delete, defer="update")
             return
 
         async def press() -> None:

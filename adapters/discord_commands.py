@@ -11,10 +11,12 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import discord
 from discord import app_commands
 
+from bot import messages
 from bot.catalog import ASPECT_CHOICES, SEED_MAX
 from bot.commands import (
     Actor,
@@ -26,6 +28,7 @@ from bot.commands import (
     ModOp,
     Platform,
 )
+from bot.reply import JobPhase
 
 __all__ = [
     "INSTRUCTION_FIELD",
@@ -36,6 +39,8 @@ __all__ = [
     "command_payload",
     "edit_command",
     "imagine_command",
+    "job_choices",
+    "message_image",
     "mod_command",
     "modal_value",
     "model3d_command",
@@ -51,6 +56,9 @@ class CommandHandler(Protocol):
     """What the command callbacks call: the running Discord adapter."""
 
     engine: Any
+
+    def actor(self, interaction: discord.Interaction) -> Actor:
+        """The Actor behind an interaction."""
 
     async def run_job(
         self,
@@ -71,6 +79,17 @@ class CommandHandler(Protocol):
 
     async def moderate(self, interaction: discord.Interaction, command: ModCommand) -> None:
         """Run a /quota subcommand."""
+
+    async def edit_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Edit image" context menu: ask for the instruction, then edit `image`."""
+
+    async def model3d_message_image(self, interaction: discord.Interaction, image: ImageRef | None) -> None:
+        """The "Make 3D model" context menu: a 3D model from `image`."""
+
+    async def command_failed(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """The tree's error handler: whatever escaped a command."""
 
 
 # --- pure translation ------------------------------------------------------------------------
@@ -177,6 +196,31 @@ def mod_command(
     )
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def _looks_like_image(content_type: str | None, filename: str) -> bool:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and kind != "application/octet-stream":
+        return kind.startswith("image/")
+    return filename.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def message_image(message: discord.Message) -> ImageRef | None:
+    """The first image a message carries: an attached picture, else an embed's image (a
+    pasted image link shows as an embed of type "image" with the picture as thumbnail)."""
+    for att in message.attachments:
+        if _looks_like_image(att.content_type, att.filename):
+            return ImageRef(url=att.url, filename=att.filename)
+    for embed in message.embeds:
+        picture = embed.image if embed.image.url else embed.thumbnail if embed.type == "image" else None
+        url = picture and (picture.proxy_url or picture.url)
+        if url:
+            name = urlsplit(url).path.rsplit("/", 1)[-1] or "image"
+            return ImageRef(url=url, filename=name)
+    return None
+
+
 def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTION_FIELD) -> str | None:
     """The value typed into text input `custom_id` of a submitted modal (rows or labels)."""
     for c in components:
@@ -189,6 +233,21 @@ def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTI
         if found is not None:
             return str(found)
     return None
+
+
+def job_choices(jobs: Iterable[Any], current: str, *, running: bool) -> list[app_commands.Choice[str]]:
+    """Autocomplete for a job id from the user's recent jobs (`JobRecord`s, newest first):
+    unfinished ones for /cancel (`running`), finished ones for /show, matching what was typed
+    (in the id or the prompt)."""
+    typed = current.strip().lower()
+    choices: list[app_commands.Choice[str]] = []
+    for job in jobs:
+        usable = not job.state.terminal if running else job.state is JobPhase.DONE
+        if not usable or (typed and typed not in job.id.lower() and typed not in job.spec.prompt.lower()):
+            continue
+        label = messages.job_choice(job.id, job.spec.kind.value, job.state.value, job.spec.prompt)
+        choices.append(app_commands.Choice(name=label, value=job.id))
+    return choices[:25]
 
 
 def command_digest(payload: list[dict[str, Any]], scope: str) -> str:
@@ -206,8 +265,11 @@ def command_payload(tree: app_commands.CommandTree[Any]) -> list[dict[str, Any]]
 
 
 def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_commands.CommandTree[Any]:
-    """Every slash command. `adapter` is None when the tree is built only to be synced."""
+    """Every slash command and the message context menus. `adapter` is None when the tree
+    is built only to be synced."""
     tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
+    if adapter is not None:
+        tree.error(adapter.command_failed)
     aspects = [app_commands.Choice(name=a, value=a) for a in ASPECT_CHOICES]
 
     def models(kind: str) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
@@ -218,15 +280,17 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
         return complete
 
-    @tree.command(name="imagine", description="Create images from a text prompt (Hunyuan Image 3)")
-    @app_commands.describe(
-        prompt="What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
-        aspect="Aspect ratio",
-        seed="Seed, to repeat a result",
-        negative="Things to leave out",
-        count="How many images",
-        model="Model or vendor",
-    )
+    def job_ids(running: bool) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
+        async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            if adapter is None:
+                return []
+            jobs = await adapter.engine.recent_jobs(adapter.actor(interaction))
+            return job_choices(jobs, current, running=running)
+
+        return complete
+
+    @tree.command(name="imagine", description=messages.command_description("imagine"))
+    @app_commands.describe(**messages.option_descriptions("imagine"))
     @app_commands.choices(aspect=aspects)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def imagine(
@@ -246,8 +310,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     imagine.autocomplete("model")(models("image"))
 
-    @tree.command(name="edit", description="Change an image by instruction")
-    @app_commands.describe(image="The image to change", instruction="What should change", seed="Seed")
+    @tree.command(name="edit", description=messages.command_description("edit"))
+    @app_commands.describe(**messages.option_descriptions("edit"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def edit(
         interaction: discord.Interaction,
@@ -264,14 +328,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     edit.autocomplete("model")(models("edit"))
 
-    @tree.command(name="model3d", description="Make a 3D model (.glb) from a prompt or an image")
-    @app_commands.describe(
-        prompt="What to model (or attach an image instead)",
-        image="An image to turn into 3D",
-        face_count="Mesh detail: 40,000 to 1,500,000 faces",
-        geometry_only="Skip textures (faster)",
-        model="Model or vendor",
-    )
+    @tree.command(name="model3d", description=messages.command_description("model3d"))
+    @app_commands.describe(**messages.option_descriptions("model3d"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def model3d(
         interaction: discord.Interaction,
@@ -294,25 +352,41 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 
     model3d.autocomplete("model")(models("model3d"))
 
-    @tree.command(name="credits", description="Your credits, daily allowance and recent jobs")
+    @tree.command(name="credits", description=messages.command_description("credits"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def credits(interaction: discord.Interaction) -> None:
         if adapter:
             await adapter.show_credits(interaction)
 
-    @tree.command(name="show", description="Post a finished job's result again, with its buttons")
-    @app_commands.describe(job_id="The job id from the result's caption")
+    @tree.command(name="show", description=messages.command_description("show"))
+    @app_commands.describe(**messages.option_descriptions("show"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def show(interaction: discord.Interaction, job_id: str) -> None:
         if adapter:
             await adapter.show_job(interaction, job_id.strip())
 
-    @tree.command(name="cancel", description="Cancel a job that is still running (you are not charged)")
-    @app_commands.describe(job_id="The job id from its status message")
+    show.autocomplete("job_id")(job_ids(running=False))
+
+    @tree.command(name="cancel", description=messages.command_description("cancel"))
+    @app_commands.describe(**messages.option_descriptions("cancel"))
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     async def cancel(interaction: discord.Interaction, job_id: str) -> None:
         if adapter:
             await adapter.cancel_job(interaction, job_id.strip())
+
+    cancel.autocomplete("job_id")(job_ids(running=True))
+
+    @tree.context_menu(name=messages.discord_edit_menu())
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def edit_image(interaction: discord.Interaction, message: discord.Message) -> None:
+        if adapter:
+            await adapter.edit_message_image(interaction, message_image(message))
+
+    @tree.context_menu(name=messages.discord_model3d_menu())
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def make_3d_model(interaction: discord.Interaction, message: discord.Message) -> None:
+        if adapter:
+            await adapter.model3d_message_image(interaction, message_image(message))
 
     tree.add_command(_quota_group(adapter))
     return tree
@@ -321,7 +395,7 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
 def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     quota = app_commands.Group(
         name="quota",
-        description="Manage members' credits (moderators)",
+        description=messages.command_description("quota"),
         default_permissions=discord.Permissions(manage_guild=True),
         allowed_contexts=app_commands.AppCommandContext(guild=True),
     )
@@ -333,7 +407,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     def uid(member: discord.abc.User) -> str:
         return str(member.id)
 
-    @quota.command(name="grant", description="Give a member credits")
+    @quota.command(name="grant", description=messages.command_description("quota grant"))
+    @app_commands.describe(**messages.option_descriptions("quota grant"))
     async def grant(
         interaction: discord.Interaction,
         member: discord.User,
@@ -342,7 +417,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.GRANT, member=uid(member), amount=amount, reason=reason))
 
-    @quota.command(name="take", description="Take credits from a member")
+    @quota.command(name="take", description=messages.command_description("quota take"))
+    @app_commands.describe(**messages.option_descriptions("quota take"))
     async def take(
         interaction: discord.Interaction,
         member: discord.User,
@@ -351,7 +427,8 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.TAKE, member=uid(member), amount=amount, reason=reason))
 
-    @quota.command(name="set", description="Set a member's balance")
+    @quota.command(name="set", description=messages.command_description("quota set"))
+    @app_commands.describe(**messages.option_descriptions("quota set"))
     async def set_(
         interaction: discord.Interaction,
         member: discord.User,
@@ -360,61 +437,72 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.SET, member=uid(member), amount=amount, reason=reason))
 
-    def flag(op: ModOp, description: str) -> None:
+    def flag(op: ModOp) -> None:
         async def callback(
             interaction: discord.Interaction, member: discord.User, reason: str | None = None
         ) -> None:
             await run(interaction, mod_command(op, member=uid(member), reason=reason))
 
-        quota.command(name=op.value, description=description)(callback)
+        path = f"quota {op.value}"
+        described = app_commands.describe(**messages.option_descriptions(path))(callback)
+        quota.command(name=op.value, description=messages.command_description(path))(described)
 
-    flag(ModOp.FREEZE, "Freeze a member's credits")
-    flag(ModOp.UNFREEZE, "Unfreeze a member's credits")
-    flag(ModOp.BAN, "Stop a member from generating here")
-    flag(ModOp.UNBAN, "Let a banned member generate again")
+    for op in (ModOp.FREEZE, ModOp.UNFREEZE, ModOp.BAN, ModOp.UNBAN):
+        flag(op)
 
-    @quota.command(name="allowance", description="Daily credits every member gets")
+    @quota.command(name="allowance", description=messages.command_description("quota allowance"))
+    @app_commands.describe(**messages.option_descriptions("quota allowance"))
     async def allowance(
         interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.ALLOWANCE, amount=amount))
 
-    @quota.command(name="cost", description="Credits a command kind costs")
+    @quota.command(name="cost", description=messages.command_description("quota cost"))
+    @app_commands.describe(**messages.option_descriptions("quota cost"))
     @app_commands.choices(kind=[app_commands.Choice(name=k, value=k) for k in ("image", "edit", "model3d")])
     async def cost(
         interaction: discord.Interaction, kind: str, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.COST, kind=kind, amount=amount))
 
-    @quota.command(name="budget", description="Server-wide daily credit cap (0 removes it)")
+    @quota.command(name="budget", description=messages.command_description("quota budget"))
+    @app_commands.describe(**messages.option_descriptions("quota budget"))
     async def budget(
         interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
     ) -> None:
         await run(interaction, mod_command(ModOp.BUDGET, amount=amount))
 
-    @quota.command(name="history", description="A member's credit history")
+    @quota.command(name="history", description=messages.command_description("quota history"))
+    @app_commands.describe(**messages.option_descriptions("quota history"))
     async def history(interaction: discord.Interaction, member: discord.User) -> None:
         await run(interaction, mod_command(ModOp.HISTORY, member=uid(member)))
 
-    @quota.command(name="top", description="Who spent the most credits")
+    @quota.command(name="top", description=messages.command_description("quota top"))
+    @app_commands.describe(**messages.option_descriptions("quota top"))
     async def top(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.TOP))
 
-    @quota.command(name="spend", description="What generation cost at the vendors")
+    @quota.command(name="spend", description=messages.command_description("quota spend"))
+    @app_commands.describe(**messages.option_descriptions("quota spend"))
     async def spend(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.SPEND))
 
-    blocklist = app_commands.Group(name="blocklist", description="Words refused in prompts", parent=quota)
+    blocklist = app_commands.Group(
+        name="blocklist", description=messages.command_description("quota blocklist"), parent=quota
+    )
 
-    @blocklist.command(name="add", description="Refuse prompts with these words")
+    @blocklist.command(name="add", description=messages.command_description("quota blocklist add"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist add"))
     async def block_add(interaction: discord.Interaction, words: str) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_ADD, words=words))
 
-    @blocklist.command(name="remove", description="Allow these words again")
+    @blocklist.command(name="remove", description=messages.command_description("quota blocklist remove"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist remove"))
     async def block_remove(interaction: discord.Interaction, words: str) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_REMOVE, words=words))
 
-    @blocklist.command(name="list", description="Show the blocked words")
+    @blocklist.command(name="list", description=messages.command_description("quota blocklist list"))
+    @app_commands.describe(**messages.option_descriptions("quota blocklist list"))
     async def block_list(interaction: discord.Interaction) -> None:
         await run(interaction, mod_command(ModOp.BLOCK_LIST))
 

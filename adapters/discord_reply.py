@@ -165,6 +165,7 @@ def _view(buttons: Sequence[Button]) -> discord.ui.View | None:
         for b in group:
             style = {
                 ButtonAction.CANCEL: discord.ButtonStyle.danger,
+                ButtonAction.DELETE: discord.ButtonStyle.danger,
                 ButtonAction.SINGLE: discord.ButtonStyle.primary,
             }.get(b.action, discord.ButtonStyle.secondary)
             view.add_item(discord.ui.Button(label=b.label, custom_id=b.custom_id, style=style, row=row))

@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_blocks import HELP, edit_modal, mrkdwn, plain
+from adapters.slack_blocks import HELP, delete_targets, edit_modal, mrkdwn, plain
 from adapters.slack_events import (
     EDIT_VIEW,
     INSTRUCTION_BLOCK,
@@ -107,6 +107,8 @@ class SlackAdapter:
             clock=clock,
         )
         self._socket: AsyncSocketModeHandler | None = None
+        self.health = ctx.readiness.platform(self.name)
+        self._watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.bot_user: str | None = None
         self.team_id: str | None = None
@@ -150,6 +152,8 @@ class SlackAdapter:
                 await handler.close_async()
                 raise
             self._socket = handler
+            self._watch_socket(handler)
+        self.health.connected()  # HTTP mode has no connection to lose; Socket Mode just connected
         _log.info(
             "slack ready team=%s bot=%s http=%s socket=%s",
             self.team_id,
@@ -158,8 +162,31 @@ class SlackAdapter:
             self._socket is not None,
         )
 
+    def _watch_socket(self, handler: AsyncSocketModeHandler) -> None:
+        # slack_sdk reconnects by itself and reports nothing while it retries (its close
+        # listeners run only after a reconnect succeeded), so its own connection state is read
+        # every few seconds; Slack's "hello" on a new connection marks it connected at once.
+        async def message(_message: Any) -> None:
+            self.health.connected()
+
+        async def watch() -> None:
+            interval = min(2.0, self._settings.platform_grace_seconds / 4)
+            while True:
+                await asyncio.sleep(interval)
+                if await handler.client.is_connected():
+                    self.health.connected()
+                else:
+                    self.health.disconnected()
+
+        handler.client.on_message_listeners.append(message)
+        self._watcher = asyncio.get_running_loop().create_task(watch(), name="slack-socket-watch")
+
     async def stop(self, *, grace: float = 5.0) -> None:
         """Close Socket Mode, let handler tasks finish (then cancel stragglers)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
@@ -181,6 +208,10 @@ class SlackAdapter:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """`POST /slack/events`: Bolt verifies the signature (401 otherwise) and dispatches."""
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            # slack_sdk's verifier calls int() on it and would answer 500 with a traceback.
+            return web.json_response({"error": "invalid request"}, status=401)
         bolt_request = await to_bolt_request(request)
         return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
 
@@ -208,7 +239,7 @@ class SlackAdapter:
                         return
                     _log.info("response_url refused (%s)", resp.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                _log.warning("response_url failed: %s", exc)
+                _log.warning("response_url failed: %s", type(exc).__name__)  # its URL is a credential
         if target is None:
             return
         channel, user = target
@@ -367,6 +398,10 @@ class SlackAdapter:
             return
         user = press.user
         actor = await self._actor(press.team_id, user.id, user.username or user.name, press.channel_id)
+        if action is ButtonAction.DELETE:
+            await self.engine.may_delete(actor, job_id)
+            await self._delete_result(press)
+            return
         reply = SlackReply(
             self,
             SlackAddress(
@@ -379,6 +414,17 @@ class SlackAdapter:
         )
         key = request_key("action", press.team_id, user.id, press.actions[0].action_ts)
         await self.engine.press(actor, action, job_id, index, reply, request_key=key)
+
+    async def _delete_result(self, press: BlockActions) -> None:
+        """Delete a result card and the files shared with it (named by its Delete button)."""
+        for file_id in delete_targets(press.actions[0].value):
+            try:
+                await self.client.files_delete(file=file_id)
+            except SlackApiError as exc:  # already gone, or not the bot's: the card still goes
+                _log.info("could not delete slack file %s: %s", file_id, slack_error(exc))
+        ts = press.container.message_ts or (press.message.ts if press.message else None)
+        if ts:
+            await self.client.chat_delete(channel=press.channel_id, ts=ts)
 
     # --- the edit modal and the message shortcut -------------------------------------------
 
@@ -465,4 +511,5 @@ class SlackAdapter:
 
 
 def _headline(user: str, what: str) -> str:
-    return f"<@{user}> · {plain(mrkdwn(what.strip()), 280)}"
+    # `what` holds the member's raw command text: rendered with no mention surviving.
+    return f"<@{user}> · {plain(mrkdwn(what.strip(), mentions=False), 280)}"

@@ -12,33 +12,41 @@ from bot import messages
 from bot.params import FLAGS_HELP
 from bot.reply import Button, ButtonAction
 
-__all__ = ["HELP", "edit_modal", "message_blocks", "mrkdwn", "plain"]
+__all__ = ["HELP", "delete_targets", "edit_modal", "escape", "message_blocks", "mrkdwn", "plain"]
 
 SECTION_LIMIT = 3000  # characters of one section's text
 TEXT_LIMIT = 4000  # what we send as a message's notification text
 BUTTONS_PER_BLOCK = 25
 
+_FILE_ID = re.compile(r"F[A-Z0-9]+")  # Slack file ids; job ids are lower-case hex
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
-# Slack's own markup that must pass through unescaped: mentions, channels, specials, links.
-_CONTROL = re.compile(r"<(?:[@#!][A-Za-z0-9^|._-]+(?:\|[^<>]*)?|(?:https?|mailto):[^<>\s]+)>")
+# Everything the bot posts to Slack goes through `mrkdwn`, which escapes every `&`, `<` and `>`:
+# no user text (a prompt in a caption or headline, a file name, a flag value echoed in an
+# error) can become a mention, a channel ping (`<!channel>`, `<!here>`, `<!everyone>`) or a
+# disguised link. The one markup that survives is a mention the core wrote itself, marked by
+# `messages.mention` with a word joiner that user text never holds (the command models strip
+# it). Links the adapter adds (files over the upload limit) are appended after rendering.
+_CORE_MENTION = re.compile(re.escape(messages.MENTION_MARK) + r"(<[@#][^\s<>&|]+>)")
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """Slack's three escapes; the one function every echoed string passes through."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def mrkdwn(text: str) -> str:
-    """Shared wording (`**bold**`, `code`) as Slack mrkdwn; user text is escaped so a prompt
-    with `<` or `&` cannot turn into a mention or a link."""
+def mrkdwn(text: str, *, mentions: bool = True) -> str:
+    """Shared wording (`**bold**`, `code`) as Slack mrkdwn, every `&`, `<`, `>` escaped except
+    the core's own marked mentions. `mentions=False` for text that carries raw Slack input the
+    command models never cleaned (a headline, a file name): then nothing survives."""
     text = _BOLD.sub(r"*\1*", text)
     out: list[str] = []
     last = 0
-    for m in _CONTROL.finditer(text):
-        out.append(_escape(text[last : m.start()]))
-        out.append(m.group(0))
+    for m in _CORE_MENTION.finditer(text) if mentions else ():
+        out.append(escape(text[last : m.start()]))
+        out.append(m.group(1))
         last = m.end()
-    out.append(_escape(text[last:]))
-    return "".join(out)
+    out.append(escape(text[last:]))
+    return "".join(out).replace(messages.MENTION_MARK, "")
 
 
 #: `/imagine help` as mrkdwn: escaped, or Slack would read `<prompt>` as a link
@@ -50,20 +58,30 @@ def plain(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _button(button: Button) -> dict[str, Any]:
+def _button(button: Button, files: Sequence[str]) -> dict[str, Any]:
     element: dict[str, Any] = {
         "type": "button",
         "action_id": button.custom_id,
         "text": {"type": "plain_text", "text": plain(button.label, 75)},
-        "value": button.job_id,
+        # Delete carries the ids of the files shared with this card, to remove them too
+        # (no state kept: it works after a restart).
+        "value": ",".join(files) if button.action is ButtonAction.DELETE and files else button.job_id,
     }
-    if button.action is ButtonAction.CANCEL:
+    if button.action in (ButtonAction.CANCEL, ButtonAction.DELETE):
         element["style"] = "danger"
     return element
 
 
-def message_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, Any]]:
-    """A section with `text` (already mrkdwn) and the buttons in actions blocks."""
+def delete_targets(value: str | None) -> list[str]:
+    """The file ids a Delete button's value names (see `message_blocks`)."""
+    return [f for f in (value or "").split(",") if _FILE_ID.fullmatch(f)]
+
+
+def message_blocks(
+    text: str, buttons: Sequence[Button] = (), files: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """A section with `text` (already mrkdwn) and the buttons in actions blocks; `files` are
+    the ids of the files uploaded with this message (its Delete button removes them too)."""
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": plain(text, SECTION_LIMIT)}}
     ]
@@ -73,7 +91,7 @@ def message_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, 
             {
                 "type": "actions",
                 "block_id": f"ib-actions-{start // BUTTONS_PER_BLOCK}",
-                "elements": [_button(b) for b in chunk],
+                "elements": [_button(b, files) for b in chunk],
             }
         )
     return blocks
@@ -89,7 +107,10 @@ def edit_modal(target: EditTarget, subject: str) -> dict[str, Any]:
         "submit": {"type": "plain_text", "text": messages.edit_dialog_submit()},
         "close": {"type": "plain_text", "text": messages.edit_dialog_close()},
         "blocks": [
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": plain(mrkdwn(subject), 300)}]},
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": plain(mrkdwn(subject, mentions=False), 300)}],
+            },
             {
                 "type": "input",
                 "block_id": INSTRUCTION_BLOCK,

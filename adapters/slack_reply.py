@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -102,8 +102,8 @@ class SlackReply:
         except _PLATFORM_ERRORS as exc:
             _log.warning("slack %s failed job=%s channel=%s: %s", what, job_id, self.address.channel, exc)
 
-    async def _show(self, text: str, buttons: Iterable[Button]) -> None:
-        blocks = message_blocks(text, tuple(buttons))
+    async def _show(self, text: str, buttons: Iterable[Button], files: Sequence[str] = ()) -> None:
+        blocks = message_blocks(text, tuple(buttons), files)
         client = self._adapter.client
         if self.address.status_ts is not None:
             try:
@@ -148,17 +148,19 @@ class SlackReply:
 
     async def _deliver(self, result: JobResult) -> None:
         adapter = self._adapter
-        caption = mrkdwn(result.text)
         uploads, links = await adapter.prepare_files(result)
+        shared: list[str] = []  # file ids, for the card's Delete button
         if uploads:
 
             async def upload() -> None:
-                await adapter.client.files_upload_v2(
+                # No initial_comment: the caption lives on the result card (with the buttons),
+                # so it is shown once, not again above the files.
+                response = await adapter.client.files_upload_v2(
                     channel=self.address.channel,
                     thread_ts=self.address.thread_ts,
                     file_uploads=uploads,
-                    initial_comment=caption,
                 )
+                shared[:] = [str(f["id"]) for f in response.get("files") or [] if f.get("id")]
 
             try:
                 await self._in_reach(upload)
@@ -169,7 +171,7 @@ class SlackReply:
         text = self._with_headline(result.text)
         if links:
             text += "\n" + "\n".join(f"<{url}|{name}>" for name, url in _named(links, result.files))
-        await self._show(text, result.buttons)
+        await self._show(text, result.buttons, shared)
 
 
 def slack_error(exc: SlackApiError) -> str:

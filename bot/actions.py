@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
 
 from bot import messages
 from bot.admission import Admission
-from bot.catalog import SEED_MAX, Catalog
+from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImageRef, Model3DCommand
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError, NotFoundError, UserError
 from bot.jobs import Ticket
-from bot.params import parse_edit, parse_model3d
+from bot.params import parse_edit, parse_model3d, random_seed
+from bot.policy import check_job_id
 from bot.reply import JobPhase, JobResult, OutputFile, Reply
 from bot.store import JobRecord, JobStore
 from providers.base import Kind
@@ -40,6 +40,7 @@ class ResultActions:
 
     async def own_job(self, actor: Actor, job_id: str, *, spending: bool = True) -> JobRecord:
         """The job, if the actor may see it (and spend on it: owner or moderator)."""
+        job_id = check_job_id(job_id)  # typed by the user: may hold characters SQLite refuses
         job = await self.store.get(job_id)
         if job is None or job.tenant != actor.tenant:
             raise NotFoundError(messages.job_not_found(job_id))
@@ -71,7 +72,7 @@ class ResultActions:
     ) -> Ticket:
         """Same parameters as `job_id`, a new seed. Owner or moderator only."""
         parent = await self.own_job(actor, job_id)
-        spec = parent.spec.model_copy(update={"seed": random.randint(0, SEED_MAX)})
+        spec = parent.spec.model_copy(update={"seed": random_seed()})
         async with self._one_click(parent, actor, parent.spec.kind):
             return await self.admission.admit(
                 actor, spec, reply, request_key=request_key, parent_id=parent.id
@@ -130,6 +131,13 @@ class ResultActions:
             files=(image,),
             buttons=self.delivery.result_buttons(job, 1, index=index),
         )
+
+    async def may_delete(self, actor: Actor, job_id: str) -> None:
+        """Raise a UserError unless `actor` may delete the messages of `job_id`'s result:
+        its requester, or a moderator of its server."""
+        job = await self.own_job(actor, job_id, spending=False)
+        if job.actor.user_id != actor.user_id and not actor.is_moderator:
+            raise UserError(messages.not_yours_to_delete())
 
     async def show(self, actor: Actor, job_id: str) -> JobResult:
         """A finished job's result again, with its buttons (like Midjourney's /show)."""

@@ -8,9 +8,10 @@ restart can use the adapter's live connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from bot.health import Readiness
 from bot.registry import load
 
 if TYPE_CHECKING:
@@ -32,13 +33,15 @@ ADAPTERS: dict[str, str] = {
 @dataclass(slots=True)
 class AdapterContext:
     """Everything an adapter may use: the engine (its only way to act), settings, the bot's
-    HTTP server (to mount routes before it starts), the shared HTTP session and media store."""
+    HTTP server (to mount routes before it starts), the shared HTTP session and media store,
+    and `readiness`, where it reports its connection (`readiness.platform(name)`)."""
 
     engine: Engine
     settings: Settings
     web: Any  # bot.web.WebServer
     session: aiohttp.ClientSession
     media: Any  # bot.media.MediaStore
+    readiness: Readiness = field(default_factory=lambda: Readiness(grace=60.0, give_up=900.0))
 
 
 class Adapter(Protocol):

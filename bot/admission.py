@@ -21,8 +21,8 @@ from bot.errors import BannedError, FrozenError, QueueFullError
 from bot.jobs import EngineConfig, Ticket
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
-from bot.params import JobSpec, parse_edit, parse_imagine, parse_model3d
-from bot.policy import check_prompt
+from bot.params import JobSpec, fit_to_input, parse_edit, parse_imagine, parse_model3d
+from bot.policy import check_image_source, check_prompt
 from bot.reply import JobPhase, Reply
 from bot.scheduler import Scheduler
 from bot.store import JobRecord, JobStore, new_job_id
@@ -94,6 +94,7 @@ class Admission:
         parent_id: str | None = None,
     ) -> Ticket:
         """Parse a generation command and admit it (see `admit`)."""
+        check_image_source(actor, command)  # a chat member never names a file on our disk
         if request_key and (existing := await self.store.by_request_key(request_key)):
             return self.ticket(existing)
         image: ImageRef | None
@@ -133,6 +134,7 @@ class Admission:
             raise QueueFullError(messages.queue_full())
         if image is not None and (image.url or image.path or image.data):
             stored = await self.media.load_input(image)
+            spec = fit_to_input(spec, stored.width, stored.height)
             spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})
         unit = await self.tenants.get(
             (tenant, "cost", spec.kind.value, spec.model or "*"),

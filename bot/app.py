@@ -6,6 +6,7 @@ The only place that names concrete vendors (through `providers.PROVIDERS`) and a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from bot.catalog import Catalog
 from bot.config import Settings
 from bot.db import Database
 from bot.engine import Engine, EngineConfig
+from bot.health import DatabaseProbe, Readiness
+from bot.instance import InstanceLock
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.metrics import Metrics
@@ -72,7 +75,9 @@ class BotApp:
     """Everything the bot runs, started and stopped together.
 
     `platforms` overrides which adapters start (default: every configured one); `extra`
-    adapters (the console) are started too, after the configured ones.
+    adapters (the console) are started too, after the configured ones. `single_instance`
+    takes the database's instance lock first (ConfigError when another bot holds it);
+    `resume=False` follows only the jobs this process admits.
     """
 
     def __init__(
@@ -82,8 +87,12 @@ class BotApp:
         platforms: Sequence[str] | None = None,
         extra_adapters: Sequence[Any] = (),
         sandbox: Any = None,
+        single_instance: bool = False,
+        resume: bool = True,
     ) -> None:
         self.settings = settings
+        self._single_instance = single_instance
+        self._resume = resume
         self._given_sandbox = sandbox  # tests pass their own (latency, faults)
         self._platforms = platforms
         self._extra = extra_adapters
@@ -97,6 +106,11 @@ class BotApp:
         self.media: MediaStore
         self.metrics: Metrics
         self.router: Router
+        self.readiness = Readiness(
+            grace=settings.platform_grace_seconds,
+            give_up=settings.platform_give_up_seconds,
+            db_probe=DatabaseProbe(settings.db_path),
+        )
 
     def adapter_names(self) -> list[str]:
         """The platforms that will start."""
@@ -122,6 +136,10 @@ class BotApp:
     async def _start(self) -> None:
         s = self.settings
         stack = self._stack
+        if self._single_instance:
+            lock = InstanceLock(s.db_path)
+            await asyncio.to_thread(lock.acquire)
+            stack.callback(lock.release)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         signer = Signer(
             load_or_create_key(
@@ -165,6 +183,7 @@ class BotApp:
             max_input_bytes=s.max_input_bytes,
             max_result_bytes=s.max_result_bytes,
             allow_private=s.media_allow_private,
+            result_allow_private=s.sandbox or s.media_allow_private,  # the sandbox vendors live on loopback
             link_base_url=s.public_base_url,
             link_ttl=s.media_link_ttl,
         )
@@ -205,9 +224,19 @@ class BotApp:
             metrics=self.metrics,
             files_dir=s.files_dir,
             health=health,
+            readiness=self.readiness.check,
             on_webhook=self.engine.handle_webhook,
+            vendors=providers,
+            metrics_token=s.metrics_token.get_secret_value() if s.metrics_token else None,
         )
-        ctx = AdapterContext(engine=self.engine, settings=s, web=self.web, session=session, media=self.media)
+        ctx = AdapterContext(
+            engine=self.engine,
+            settings=s,
+            web=self.web,
+            session=session,
+            media=self.media,
+            readiness=self.readiness,
+        )
         adapters: list[Any] = [load_adapter(name)(ctx) for name in self.adapter_names()]
         adapters += [cls(ctx) for cls in self._extra]
         await stack.enter_async_context(self.web)
@@ -219,7 +248,8 @@ class BotApp:
             await adapter.start()
             stack.push_async_callback(adapter.stop)
             self.adapters[adapter.name] = adapter
-        await self.engine.resume()
+        if self._resume:
+            await self.engine.resume()
         _log.info(
             "imagine-bot up: platforms=%s vendors=%s http=%s",
             ",".join(self.adapters) or "none",

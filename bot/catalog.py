@@ -2,17 +2,25 @@
 
 Built from the configured providers' `routes()`; the core never names a vendor module. Limits
 shown to users (prompt length, image count, sizes) are the most generous any configured route
-offers — the router then picks a route that can serve the exact request.
+offers — the router then picks a route that can serve the exact request (`accepts`). A vendor's
+own limit (API in One wants 3 characters or more) is never the user's fault while another route
+can take the request; `Catalog.check` speaks up only when none can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from bot import messages
+from bot.errors import InvalidInputError
 from providers.base import Kind, RouteSpec
 
-__all__ = ["ASPECT_CHOICES", "SEED_MAX", "Catalog", "Limits"]
+if TYPE_CHECKING:
+    from bot.params import JobSpec
+
+__all__ = ["ASPECT_CHOICES", "SEED_MAX", "Catalog", "Limits", "accepts"]
 
 #: aspect ratios offered as choices in platform UIs; any W:H within MAX_RATIO also parses
 ASPECT_CHOICES: tuple[str, ...] = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
@@ -29,6 +37,21 @@ class Limits:
     max_count: int
     min_side: int
     max_side: int
+
+
+def accepts(route: RouteSpec, spec: JobSpec, *, has_image: bool | None = None) -> bool:
+    """Whether `route` can take the request as asked: its kind, input (for 3D), image count and
+    prompt length. Sizes never disqualify a route: the router maps them to the nearest it makes.
+
+    `has_image` defaults to whether the spec carries a stored input (known only after admission).
+    """
+    if route.kind is not spec.kind:
+        return False
+    if has_image is None:
+        has_image = bool(spec.input_name or spec.input_url)
+    if spec.kind is Kind.MODEL3D and route.needs_image != has_image:
+        return False
+    return spec.count <= route.max_images and route.min_prompt <= len(spec.prompt) <= route.max_prompt
 
 
 class Catalog:
@@ -57,6 +80,24 @@ class Catalog:
             min_side=min([*sides, *(r.min_side for r in routes if not r.sizes)]),
             max_side=max([*sides, *(r.max_side for r in routes if not r.sizes)]),
         )
+
+    def check(self, spec: JobSpec, *, has_image: bool) -> JobSpec:
+        """`spec` itself when a route of the user's choice can take it (the router then skips
+        the others); else raises `InvalidInputError` with one clear message."""
+        routes = [r for r in self.for_kind(spec.kind) if self.matches(r, spec.model)]
+        if spec.kind is Kind.MODEL3D:
+            routes = [r for r in routes if r.needs_image == has_image]
+        if not routes or any(accepts(r, spec, has_image=has_image) for r in routes):
+            return spec  # no route at all is reported by the parsers, as "not configured"
+        what = "instruction" if spec.kind is Kind.EDIT else "prompt"
+        length = len(spec.prompt)
+        fits = [r for r in routes if r.min_prompt <= length <= r.max_prompt]
+        if not fits:
+            minimum = min(r.min_prompt for r in routes)
+            maximum = max(r.max_prompt for r in routes)
+            raise InvalidInputError(messages.prompt_length_refused(what, length, minimum, maximum))
+        kind_words = {Kind.IMAGE: "images", Kind.EDIT: "this edit", Kind.MODEL3D: "this 3D model"}
+        raise InvalidInputError(messages.no_model_takes(kind_words[spec.kind]))
 
     def model_names(self, kind: Kind) -> list[str]:
         """Names a user may pass as `--model`: route keys and vendor names, catalog order."""

@@ -6,6 +6,7 @@ imagine-bot imagine|edit|model3d …     one job through the engine and ledger
 imagine-bot credits show|grant|take|set|history USER [AMOUNT]
 imagine-bot providers check            try each configured vendor's key
 imagine-bot discord sync [--guild ID]  push slash commands to Discord
+imagine-bot db backup PATH             a consistent copy of the database, safe while the bot runs
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import Settings, settings_problems
 from bot.errors import ConfigError, UserError
+from bot.logs import setup_logging as _setup_logging
+
+if TYPE_CHECKING:
+    from bot.app import BotApp
 
 __all__ = ["main"]
 
@@ -37,42 +42,6 @@ NO_VENDOR = (
     "no vendor configured — set at least one of APIINONE_API_KEY, PIXAZO_API_KEY, AIMLAPI_API_KEY, "
     "NOVITA_API_KEY, RUNWARE_API_KEY (or SANDBOX=true for the loopback emulators)"
 )
-
-
-class _SecretFilter(logging.Filter):
-    """Last line of defence: mask configured secrets if any code path ever logs one."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 6]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            msg = record.getMessage()
-            if any(s in msg for s in self._secrets):
-                for s in self._secrets:
-                    msg = msg.replace(s, "***")
-                record.msg, record.args = msg, None
-        return True
-
-
-def _setup_logging(settings: Settings, level: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    secrets = [
-        v.get_secret_value()
-        for k, v in settings.__dict__.items()
-        if v is not None and hasattr(v, "get_secret_value") and k
-    ]
-    handler.addFilter(_SecretFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel((level or settings.log_level).upper())
-    for noisy in ("aiohttp.access", "discord.gateway", "discord.client", "slack_bolt"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # At DEBUG these write request URLs that carry interaction tokens: never below INFO.
-    for leaky in ("discord.http", "discord.webhook.async_", "slack_sdk"):
-        logging.getLogger(leaky).setLevel(max(logging.INFO, root.level))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
         "action", choices=["list", "resume"], help="resume: finish or refund them all, then exit"
     )
 
+    db = sub.add_parser("db", help="database tools")
+    db.add_argument("action", choices=["backup"], help="backup: a consistent copy, safe while the bot runs")
+    db.add_argument("path", help="the backup file, or a directory for a timestamped one")
+
     dc = sub.add_parser("discord", help="Discord tools")
     dc.add_argument("action", choices=["sync"])
     dc.add_argument("--guild", help="sync to one guild (instant) instead of globally")
@@ -127,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        print(f"imagine-bot: setting {str(err['loc'][0]).upper()} is invalid: {err['msg']}", file=sys.stderr)
-        return 2
+        return _report_bad_settings(exc)
     try:
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as exc:
@@ -137,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _report_bad_settings(exc: ValidationError) -> int:
+    # Every problem at once, so the operator fixes the .env in one go.
+    for line in settings_problems(exc):
+        print(f"imagine-bot: {line}", file=sys.stderr)
+    return 2
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,6 +133,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _jobs(args, settings)
         case "discord":
             return await _discord(args, settings)
+        case "db":
+            return await _db(args, settings)
     return 2
 
 
@@ -190,7 +170,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = _demo_settings(settings, args.data_dir)
     _setup_logging(settings, "WARNING")
     console_cls = load_adapter("console")
-    async with BotApp(settings, platforms=[], extra_adapters=[console_cls]) as app:
+    async with BotApp(settings, platforms=[], extra_adapters=[console_cls], single_instance=True) as app:
         print(
             f"imagine-bot demo: sandbox vendors on loopback, files under {settings.files_dir.resolve()}",
             flush=True,
@@ -202,7 +182,7 @@ async def _run(settings: Settings) -> int:
     from bot.app import BotApp
 
     _setup_logging(settings)
-    app = BotApp(settings)
+    app = BotApp(settings, single_instance=True)
     if not app.adapter_names():
         print(NOTHING_TO_RUN, file=sys.stderr)
         return 2
@@ -212,8 +192,24 @@ async def _run(settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with app:
-        await stop.wait()
-        _log.info("stopping: unfinished jobs will resume on the next start")
+        return await _serve(app, stop)
+
+
+async def _serve(app: BotApp, stop: asyncio.Event) -> int:
+    """Until a signal (exit 0) or a platform gone for good (exit 1: the restart policy
+    brings the bot back with a fresh connection)."""
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+    gone = asyncio.create_task(app.readiness.gone(), name="platform-watch")
+    try:
+        await asyncio.wait({stopped, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, gone):
+            task.cancel()
+        await asyncio.gather(stopped, gone, return_exceptions=True)
+    if gone.done() and not gone.cancelled() and gone.exception() is None:
+        _log.error("exiting: %s; unfinished jobs will resume on the next start", gone.result())
+        return 1
+    _log.info("stopping: unfinished jobs will resume on the next start")
     return 0
 
 
@@ -233,7 +229,8 @@ async def _one_job(args: argparse.Namespace, settings: Settings) -> int:
     def cli_console(ctx: Any) -> Any:
         return console_cls(ctx, stdin=io.StringIO(line + "\n"), actor=actor, strict=True)  # type: ignore[call-arg]
 
-    app = BotApp(settings, platforms=[], extra_adapters=[cli_console])
+    resume = await asyncio.to_thread(_no_bot_running, settings)
+    app = BotApp(settings, platforms=[], extra_adapters=[cli_console], resume=resume)
     async with app:
         if not app.router.providers:
             raise ConfigError(NO_VENDOR)
@@ -346,7 +343,9 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     def quiet_console(ctx: Any) -> Any:
         return console_cls(ctx, stdin=io.StringIO(""))  # type: ignore[call-arg]
 
-    async with BotApp(_local_settings(settings), platforms=[], extra_adapters=[quiet_console]) as app:
+    async with BotApp(
+        _local_settings(settings), platforms=[], extra_adapters=[quiet_console], single_instance=True
+    ) as app:
         code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
         await app.engine.drain()
     return code
@@ -362,6 +361,27 @@ async def _discord(args: argparse.Namespace, settings: Settings) -> int:
     count = await module.sync_commands(settings, args.guild)
     print(f"synced {count} command(s) " + (f"to guild {args.guild}" if args.guild else "globally"))
     return 0
+
+
+async def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from bot.backup import backup_database
+
+    _setup_logging(settings, "WARNING")
+    target = Path(args.path)
+    if args.path.endswith("/"):  # a directory the operator means, even if it does not exist yet
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+    written = await backup_database(settings.db_path, target)
+    print(f"backed up {settings.db_path} to {written}")
+    return 0
+
+
+def _no_bot_running(settings: Settings) -> bool:
+    # A one-off job next to a running bot follows only its own job, never the bot's.
+    from bot.instance import InstanceLock
+
+    return not InstanceLock(settings.db_path).held_elsewhere()
 
 
 def _exit_user_error(err: UserError) -> int:

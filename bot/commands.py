@@ -6,9 +6,14 @@ Ids are strings. The models are frozen and forbid unknown fields.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bot import messages
+from bot.errors import InvalidInputError
 
 __all__ = [
     "Actor",
@@ -21,7 +26,24 @@ __all__ = [
     "ModOp",
     "Model3DCommand",
     "Platform",
+    "clean_text",
 ]
+
+# C0 and C1 controls except newline (tab and carriage return become a space / newline first),
+# bidi embeddings, overrides and isolates, the directional marks, and the word joiner that
+# `messages.mention` uses to mark the core's own mentions (so user text can never forge one).
+_INVISIBLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """User text as it may be stored, shown and sent to a vendor: controls and invisible
+    direction changes removed (newlines kept). Lone UTF-16 surrogates (discord.py makes them
+    from `\\ud800` escapes) cannot be stored or sent at all: InvalidInputError."""
+    if _SURROGATE.search(value):
+        raise InvalidInputError(messages.unreadable_characters())
+    value = value.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    return _INVISIBLE.sub("", value)
 
 
 class Platform(StrEnum):
@@ -34,7 +56,15 @@ class Platform(StrEnum):
 
 
 class _Frozen(BaseModel):
+    """The boundary: every text field of every command model is cleaned (`clean_text`) here,
+    whichever adapter built it, before the core parses, stores or echoes it."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _clean(cls, value: Any) -> Any:
+        return clean_text(value) if isinstance(value, str) else value
 
 
 class Actor(_Frozen):

@@ -20,6 +20,7 @@ from bot.errors import BotError
 from bot.jobs import EngineConfig, JobEndedError, LogReply, file_from_stored, file_to_stored
 from bot.media import DownloadError, MediaStore
 from bot.metrics import Metrics
+from bot.pngmeta import ResultInfo
 from bot.reply import (
     Button,
     ButtonAction,
@@ -207,11 +208,12 @@ class Delivery:
         Transport trouble (5xx, 429, timeouts) is retried with backoff until the job's
         deadline: the vendor has billed already. Raises JobEndedError when it cannot be done."""
         dest = self.media.files_dir / "jobs" / job.id
+        info = ResultInfo(job.spec.prompt, job.spec.negative, job.spec.seed, job.route or "", job.id)
         delay = 0.25
         while True:
             try:
                 files = [
-                    await self.media.save_result(artifact, dest, f"{job.id}-{i}")
+                    await self.media.save_result(artifact, dest, f"{job.id}-{i}", metadata=info)
                     for i, artifact in enumerate(update.artifacts)
                 ]
                 break
@@ -226,7 +228,15 @@ class Delivery:
             raise JobEndedError(
                 messages.failed(messages.REASON_DOWNLOAD), "the vendor reported success without files"
             )
+        try:
+            model = await self.media.model_preview(files, dest / f"{job.id}-view")
+        except BotError as exc:
+            raise JobEndedError(messages.failed(messages.REASON_DOWNLOAD), str(exc)) from exc
+        files += [model.thumbnail] if model.thumbnail else []
         images = [f for f in files if f.role == "image"]
+        size = job.result.size if job.result else None
+        if images and images[0].width and images[0].height:  # vendors may snap to their own sizes
+            size = (images[0].width, images[0].height)
         try:
             preview = (
                 await self.media.compose_grid(images, dest / f"{job.id}-grid") if len(images) > 1 else None
@@ -235,9 +245,10 @@ class Delivery:
             raise JobEndedError(messages.failed(messages.REASON_DOWNLOAD), str(exc)) from exc
         root = self.media.files_dir
         return StoredResult(
-            size=job.result.size if job.result else None,
+            size=size,
             files=[file_to_stored(f, root) for f in files],
             preview=file_to_stored(preview, root) if preview else None,
+            faces=model.faces,
         )
 
     def files(self, job: JobRecord) -> list[OutputFile]:
@@ -261,6 +272,7 @@ class Delivery:
                 job.spec.seed,
                 job.cost,
                 len(images),
+                stored.faces,
             ),
             files=tuple(files),
             preview=file_from_stored(stored.preview, self.media) if stored.preview else None,
@@ -268,9 +280,12 @@ class Delivery:
         )
 
     def result_buttons(self, job: JobRecord, images: int, *, index: int | None = None) -> tuple[Button, ...]:
-        """Reroll, Edit and Make 3D (on image `index`, or the first), and U1…U4 for several."""
+        """Reroll, Edit and Make 3D (on image `index`, or the first), U1…U4 for several, Delete."""
         if job.spec.kind is Kind.MODEL3D:
-            return (Button(ButtonAction.REROLL, job.id, "Reroll"),)
+            return (
+                Button(ButtonAction.REROLL, job.id, "Reroll"),
+                Button(ButtonAction.DELETE, job.id, "Delete"),
+            )
         kinds = self.catalog.kinds()
         target = index if index is not None else (0 if images > 1 else None)
         buttons = [Button(ButtonAction.REROLL, job.id, "Reroll")]
@@ -280,4 +295,4 @@ class Delivery:
             buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", target))
         if images > 1:
             buttons += [Button(ButtonAction.SINGLE, job.id, f"U{i + 1}", i) for i in range(images)]
-        return tuple(buttons)
+        return (*buttons, Button(ButtonAction.DELETE, job.id, "Delete"))

@@ -41,7 +41,7 @@ from bot.reply import ButtonAction, JobPhase, JobResult, Reply, ReplyRestorer
 from bot.router import Router
 from bot.runner import Runner, WebhookURL
 from bot.scheduler import Scheduler
-from bot.store import JobStore
+from bot.store import JobRecord, JobStore
 from providers.base import Kind, ProviderError
 
 __all__ = ["CreditsView", "Engine", "EngineConfig", "LogReply", "ModResult", "Ticket"]
@@ -308,8 +308,19 @@ class Engine:
                 await self.cancel(actor, job_id)
             case ButtonAction.EDIT:
                 raise ValueError("Edit needs an instruction: call edit_result")
+            case ButtonAction.DELETE:
+                raise ValueError("Delete removes platform messages: check may_delete, then delete")
             case _:
                 assert_never(action)
+
+    async def recent_jobs(self, actor: Actor, limit: int = 25) -> list[JobRecord]:
+        """The actor's own latest jobs here, newest first (job-id autocomplete)."""
+        return await self.store.recent(actor.tenant, actor.user_id, limit)
+
+    async def may_delete(self, actor: Actor, job_id: str) -> None:
+        """Raise a UserError unless `actor` may delete the messages of `job_id`'s result:
+        its requester, or a moderator of its server."""
+        await self.actions.may_delete(actor, job_id)
 
     async def cancel(self, actor: Actor, job_id: str) -> str:
         """Cancel an unfinished job (owner or moderator) and release its hold; the answer.

@@ -168,7 +168,7 @@ class CreditLedger:
         budget = settings["budget"] if settings else None
         used = _one(conn, "SELECT used FROM budget_used WHERE tenant = ? AND day = ?", (tenant, day))
         if budget is not None and (used["used"] if used else 0) + amount > budget:
-            raise TenantBudgetError(messages.budget_exhausted())
+            raise TenantBudgetError(messages.budget_exhausted(budget, float((day + 1) * _DAY)))
         conn.execute(
             "INSERT INTO budget_used (tenant, day, used) VALUES (?, ?, ?)"
             " ON CONFLICT (tenant, day) DO UPDATE SET used = used + excluded.used",
@@ -367,7 +367,7 @@ class CreditLedger:
                 have = account["balance"]
                 raise InvalidInputError(
                     messages.invalid(
-                        f"<@{user}> has only {messages.credits_word(have)}, so you can't take {amount}.",
+                        f"{messages.mention(user)} has only {messages.credits_word(have)}, so you can't take {amount}.",
                         f"Take at most {have}.",
                     )
                 )

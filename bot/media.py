@@ -2,8 +2,10 @@
 
 Every byte that crosses the network is streamed under a size cap and its type is sniffed from
 the bytes themselves (a Slack login page answers 200 with HTML, vendors mislabel files). User
-URLs may only reach public addresses: each hop is resolved once, checked, and the connection
-pinned to the checked address, so DNS cannot swap in a private one between check and connect.
+URLs and vendor result URLs may only reach public addresses (unless private ones are allowed:
+tests, the sandbox's loopback vendors): each hop, redirects included, is resolved once,
+checked, and the connection pinned to the checked address, so DNS cannot swap in a private one
+between check and connect.
 Pillow and file work run in threads, never on the event loop.
 """
 
@@ -28,10 +30,10 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import aiohttp
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from yarl import URL
 
-from bot import messages
+from bot import mesh_preview, messages, pngmeta
 from bot.commands import ImageRef
 from bot.errors import BotError, InvalidInputError
 from bot.reply import OutputFile
@@ -42,7 +44,10 @@ __all__ = [
     "GLB_CONTENT_TYPE",
     "DownloadError",
     "MediaStore",
+    "ModelPreview",
     "StoredImage",
+    "badge_box",
+    "grid_badge",
     "is_public_address",
     "sniff",
 ]
@@ -63,6 +68,8 @@ _MAX_ADDRESSES = 4
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GRID_LONG_SIDE = 1024
 _GRID_BACKGROUND = (24, 24, 24)
+_BADGE_FILL = (0, 0, 0, 170)  # dark, see-through enough to keep the picture readable under it
+_BADGE_INK = (255, 255, 255, 255)
 _THUMB_START_SIDE = 2048
 _THUMB_MIN_SIDE = 32
 
@@ -80,6 +87,15 @@ class StoredImage:
     height: int
     size: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreview:
+    """What the bot adds to a 3D result: a rendered picture when the vendor sent none, and
+    the model's face count; either is None when the GLB could not be read."""
+
+    thumbnail: OutputFile | None
+    faces: int | None
 
 
 class DownloadError(BotError):
@@ -136,6 +152,14 @@ class _NotImageError(Exception):
     pass
 
 
+class _PrivateAddressError(Exception):
+    """A URL's host is (or resolves to) a non-public address."""
+
+
+class _UnresolvableError(Exception):
+    """A URL's host does not resolve."""
+
+
 class MediaStore:
     """Fetches, checks and stores media under `files_dir`, and signs links to it.
 
@@ -152,6 +176,7 @@ class MediaStore:
         max_input_bytes: int,
         max_result_bytes: int,
         allow_private: bool,
+        result_allow_private: bool | None = None,
         link_base_url: str | None = None,
         link_ttl: int = 3600,
         clock: Callable[[], float] = time.time,
@@ -167,6 +192,9 @@ class MediaStore:
         self.max_input_bytes = max_input_bytes
         self.max_result_bytes = max_result_bytes
         self.allow_private = allow_private
+        # Vendor results follow the same rule; only the sandbox's loopback vendors need an
+        # exception of their own (None: the same as for user URLs).
+        self.result_allow_private = allow_private if result_allow_private is None else result_allow_private
         self.link_base_url = link_base_url
         self.link_ttl = link_ttl
         self._clock = clock
@@ -257,12 +285,19 @@ class MediaStore:
                 raise InvalidInputError(messages.image_unsupported_scheme(url.scheme))
             if not url.raw_host:
                 raise unreachable
-            targets, host_header, server_hostname = await self._pin(url, ref.label)
+            try:
+                targets, host_header, server_hostname = await self._pin(url, allow_private=self.allow_private)
+            except _PrivateAddressError:
+                _log.info("input refused, private address: %s", ref.label)
+                raise InvalidInputError(messages.image_private_address(url.host or url.raw_host)) from None
+            except _UnresolvableError:
+                _log.info("input host does not resolve: %s", ref.label)
+                raise unreachable from None
             sent = dict(headers)
             if host_header:
                 sent["Host"] = host_header
             try:
-                resp = await self._connect(targets, sent, server_hostname)
+                resp = await self._connect(targets, sent, server_hostname, self._input_timeout)
                 async with resp:
                     location = resp.headers.get("Location")
                     if resp.status in _REDIRECTS and location:
@@ -284,7 +319,11 @@ class MediaStore:
         raise unreachable
 
     async def _connect(
-        self, targets: Sequence[URL], headers: dict[str, str], server_hostname: str | None
+        self,
+        targets: Sequence[URL],
+        headers: dict[str, str],
+        server_hostname: str | None,
+        timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         """GET the first target that accepts a connection (the addresses of one host)."""
         for i, target in enumerate(targets):
@@ -294,42 +333,39 @@ class MediaStore:
                     headers=headers,
                     allow_redirects=False,
                     server_hostname=server_hostname,
-                    timeout=self._input_timeout,
+                    timeout=timeout,
                 )
             except aiohttp.ClientConnectorError:
                 if i == len(targets) - 1:
                     raise
         raise aiohttp.ClientConnectionError("no address to connect to")
 
-    async def _pin(self, url: URL, label: str) -> tuple[list[URL], str | None, str | None]:
+    async def _pin(self, url: URL, *, allow_private: bool) -> tuple[list[URL], str | None, str | None]:
         """Where to connect for `url`: (target URLs in order, Host header, TLS server name).
 
         With `allow_private` the URL is used as is. Otherwise every address the host
-        resolves to must be public, and the connection goes to those checked addresses.
+        resolves to must be public (`_PrivateAddressError`), and the connection goes to those
+        checked addresses. `_UnresolvableError` when the host does not resolve.
         """
         host = url.raw_host
         assert host is not None
-        if self.allow_private:
+        if allow_private:
             return [url], None, None
-        refused = InvalidInputError(messages.image_private_address(url.host or host))
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
             literal = None
         if literal is not None:
             if not is_public_address(literal):
-                _log.info("input refused, private address: %s", label)
-                raise refused
+                raise _PrivateAddressError
             return [url], None, None
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            _log.info("input host does not resolve: %s", label)
-            raise InvalidInputError(messages.image_unreachable(label)) from None
+            raise _UnresolvableError from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos))
         if not addresses or not all(is_public_address(a) for a in addresses):
-            _log.info("input refused, host resolves to a private address: %s", label)
-            raise refused
+            raise _PrivateAddressError
         return (
             [url.with_host(str(a)) for a in addresses[:_MAX_ADDRESSES]],
             url.host_port_subcomponent,
@@ -356,11 +392,14 @@ class MediaStore:
 
     # --- results --------------------------------------------------------------------------
 
-    async def save_result(self, source: Artifact, dest_dir: Path, stem: str) -> OutputFile:
+    async def save_result(
+        self, source: Artifact, dest_dir: Path, stem: str, *, metadata: pngmeta.ResultInfo | None = None
+    ) -> OutputFile:
         """Download (or write) one vendor artifact to `dest_dir/<stem>.<ext>` now.
 
         The extension and role come from the bytes: PNG/JPEG/WebP → "image" (or
-        "thumbnail" when the vendor said so), binary glTF → "model". Raises `DownloadError`.
+        "thumbnail" when the vendor said so), binary glTF → "model". A PNG image gets
+        `metadata` (with its measured size) as text chunks. Raises `DownloadError`.
         """
         await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
         part = dest_dir / f".{stem}.{secrets.token_hex(4)}.part"
@@ -385,6 +424,9 @@ class MediaStore:
             else:
                 width, height = await asyncio.to_thread(self._measure, part)
                 role = "image" if source.role == "image" else "thumbnail"
+                if metadata is not None and role == "image" and content_type == "image/png":
+                    info = metadata.fields(width, height, seed=source.seed)
+                    size = await pngmeta.stamp_png(part, info) or size
             final = dest_dir / f"{stem}.{ext}"
             await asyncio.to_thread(os.replace, part, final)
         except BaseException:
@@ -404,22 +446,54 @@ class MediaStore:
         )
 
     async def _download(self, url: str, part: Path) -> tuple[bytes, int]:
-        """Stream `url` into `part` under the result cap; returns (first bytes, size)."""
+        """Stream `url` into `part` under the result cap; returns (first bytes, size).
+
+        The vendor's URL gets the user URLs' guard: http(s) only, public addresses only
+        (pinned), every redirect hop checked again, at most `_MAX_REDIRECTS` of them.
+        """
         shown = _redact(url)
         try:
-            async with self._session.get(url, timeout=self._result_timeout) as resp:
-                if resp.status != 200:
-                    retryable = resp.status >= 500 or resp.status in (408, 425, 429)
-                    _log.warning("result download HTTP %d: %s", resp.status, shown)
-                    raise DownloadError(
-                        f"the result download failed (HTTP {resp.status})", retryable=retryable
+            current = URL(url)
+        except (ValueError, TypeError):
+            raise DownloadError("the vendor's result URL is not a valid link", retryable=False) from None
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                if current.scheme not in ("http", "https") or not current.raw_host:
+                    _log.warning("result refused, not an http(s) URL: %s", _redact(str(current)))
+                    raise DownloadError("the vendor's result URL is not an http(s) link", retryable=False)
+                try:
+                    targets, host_header, server_hostname = await self._pin(
+                        current, allow_private=self.result_allow_private
                     )
-                if resp.content_length is not None and resp.content_length > self.max_result_bytes:
-                    raise DownloadError(self._too_big_text(resp.content_length), retryable=False)
-                return await self._stream_to(resp, part)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                except _PrivateAddressError:
+                    _log.warning("result refused, private address: %s", _redact(str(current)))
+                    raise DownloadError(
+                        "the vendor's result URL points at a private address", retryable=False
+                    ) from None
+                except _UnresolvableError:
+                    _log.warning("result host does not resolve: %s", _redact(str(current)))
+                    raise DownloadError("the vendor's result host does not resolve", retryable=True) from None
+                headers = {"Host": host_header} if host_header else {}
+                resp = await self._connect(targets, headers, server_hostname, self._result_timeout)
+                async with resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        current = current.join(URL(location))
+                        continue
+                    if resp.status != 200:
+                        retryable = resp.status >= 500 or resp.status in (408, 425, 429)
+                        _log.warning("result download HTTP %d: %s", resp.status, shown)
+                        raise DownloadError(
+                            f"the result download failed (HTTP {resp.status})", retryable=retryable
+                        )
+                    if resp.content_length is not None and resp.content_length > self.max_result_bytes:
+                        raise DownloadError(self._too_big_text(resp.content_length), retryable=False)
+                    return await self._stream_to(resp, part)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             _log.warning("result download failed %s: %s", shown, type(exc).__name__)
             raise DownloadError("the result download was interrupted", retryable=True) from None
+        _log.warning("result download: too many redirects: %s", shown)
+        raise DownloadError("the vendor's result URL redirects too often", retryable=False)
 
     async def _stream_to(self, resp: aiohttp.ClientResponse, part: Path) -> tuple[bytes, int]:
         out: BinaryIO = await asyncio.to_thread(part.open, "wb")
@@ -447,7 +521,7 @@ class MediaStore:
     def _measure(self, path: Path) -> tuple[int, int]:
         try:
             with path.open("rb") as f:
-                _, width, height = _decode_image(f, self._max_pixels)
+                _, width, height = _verify_image(f, self._max_pixels)
         except (_NotImageError, _TooManyPixelsError):
             raise DownloadError("the vendor's image is damaged or unreadable", retryable=False) from None
         return width, height
@@ -455,7 +529,8 @@ class MediaStore:
     # --- previews -------------------------------------------------------------------------
 
     async def compose_grid(self, files: Sequence[OutputFile], dest: Path) -> OutputFile:
-        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px.
+        """A 2×2 preview of 1–4 images (two side by side), long side ≤ 1024 px, each tile
+        numbered 1–4 in its top-left corner to match the U1–U4 buttons.
 
         JPEG (quality 90) unless `dest` ends in `.png`; the extension is added when missing.
         """
@@ -473,6 +548,38 @@ class MediaStore:
             width=width,
             height=height,
         )
+
+    async def model_preview(self, files: Sequence[OutputFile], dest: Path) -> ModelPreview:
+        """For a result holding a GLB: its face count, and a shaded PNG view of it at `dest`
+        unless the vendor sent a thumbnail. A model that cannot be read gets neither (logged);
+        the delivery goes on without them."""
+        model = next((f for f in files if f.role == "model"), None)
+        if model is None:
+            return ModelPreview(None, None)
+        if any(f.role == "thumbnail" for f in files):
+            try:
+                faces = await asyncio.to_thread(_count_faces, model.path)
+            except (mesh_preview.MeshError, OSError) as exc:
+                _log.info("face count unknown for %s: %s", model.filename, exc)
+                return ModelPreview(None, None)
+            return ModelPreview(None, faces)
+        out = _with_suffix(dest, (".png",), ".png")
+        try:
+            shot = await mesh_preview.render_preview(model.path, out)
+        except (mesh_preview.MeshError, OSError) as exc:
+            _log.warning("no preview for the model %s: %s", model.filename, exc)
+            return ModelPreview(None, None)
+        thumbnail = OutputFile(
+            path=out,
+            filename=out.name,
+            content_type="image/png",
+            size=shot.size,
+            role="thumbnail",
+            url=self.link_for(out),
+            width=shot.width,
+            height=shot.height,
+        )
+        return ModelPreview(thumbnail, shot.faces)
 
     async def thumbnail_under(self, file: OutputFile, limit_bytes: int, dest: Path) -> OutputFile:
         """A downscaled JPEG of `file` of at most `limit_bytes`, for images over a platform's
@@ -524,6 +631,27 @@ def _decode_image(fp: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
                 raise _TooManyPixelsError
             img.load()
             fmt, width, height = img.format, img.width, img.height
+    except Image.DecompressionBombError:
+        raise _TooManyPixelsError from None
+    except _TooManyPixelsError:
+        raise
+    except Exception:  # Pillow raises many types on malformed data
+        raise _NotImageError from None
+    if fmt not in _IMAGE_FORMATS:
+        raise _NotImageError
+    return fmt, width, height
+
+
+def _verify_image(fp: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
+    """(Pillow format, width, height) from the header, for vendor results: `verify()` walks
+    the file's structure (a PNG's chunks and their checksums) without decoding the pixels,
+    which costs a fraction of a full decode on every delivered image."""
+    try:
+        with Image.open(fp, formats=tuple(_IMAGE_FORMATS)) as img:
+            fmt, width, height = img.format, img.width, img.height
+            if width * height > max_pixels:
+                raise _TooManyPixelsError
+            img.verify()
     except Image.DecompressionBombError:
         raise _TooManyPixelsError from None
     except _TooManyPixelsError:
@@ -599,7 +727,32 @@ def _compose(paths: Sequence[Path], out: Path) -> tuple[int, int, int]:
         x = col * cell_w + (cell_w - fitted.width) // 2
         y = row * cell_h + (cell_h - fitted.height) // 2
         canvas.paste(fitted, (x, y))
+        if len(images) > 1:  # numbers pair tiles with U1–U4; a lone image has no buttons to match
+            bx, by, side = badge_box(fitted.width, fitted.height)
+            badge = grid_badge(index + 1, side)
+            canvas.paste(badge, (x + bx, y + by), mask=badge.getchannel("A"))
     return canvas.width, canvas.height, _save(canvas, out)
+
+
+def badge_box(tile_width: int, tile_height: int) -> tuple[int, int, int]:
+    """Where a tile's number badge goes: (x, y) from the tile's top-left corner, and its side."""
+    side = max(14, round(min(tile_width, tile_height) * 0.09))
+    margin = max(2, side // 4)
+    return margin, margin, side
+
+
+def grid_badge(number: int, side: int) -> Image.Image:
+    """The RGBA badge for tile `number`: a white digit on a dark rounded square."""
+    badge = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(badge)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=max(2, side // 5), fill=_BADGE_FILL)
+    font = ImageFont.load_default(size=max(8, round(side * 0.7)))
+    draw.text((side / 2, side / 2), str(number), font=font, fill=_BADGE_INK, anchor="mm")
+    return badge
+
+
+def _count_faces(path: Path) -> int:
+    return mesh_preview.parse_glb(path.read_bytes()).faces
 
 
 def _encode_jpeg(img: Image.Image, quality: int) -> bytes:

@@ -6,6 +6,22 @@ Keep them short, friendly and ending with what to do next.
 
 from __future__ import annotations
 
+#: Marks a mention the core itself wrote (a word joiner: invisible on every platform). Slack
+#: renders marked mentions and escapes every other `<`, `>` and `&`, so a prompt or reason
+#: echoed back can never ping anyone; user text is stripped of this character at the boundary
+#: (`bot.commands.clean_text`), so it cannot forge one.
+MENTION_MARK = "\u2060"
+
+
+def mention(user_id: str) -> str:
+    """A mention of a member, written by the core (e.g. a moderator's answer)."""
+    return f"{MENTION_MARK}<@{user_id}>"
+
+
+def channel_mention(channel_id: str) -> str:
+    """A link to a channel, written by the core."""
+    return f"{MENTION_MARK}<#{channel_id}>"
+
 
 def credits_word(n: int) -> str:
     """`1 credit`, `5 credits`."""
@@ -33,9 +49,11 @@ def banned() -> str:
     return "You're not allowed to generate images here. Ask a moderator if you think this is a mistake."
 
 
-def budget_exhausted() -> str:
-    """The tenant's budget is spent."""
-    return "This server has used up its generation budget for today. Please try again tomorrow."
+def budget_exhausted(budget: int | None = None, resets_at: float | None = None) -> str:
+    """The tenant's daily budget is spent: the cap and when it resets, when known."""
+    cap = f" of {credits_word(budget)}" if budget is not None else ""
+    when = f" It resets {_when(resets_at)}." if resets_at is not None else " It resets at midnight UTC."
+    return f"This server has used up its daily generation budget{cap}.{when}"
 
 
 def blocked_prompt(word: str) -> str:
@@ -71,6 +89,17 @@ def not_your_job() -> str:
     return "Only the person who started this job (or a moderator) can use that button."
 
 
+def not_yours_to_delete() -> str:
+    """Someone pressed Delete on another member's result."""
+    return "Only the person who asked for this result (or a moderator) can delete it."
+
+
+def job_choice(job_id: str, kind: str, state: str, prompt: str) -> str:
+    """One suggestion in the job-id autocomplete of /show and /cancel (at most 100 characters)."""
+    label = f"{job_id} · {kind} · {state}" + (f" · {' '.join(prompt.split())}" if prompt.strip() else "")
+    return label if len(label) <= 100 else label[:99] + "…"
+
+
 def already_running() -> str:
     """A second click while the first job is still going."""
     return "That's already running. I'll post the result here when it's done."
@@ -82,6 +111,27 @@ def already_running() -> str:
 def invalid(what: str, fix: str) -> str:
     """A parameter problem: what is wrong, then how to fix it."""
     return f"{what} {fix}"
+
+
+def unreadable_characters() -> str:
+    """Text with broken characters (lone UTF-16 surrogates) that cannot be stored or sent."""
+    return (
+        "Your text contains broken characters I can't read (often a half-copied emoji). "
+        "Please retype it without them."
+    )
+
+
+def prompt_length_refused(what: str, length: int, minimum: int, maximum: int) -> str:
+    """No configured model takes a prompt (or instruction) of this length."""
+    if length < minimum:
+        chars = "character" if length == 1 else "characters"
+        return f"Your {what} is {length} {chars} long; the models here need at least {minimum}. Please say a little more."
+    return f"Your {what} is {length:,} characters long; the models here take at most {maximum:,}. Please shorten it."
+
+
+def no_model_takes(what: str) -> str:
+    """No configured model can take this combination of options."""
+    return f"No model here can make {what} with these options. Try fewer images or another `--model`."
 
 
 def invalid_amount(amount: int, limit: int) -> str:
@@ -142,19 +192,33 @@ def lost_after_restart() -> str:
 
 
 def result_caption(
-    job_id: str, kind: str, prompt: str, size: tuple[int, int], seed: int | None, cost: int, images: int
+    job_id: str,
+    kind: str,
+    prompt: str,
+    size: tuple[int, int],
+    seed: int | None,
+    cost: int,
+    images: int,
+    faces: int | None = None,
 ) -> str:
-    """The text under a delivered result."""
+    """The text under a delivered result (a 3D model's face count when known)."""
     what = {"image": "Image" if images <= 1 else f"{images} images", "edit": "Edit", "model3d": "3D model"}[
         kind
     ]
     short = prompt if len(prompt) <= 180 else prompt[:177] + "…"
     bits = [f"{size[0]}×{size[1]}"] if kind != "model3d" else []
+    if kind == "model3d" and faces is not None:
+        bits.append(faces_word(faces))
     if seed is not None:
         bits.append(f"seed {seed}")
     bits.append(credits_word(cost))
     head = f"**{short}**\n" if short else ""
     return f"{head}{what} · {' · '.join(bits)} · job `{job_id}`"
+
+
+def faces_word(n: int) -> str:
+    """`1 face`, `12,480 faces`: a 3D model's size."""
+    return f"{n:,} face" if n == 1 else f"{n:,} faces"
 
 
 def single_caption(job_id: str, index: int, prompt: str) -> str:
@@ -179,9 +243,15 @@ def _when(ts: float) -> str:
 
 
 def credits_view(
-    balance: int, held: int, allowance: int, next_refill: float, frozen_: bool, recent: tuple[dict, ...]
+    balance: int,
+    held: int,
+    allowance: int,
+    next_refill: float,
+    frozen_: bool,
+    recent: tuple[dict, ...],
+    banned_: bool = False,
 ) -> str:
-    """/credits."""
+    """/credits: balance, holds, refill, freeze and ban, and what each recent job cost."""
     lines = [f"You have **{credits_word(balance)}**."]
     if held:
         lines.append(f"{credits_word(held)} are reserved for jobs still running.")
@@ -191,14 +261,25 @@ def credits_view(
         )
     if frozen_:
         lines.append(frozen())
+    if banned_:
+        lines.append(banned())
     if recent:
         lines.append("Recent jobs:")
         for job in recent:
             prompt = (job.get("prompt") or "")[:60]
             lines.append(
-                f"• `{job['id']}` {job['kind']} — {job['state']} — {credits_word(job['cost'])} — {prompt}"
+                f"• `{job['id']}` {job['kind']} — {_job_charge(job['state'], job['cost'])} — {prompt}"
             )
     return "\n".join(lines)
+
+
+def _job_charge(state: str, cost: int) -> str:
+    # What the job did to the member's credits, in words: a refunded job cost nothing.
+    if state == "done":
+        return f"done, charged {credits_word(cost)}"
+    if state in ("failed", "cancelled"):
+        return f"{state}, refunded"
+    return f"{state}, {credits_word(cost)} held"
 
 
 def mod_balance(op: str, user: str, amount: int, balance: int) -> str:
@@ -208,16 +289,16 @@ def mod_balance(op: str, user: str, amount: int, balance: int) -> str:
         "take": f"Took {credits_word(amount)} from",
         "set": "Set the balance of",
     }[op]
-    return f"{verb} <@{user}>. Their balance is now {credits_word(balance)}."
+    return f"{verb} {mention(user)}. Their balance is now {credits_word(balance)}."
 
 
 def mod_flag(op: str, user: str) -> str:
     """After freeze/unfreeze/ban/unban."""
     return {
-        "freeze": f"Froze the credits of <@{user}>.",
-        "unfreeze": f"Unfroze the credits of <@{user}>.",
-        "ban": f"Banned <@{user}> from generating here.",
-        "unban": f"<@{user}> may generate again.",
+        "freeze": f"Froze the credits of {mention(user)}.",
+        "unfreeze": f"Unfroze the credits of {mention(user)}.",
+        "ban": f"Banned {mention(user)} from generating here.",
+        "unban": f"{mention(user)} may generate again.",
     }[op]
 
 
@@ -252,16 +333,27 @@ def mod_blocklist(added: bool, words: list[str], now: list[str] | tuple[str, ...
     return f"{verb} {', '.join(f'`{w}`' for w in words)}. " + blocklist_view(now)
 
 
+#: How ledger entry kinds read in a member's history.
+_ENTRY_WORDS = {
+    "hold": "job",
+    "release": "refund",
+    "allowance": "daily allowance",
+}
+
+
 def history_view(user: str, entries: list) -> str:
-    """/quota history @user."""
-    if not entries:
-        return f"<@{user}> has no credit history yet."
-    lines = [f"Credit history of <@{user}> (newest first):"]
-    for e in entries:
+    """/quota history @user: each change with its job id; settles (which move nothing) left out."""
+    shown = [e for e in entries if not (e.kind == "settle" and not e.delta)]
+    if not shown:
+        return f"{mention(user)} has no credit history yet."
+    lines = [f"Credit history of {mention(user)} (newest first):"]
+    for e in shown:
         delta = f"{e.delta:+d}" if e.delta else "±0"
-        why = f" — {e.reason}" if e.reason else ""
+        what = _ENTRY_WORDS.get(e.kind, e.kind)
+        job = f" `{e.job_id}`" if e.job_id else ""
+        why = f" — {e.reason}" if e.reason and e.kind not in ("hold",) else ""
         by = f" by {e.actor}" if e.actor else ""
-        lines.append(f"• {_when(e.ts)} {e.kind} {delta} → {e.balance_after}{by}{why}")
+        lines.append(f"• {_when(e.ts)} {what}{job} {delta} → {e.balance_after}{by}{why}")
     return "\n".join(lines)
 
 
@@ -270,7 +362,7 @@ def top_view(rows: list) -> str:
     if not rows:
         return "Nobody has spent credits yet."
     return "Top spenders:\n" + "\n".join(
-        f"{i}. <@{user}> — {credits_word(spent)}" for i, (user, spent) in enumerate(rows, 1)
+        f"{i}. {mention(user)} — {credits_word(spent)}" for i, (user, spent) in enumerate(rows, 1)
     )
 
 
@@ -286,7 +378,7 @@ def mod_log_line(actor: str, op: str, target: str | None, command: object, reaso
     amount = getattr(command, "amount", None)
     bits = [f"{actor} ran `{op}`"]
     if target:
-        bits.append(f"on <@{target}>")
+        bits.append(f"on {mention(target)}")
     if amount is not None:
         bits.append(f"({amount})")
     if getattr(command, "kind", None):
@@ -338,6 +430,14 @@ def image_unreachable(label: str) -> str:
     )
 
 
+def local_path_refused() -> str:
+    """A chat member named a file on the bot's disk; the same words whether it exists or not."""
+    return (
+        "I can only use images you attach or link to (http:// or https://), not file paths. "
+        "Please attach the image instead."
+    )
+
+
 def image_unreadable(label: str) -> str:
     """A local input file could not be read."""
     return f"I couldn't read {label}. Check the path, or attach the image instead."
@@ -375,7 +475,7 @@ def slack_cannot_post_here() -> str:
 
 def discord_sent_by_dm(channel_id: str) -> str:
     """Discord: the first line of a job message that came by DM because the channel refused it."""
-    return f"I can't post in <#{channel_id}>, so this comes to you by direct message."
+    return f"I can't post in {channel_mention(channel_id)}, so this comes to you by direct message."
 
 
 def file_too_big(filename: str, size: str) -> str:
@@ -421,6 +521,26 @@ def edit_instruction_missing() -> str:
     return "Say what should change."
 
 
+def edit_dialog_expired() -> str:
+    """An edit dialog submitted after the bot forgot which image it was for (a restart)."""
+    return "That edit dialog has expired. Please open it again on the message."
+
+
+def discord_edit_menu() -> str:
+    """Discord: the message context menu that edits a message's image (32 characters at most)."""
+    return "Edit image"
+
+
+def discord_model3d_menu() -> str:
+    """Discord: the message context menu that turns a message's image into a 3D model."""
+    return "Make 3D model"
+
+
+def no_image_in_message() -> str:
+    """A context menu (or shortcut) on a message that carries no usable image."""
+    return "That message has no image I can use. Pick one with an attached picture or an image link."
+
+
 def edit_file_subject(filename: str | None) -> str:
     """Names the chat file an edit modal works on."""
     return f"Editing **{filename or 'image'}**"
@@ -457,6 +577,128 @@ def slack_help(flags_help: str) -> str:
         "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, blocklist, "
         "history, top\n" + flags_help
     )
+
+
+# Discord's slash-command and option descriptions (at most 100 characters each), by command
+# path ("quota blocklist add"); the console and Slack explain the same commands in their help.
+_MEMBER_REASON = "Why (shown in the moderation log)"
+_COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
+    "imagine": (
+        "Create images from a text prompt (Hunyuan Image 3)",
+        {
+            "prompt": "What to draw; inline --ar 16:9 --seed 7 --no text --n 4 work too",
+            "aspect": "Aspect ratio",
+            "seed": "Seed, to repeat a result",
+            "negative": "Things to leave out",
+            "count": "How many images",
+            "model": "Model or vendor",
+        },
+    ),
+    "edit": (
+        "Change an image by instruction",
+        {
+            "image": "The image to change",
+            "instruction": "What should change",
+            "seed": "Seed, to repeat a result",
+            "model": "Model or vendor",
+        },
+    ),
+    "model3d": (
+        "Make a 3D model (.glb) from a prompt or an image",
+        {
+            "prompt": "What to model (or attach an image instead)",
+            "image": "An image to turn into 3D",
+            "face_count": "Mesh detail: 40,000 to 1,500,000 faces",
+            "geometry_only": "Skip textures (faster)",
+            "model": "Model or vendor",
+        },
+    ),
+    "credits": ("Your credits, daily allowance and recent jobs", {}),
+    "show": (
+        "Post a finished job's result again, with its buttons",
+        {"job_id": "The job id from the result's caption (pick one of your recent jobs)"},
+    ),
+    "cancel": (
+        "Cancel a job that is still running (you are not charged)",
+        {"job_id": "The job id from its status message (pick one of your running jobs)"},
+    ),
+    "quota": ("Manage members' credits (moderators)", {}),
+    "quota grant": (
+        "Give a member credits",
+        {
+            "member": "The member who gets the credits",
+            "amount": "How many credits to give",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota take": (
+        "Take credits from a member",
+        {
+            "member": "The member to take credits from",
+            "amount": "How many credits to take",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota set": (
+        "Set a member's balance",
+        {
+            "member": "The member whose balance to set",
+            "amount": "Their new balance, in credits",
+            "reason": _MEMBER_REASON,
+        },
+    ),
+    "quota freeze": (
+        "Freeze a member's credits",
+        {"member": "The member whose credits to freeze", "reason": _MEMBER_REASON},
+    ),
+    "quota unfreeze": (
+        "Unfreeze a member's credits",
+        {"member": "The member whose credits to unfreeze", "reason": _MEMBER_REASON},
+    ),
+    "quota ban": (
+        "Stop a member from generating here",
+        {"member": "The member to stop from generating", "reason": _MEMBER_REASON},
+    ),
+    "quota unban": (
+        "Let a banned member generate again",
+        {"member": "The member who may generate again", "reason": _MEMBER_REASON},
+    ),
+    "quota allowance": (
+        "Daily credits every member gets",
+        {"amount": "Credits each member is topped up to every day (0: no daily top-up)"},
+    ),
+    "quota cost": (
+        "Credits a command kind costs",
+        {"kind": "Which command", "amount": "Credits it costs (per image for image)"},
+    ),
+    "quota budget": (
+        "Server-wide daily credit cap (0 removes it)",
+        {"amount": "Credits the whole server may spend per day (0 removes the cap)"},
+    ),
+    "quota history": ("A member's credit history", {"member": "The member whose history to show"}),
+    "quota top": ("Who spent the most credits", {}),
+    "quota spend": ("What generation cost at the vendors", {}),
+    "quota blocklist": ("Words refused in prompts", {}),
+    "quota blocklist add": (
+        "Refuse prompts with these words",
+        {"words": "Words to refuse, separated by spaces or commas"},
+    ),
+    "quota blocklist remove": (
+        "Allow these words again",
+        {"words": "Words to allow again, separated by spaces or commas"},
+    ),
+    "quota blocklist list": ("Show the blocked words", {}),
+}
+
+
+def command_description(path: str) -> str:
+    """A slash command's one-line description (`path` like "quota grant")."""
+    return _COMMANDS[path][0]
+
+
+def option_descriptions(path: str) -> dict[str, str]:
+    """Descriptions of a slash command's options, by option name."""
+    return dict(_COMMANDS[path][1])
 
 
 def console_help(flags_help: str) -> str:

@@ -49,7 +49,13 @@ class Moderation:
             banned=account.banned,
             recent=recent,
             text=messages.credits_view(
-                account.balance, account.held, account.allowance, account.next_refill, account.frozen, recent
+                account.balance,
+                account.held,
+                account.allowance,
+                account.next_refill,
+                account.frozen,
+                recent,
+                banned_=account.banned,
             ),
         )
 

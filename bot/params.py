@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 
@@ -20,7 +21,16 @@ from bot.commands import EditCommand, ImagineCommand, Model3DCommand
 from bot.errors import InvalidInputError
 from providers.base import Kind
 
-__all__ = ["FLAGS_HELP", "JobSpec", "parse_edit", "parse_flags", "parse_imagine", "parse_model3d"]
+__all__ = [
+    "FLAGS_HELP",
+    "JobSpec",
+    "fit_to_input",
+    "parse_edit",
+    "parse_flags",
+    "parse_imagine",
+    "parse_model3d",
+    "random_seed",
+]
 
 FLAGS_HELP = (
     "Options you can add after your prompt:\n"
@@ -221,7 +231,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
 
     if size_raw:
         width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
-        aspect = f"{width // math.gcd(width, height)}:{height // math.gcd(width, height)}"
+        aspect = _ratio(width, height)
     elif aspect_raw:
         aw, ah = _parse_aspect(aspect_raw)
         width, height = size_for_aspect(aw, ah)
@@ -238,7 +248,10 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
                     f"`--n {count}` is out of range.", f"Ask for 1 to {limits.max_count} images."
                 )
             )
+    # A result always states its seed, so the bot picks one when the user gave none.
     seed = _parse_seed(seed_raw)
+    if seed is None:
+        seed = random_seed()
     if negative is not None:
         negative = " ".join(negative.split()) or None
         if negative and len(negative) > limits.max_prompt:
@@ -248,7 +261,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
                 )
             )
     model = _check_model(model, Kind.IMAGE, catalog)
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.IMAGE,
         prompt=prompt,
         negative=negative,
@@ -259,6 +272,13 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
         seed=seed,
         model=model,
     )
+    return catalog.check(spec, has_image=False)
+
+
+def random_seed() -> int:
+    """A fresh seed for a job the user gave none (and for Reroll); 1 and up, since some
+    vendors (AI/ML API) treat 0 as "random"."""
+    return secrets.randbelow(SEED_MAX) + 1
 
 
 def _parse_seed(raw: str | None) -> int | None:
@@ -298,7 +318,42 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
     instruction = _check_prompt(flags.prompt, limits.max_prompt, what="instruction")
     seed = _parse_seed(_merge(cmd.seed, flags.values.get("seed")))
     model = _check_model(_merge(cmd.model, flags.values.get("model")), Kind.EDIT, catalog)
-    return JobSpec(kind=Kind.EDIT, prompt=instruction, seed=seed, model=model)
+    # An explicit --size or --ar wins; otherwise `fit_to_input` follows the input image once
+    # the engine has read it (aspect stays None until then).
+    width, height, aspect = 1024, 1024, None
+    if size_raw := flags.values.get("size"):
+        width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
+        aspect = _ratio(width, height)
+    elif aspect_raw := flags.values.get("aspect"):
+        aw, ah = _parse_aspect(aspect_raw)
+        width, height = size_for_aspect(aw, ah)
+        aspect = f"{aw}:{ah}"
+    spec = JobSpec(
+        kind=Kind.EDIT,
+        prompt=instruction,
+        seed=seed,
+        model=model,
+        width=width,
+        height=height,
+        aspect=aspect,
+    )
+    return catalog.check(spec, has_image=True)
+
+
+def fit_to_input(spec: JobSpec, width: int, height: int) -> JobSpec:
+    """An edit with no --ar/--size keeps its input's aspect ratio (the router then picks the
+    route's nearest supported size); any other spec is returned unchanged."""
+    if spec.kind is not Kind.EDIT or spec.aspect is not None or width <= 0 or height <= 0:
+        return spec
+    # Clamp very stretched inputs to the widest ratio the bot accepts anywhere.
+    ratio = min(max(width / height, 1 / MAX_RATIO), MAX_RATIO)
+    w, h = size_for_aspect(round(ratio * 1000), 1000)
+    return spec.model_copy(update={"width": w, "height": h, "aspect": _ratio(w, h)})
+
+
+def _ratio(width: int, height: int) -> str:
+    g = math.gcd(width, height)
+    return f"{width // g}:{height // g}"
 
 
 def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
@@ -327,13 +382,14 @@ def parse_model3d(cmd: Model3DCommand, catalog: Catalog) -> JobSpec:
     if not routes:
         what = "from an image" if has_image else "from text"
         raise InvalidInputError(messages.not_configured(f"3D generation {what}"))
-    return JobSpec(
+    spec = JobSpec(
         kind=Kind.MODEL3D,
         prompt=prompt,
         face_count=face_count,
         geometry_only=cmd.geometry_only,
         model=model,
     )
+    return catalog.check(spec, has_image=has_image)
 
 
 def split_words(text: str) -> list[str]:

@@ -55,6 +55,7 @@ class ButtonAction(StrEnum):
     MAKE_3D = "make3d"
     SINGLE = "single"  # post one image of a multi-image result alone, full size
     CANCEL = "cancel"
+    DELETE = "delete"  # remove the result's messages (requester or moderator; `Engine.may_delete`)
 
     @property
     def spends(self) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.catalog import Catalog
+from bot.catalog import Catalog, accepts
 from bot.errors import BotError
 from bot.metrics import Metrics
 from bot.params import JobSpec
@@ -27,7 +27,6 @@ from providers.base import (
     JobHandle,
     JobState,
     JobUpdate,
-    Kind,
     OutOfFundsError,
     Provider,
     ProviderError,
@@ -167,16 +166,13 @@ class Router:
     def candidates(self, spec: JobSpec, *, exclude: Iterable[str] = ()) -> list[RouteSpec]:
         """Routes able to serve the spec's parameters, in preference order (health ignored)."""
         skip = set(exclude)
-        has_image = bool(spec.input_name or spec.input_url)
         out: list[RouteSpec] = []
         for r in self.catalog.for_kind(spec.kind):
             if r.key in skip or r.vendor not in self.providers:
                 continue
             if not self.catalog.matches(r, spec.model):
                 continue
-            if spec.kind is Kind.MODEL3D and r.needs_image != has_image:
-                continue
-            if spec.count > r.max_images or len(spec.prompt) > r.max_prompt:
+            if not accepts(r, spec):  # input, image count, prompt length (a vendor's own limits)
                 continue
             out.append(r)
         # A negative prompt is a wish, not a requirement: prefer routes that honour it.

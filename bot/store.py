@@ -85,6 +85,7 @@ class StoredResult(BaseModel):
     size: tuple[int, int] | None = None
     files: list[StoredFile] = Field(default_factory=list)
     preview: StoredFile | None = None
+    faces: int | None = None  # a 3D model's face count, when its GLB could be read
 
 
 class LostRaceError(BotError):

@@ -18,6 +18,7 @@ from bot.commands import (
     ModCommand,
     Model3DCommand,
     ModOp,
+    clean_text,
 )
 from bot.errors import InvalidInputError
 
@@ -139,7 +140,7 @@ def parse_mod(text: str) -> ModCommand:
 
 def parse_text(line: str) -> TextCommand:
     """One typed line into a command; raises InvalidInputError for unknown commands."""
-    line = line.strip()
+    line = clean_text(line).strip()  # the models clean again; job ids and names need it here
     if not line.startswith("/"):
         line = "/imagine " + line  # a bare prompt is an /imagine, as in Midjourney's DMs
     name, _, rest = line[1:].partition(" ")

@@ -1,5 +1,5 @@
-"""The bot's one HTTP server: health, metrics, vendor webhooks, signed media links, and any
-route an adapter mounts (Slack's request URL).
+"""The bot's one HTTP server: liveness and readiness, metrics, vendor webhooks, signed media
+links, and any route an adapter mounts (Slack's request URL).
 
 Webhook tokens and media signatures travel in query strings, so the access log records paths
 only, never queries.
@@ -8,12 +8,13 @@ only, never queries.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import mimetypes
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Self
 
@@ -66,7 +67,10 @@ class WebServer:
         metrics: Metrics,
         files_dir: Path,
         health: HealthCheck | None = None,
+        readiness: HealthCheck | None = None,
         on_webhook: WebhookHandler | None = None,
+        vendors: Collection[str] = (),
+        metrics_token: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         clock: Callable[[], float] = time.time,
         shutdown_timeout: float = 5.0,
@@ -77,13 +81,17 @@ class WebServer:
         self._metrics = metrics
         self._files_dir = Path(os.path.abspath(files_dir))
         self._health = health
+        self._readiness = readiness
         self._on_webhook = on_webhook
+        self._vendors = frozenset(vendors)
+        self._metrics_token = metrics_token
         self._clock = clock
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         # client_max_size caps every body read (webhooks, Slack events): 413 beyond it.
         self._app = web.Application(client_max_size=max_body_bytes)
         self._app.router.add_get("/healthz", self._healthz)
+        self._app.router.add_get("/readyz", self._readyz)
         self._app.router.add_get("/metrics", self._metrics_page)
         self._app.router.add_post("/webhooks/{vendor}/{job_id}", self._webhook)
         self._app.router.add_get("/media/{name:.*}", self._media)
@@ -147,27 +155,30 @@ class WebServer:
     # --- handlers --------------------------------------------------------------------------
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        if self._health is None:
-            return _json({"ok": True})
-        try:
-            data = dict(await self._health())
-        except Exception:
-            _log.exception("health check failed")
-            return _json({"ok": False, "error": "health check failed"}, status=503)
-        data.setdefault("ok", True)
-        return _json(data, status=200 if data["ok"] else 503)
+        return await _answer("health", self._health)
 
-    async def _metrics_page(self, _request: web.Request) -> web.Response:
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        return await _answer("readiness", self._readiness)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        if self._metrics_token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self._metrics_token}".encode()):
+                return web.Response(
+                    status=401, text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
+                )
         body, content_type = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _webhook(self, request: web.Request) -> web.Response:
         vendor = request.match_info["vendor"]
         job_id = request.match_info["job_id"]
+        if vendor not in self._vendors:
+            # Before any metric: a caller-chosen vendor name must never become a label.
+            return _json({"ok": False, "error": "unknown vendor"}, status=404)
         if not self._signer.check_webhook_token(job_id, request.query.get("token")):
-            # The vendor label is caller-chosen here: keep it out of the metric's label set.
-            self._metrics.webhooks_total.labels(vendor="-", outcome="forbidden").inc()
-            _log.warning("webhook refused (bad token) vendor=%s job=%s", vendor[:40], job_id[:64])
+            self._metrics.webhooks_total.labels(vendor=vendor, outcome="forbidden").inc()
+            _log.warning("webhook refused (bad token) vendor=%s job=%s", vendor, job_id[:64])
             return _json({"ok": False, "error": "forbidden"}, status=403)
         body = await request.read()
         if self._on_webhook is None:
@@ -211,6 +222,19 @@ class WebServer:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+
+async def _answer(what: str, check: HealthCheck | None) -> web.Response:
+    # 200 when the check says ok, 503 otherwise (or when the check itself fails)
+    if check is None:
+        return _json({"ok": True})
+    try:
+        data = dict(await check())
+    except Exception:
+        _log.exception("%s check failed", what)
+        return _json({"ok": False, "error": f"{what} check failed"}, status=503)
+    data.setdefault("ok", True)
+    return _json(data, status=200 if data["ok"] else 503)
 
 
 def _json(data: Mapping[str, Any], status: int = 200) -> web.Response:

@@ -42,16 +42,17 @@ _log = logging.getLogger(__name__)
 
 MODEL = "hunyuan/hunyuan-image-v3-text-to-image"
 
-#: The enum presets sent as `image_size` when a size matches one exactly. The docs give no
-#: pixel sizes; these are fal's (the backend) standard ones. The seed's `landscape_16_9`
-#: example came back 1280×768, so the vendor may snap sizes to its own buckets.
+#: The enum presets sent as `image_size` when a size matches one exactly. The docs' one
+#: example shows `landscape_16_9` producing 1280×768, so that preset is 1280×768 here (an
+#: exact 16:9 such as 1024×576 goes as `{width, height}`); the others are fal's (the backend)
+#: standard sizes, undocumented. The reply states the size of the file actually delivered.
 PRESETS: dict[tuple[int, int], str] = {
     (1024, 1024): "square_hd",
     (512, 512): "square",
     (768, 1024): "portrait_4_3",
     (576, 1024): "portrait_16_9",
     (1024, 768): "landscape_4_3",
-    (1024, 576): "landscape_16_9",
+    (1280, 768): "landscape_16_9",
 }
 
 

@@ -169,6 +169,7 @@ class ApiInOneProvider(Provider):
             "min_side": 256,
             "max_side": 1536,
             "max_images": 1,
+            "min_prompt": 3,  # the image endpoint's generic docs: 3–5000 characters
             "max_prompt": 2000,
             "supports_seed": True,
             # "Webhook: Not required" for this model; callback_url support is unknown [S0].

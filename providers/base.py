@@ -60,6 +60,7 @@ class RouteSpec:
     max_side: int = 1536
     size_step: int = 8
     max_images: int = 1
+    min_prompt: int = 0  # characters the vendor insists on (API in One 3, Runware 2)
     max_prompt: int = 2000
     supports_negative: bool = False
     supports_seed: bool = False

@@ -266,6 +266,7 @@ class RunwareProvider(Provider):
                 kind=Kind.IMAGE,
                 sizes=SIZES,
                 max_images=MAX_RESULTS,
+                min_prompt=2,  # positivePrompt: 2–3000 characters
                 max_prompt=3000,
                 supports_negative=True,
                 supports_seed=True,

@@ -25,8 +25,8 @@ _log = logging.getLogger(__name__)
 MODEL = "hunyuan/hunyuan-image-v3-text-to-image"
 GENERATIONS = "/v1/images/generations"
 
-#: pixel sizes of the enum presets (assumed: fal's standard ones; the docs give none)
-PRESET_SIZES = FAL_PRESETS
+#: pixel sizes of the enum presets: fal's standard ones, but 1280×768 for `landscape_16_9` as documented
+PRESET_SIZES = {**FAL_PRESETS, "landscape_16_9": (1280, 768)}
 
 _MESSAGES = {
     401: "This request requires a valid API key. You can create a new API key on the Billing page: "

@@ -268,7 +268,11 @@ class SlackBot:
 
         def find() -> PostedMessage | None:
             for m in reversed(self.fake.messages):
-                if m.channel == channel and any(b["action_id"].startswith(with_button) for b in m.buttons()):
+                if (
+                    m.channel == channel
+                    and not m.deleted
+                    and any(b["action_id"].startswith(with_button) for b in m.buttons())
+                ):
                     return m
             return None
 

@@ -84,7 +84,7 @@ async def test_imagine_delivers_an_image_with_buttons_in_one_status_message(
     assert "1024×576" in msg.content and "seed 7" in msg.content
     [image] = msg.files
     assert image.data.startswith(PNG_MAGIC)
-    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D"]
+    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D", "Delete"]
     assert not msg.ephemeral
     assert len([m for m in fake.messages.values() if m.interaction_id == ix.id]) == 1
     assert await balance(bot, fake) == 90
@@ -521,7 +521,7 @@ async def test_commands_sync_on_demand_and_then_not_on_start(
 
     count = await sync_commands(settings, fake.guild_id)
 
-    assert count == len(fake.commands[fake.guild_id]) == 7
+    assert count == len(fake.commands[fake.guild_id]) == 9  # 7 slash commands, 2 message menus
     quota = next(c for c in fake.commands[fake.guild_id] if c["name"] == "quota")
     assert int(quota["default_member_permissions"]) == 1 << 5  # Manage Server
     async with discord_bot(tmp_path, fake, sandbox, discord_dev_guild=fake.guild_id):  # type: ignore[arg-type]

@@ -65,7 +65,7 @@ async def test_imagine_is_acked_within_3s_and_delivered_as_an_uploaded_file_with
     [upload] = fake.shared_uploads(CHANNEL)
     assert upload.data.startswith(b"\x89PNG")
     assert upload.filename.endswith(".png")
-    assert job["id"] in (upload.initial_comment or "")
+    assert upload.initial_comment is None  # the caption is on the card only
     # the job's one status message became the result card
     assert len([m for m in fake.messages if m.channel == CHANNEL]) == 1
     assert card.updates, "the status message was edited with chat.update"

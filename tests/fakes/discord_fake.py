@@ -3,7 +3,8 @@
 The real discord.py client talks to it over sockets (`discord.http.Route.BASE` and
 `DiscordWebSocket.DEFAULT_GATEWAY` pointed here). Tests drive it like a person would:
 `slash(...)` runs a slash command, `click(...)` presses a button, `submit_modal(...)` fills a
-modal; then they assert on the recorded messages, files and callbacks.
+modal, `message_command(...)` runs a message context menu on a `user_message(...)`; then
+they assert on the recorded messages, files and callbacks.
 
 Rules enforced so tests catch what production would refuse (facts: docs/platforms.md §1–2):
 initial callback after 3 s → 404/10062; a second initial callback → 400/40060; token use after
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import mimetypes
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -171,8 +173,9 @@ class FakeMessage:
             f"no button {label!r} on message {self.id}: {[b.get('label') for b in self.buttons]}"
         )
 
-    def payload(self, bot: dict[str, Any]) -> dict[str, Any]:
-        """The INTERACTION_CREATE payload, with `bot` as the application's user."""
+    def payload(self, bot: dict[str, Any], cdn: str = "http://fake") -> dict[str, Any]:
+        """The message as Discord's API shows it, with `bot` as its author and its files at
+        `cdn`/attachments/<id>/<name>."""
         return {
             "id": self.id,
             "channel_id": self.channel_id,
@@ -184,9 +187,9 @@ class FakeMessage:
                     "id": f.id,
                     "filename": f.filename,
                     "size": f.size,
-                    "url": f"http://fake/attachments/{f.id}/{f.filename}",
-                    "proxy_url": f"http://fake/attachments/{f.id}/{f.filename}",
-                    **({"content_type": f.content_type} if f.content_type else {}),
+                    "url": f"{cdn}/attachments/{f.id}/{f.filename}",
+                    "proxy_url": f"{cdn}/attachments/{f.id}/{f.filename}",
+                    **({"content_type": kind} if (kind := _content_type(f)) else {}),
                 }
                 for f in self.files
             ],
@@ -260,6 +263,13 @@ class _Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def _content_type(f: FakeFile) -> str | None:
+    # Discord derives an attachment's type from the file, not from the multipart header.
+    if f.content_type and f.content_type != "application/octet-stream":
+        return f.content_type
+    return mimetypes.guess_type(f.filename)[0] or f.content_type
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py parses JSON only for exactly "application/json" (no charset; platforms.md §1.1).
     return web.Response(
@@ -308,6 +318,7 @@ class DiscordFake:
         self.command_puts = 0
         self.identifies = 0
         self.resumes = 0
+        self.gateway_refused = False  # while set, new gateway connections get HTTP 503
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self._faults: list[_Fault] = []
         self._ws: web.WebSocketResponse | None = None
@@ -324,6 +335,7 @@ class DiscordFake:
         r = app.router
         r.add_get("/gateway", self._gateway)
         r.add_get("/cdn/{name}", self._cdn)
+        r.add_get("/attachments/{file_id}/{filename}", self._attachment)
         api = "/api/v10"
         r.add_get(api + "/users/@me", self._me)
         r.add_post(api + "/users/@me/channels", self._open_dm)
@@ -449,7 +461,9 @@ class DiscordFake:
 
     # --- gateway ---------------------------------------------------------------------------
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_refused:
+            return web.Response(status=503, text="gateway unavailable")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
@@ -632,12 +646,12 @@ class DiscordFake:
             }
         return ix, payload
 
-    def _command_schema(self, name: str) -> dict[str, Any]:
+    def _command_schema(self, name: str, kind: int = 1) -> dict[str, Any]:
         for scope in (self.guild_id, "global"):
             for cmd in self.commands.get(scope, []):
-                if cmd["name"] == name:
+                if cmd["name"] == name and cmd.get("type", 1) == kind:
                     return cmd
-        raise AssertionError(f"/{name} was never synced; synced: {self.command_names()}")
+        raise AssertionError(f"{name!r} (type {kind}) was never synced; synced: {self.command_names()}")
 
     def command_names(self) -> list[str]:
         """Names of every synced command (global and guild)."""
@@ -705,6 +719,65 @@ class DiscordFake:
         await self._dispatch("INTERACTION_CREATE", payload)
         return ix
 
+    def user_message(
+        self,
+        user: FakeUser = BOB,
+        content: str = "",
+        *,
+        attachments: tuple[FakeAttachment, ...] = (),
+        embeds: tuple[dict[str, Any], ...] = (),
+    ) -> dict[str, Any]:
+        """A message a member posted in #general, as Discord's API shows it (for context menus)."""
+        return {
+            "id": self.snowflake(),
+            "channel_id": self.channel_id,
+            "guild_id": self.guild_id,
+            "type": 0,
+            "content": content,
+            "author": user.payload(),
+            "attachments": [a.payload() for a in attachments],
+            "embeds": list(embeds),
+            "components": [],
+            "mentions": [],
+            "mention_roles": [],
+            "pinned": False,
+            "mention_everyone": False,
+            "tts": False,
+            "timestamp": "2024-01-01T00:00:00+00:00",
+            "edited_timestamp": None,
+            "flags": 0,
+        }
+
+    def image_embed(self, attachment: FakeAttachment) -> dict[str, Any]:
+        """The embed Discord adds to a message that links to an image (type "image": the
+        picture is in `thumbnail`); `attachment` only provides a CDN URL for it."""
+        return {
+            "type": "image",
+            "url": attachment.url,
+            "thumbnail": {"url": attachment.url, "proxy_url": attachment.url, "width": 64, "height": 48},
+        }
+
+    async def message_command(
+        self, name: str, target: dict[str, Any] | FakeMessage, *, user: FakeUser = ALICE
+    ) -> FakeInteraction:
+        """Run the message context menu `name` ("Apps" menu of a message) on `target`: a
+        `user_message(...)` or a message the bot posted."""
+        schema = self._command_schema(name, kind=3)
+        message = target.payload(self.bot_user, self._cdn_base) if isinstance(target, FakeMessage) else target
+        data: dict[str, Any] = {
+            "id": schema["id"],
+            "name": name,
+            "type": 3,
+            "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: message}},
+        }
+        if schema.get("guild_id"):
+            data["guild_id"] = schema["guild_id"]
+        ix, payload = self._new_interaction(2, user, dm=False, limit=None, name=name)
+        payload["data"] = data
+        await self._dispatch("INTERACTION_CREATE", payload)
+        return ix
+
     async def autocomplete(
         self, name: str, options: dict[str, Any], focused: str, *, user: FakeUser = ALICE
     ) -> list[dict[str, Any]]:
@@ -744,7 +817,7 @@ class DiscordFake:
             message_id=message_id,
         )
         payload["data"] = {"custom_id": custom_id, "component_type": 2}
-        payload["message"] = msg.payload(self.bot_user)
+        payload["message"] = msg.payload(self.bot_user, self._cdn_base)
         await self._dispatch("INTERACTION_CREATE", payload)
         return ix
 
@@ -783,7 +856,7 @@ class DiscordFake:
             "components": [filled(c) for c in modal["components"]],
         }
         if opened_by.message_id:
-            payload["message"] = self.messages[opened_by.message_id].payload(self.bot_user)
+            payload["message"] = self.messages[opened_by.message_id].payload(self.bot_user, self._cdn_base)
         await self._dispatch("INTERACTION_CREATE", payload)
         return ix
 
@@ -888,6 +961,7 @@ class DiscordFake:
         stored = []
         for cmd in body:
             cmd = dict(cmd)
+            cmd.setdefault("description", "")  # Discord stores "" for user and message commands
             cmd.update(id=self.snowflake(), application_id=self.app_id, version=self.snowflake())
             if scope != "global":
                 cmd["guild_id"] = scope
@@ -1050,7 +1124,7 @@ class DiscordFake:
             "resource": {"type": kind},
         }
         if message is not None and kind in (MESSAGE, UPDATE):
-            answer["resource"]["message"] = message.payload(self.bot_user)
+            answer["resource"]["message"] = message.payload(self.bot_user, self._cdn_base)
         return _json(answer)
 
     async def _followup(self, request: web.Request) -> web.Response:
@@ -1067,7 +1141,7 @@ class DiscordFake:
         else:
             msg = self._new_message(ix.channel_id, body, files, via="webhook", ix=ix)
             ix.followups.append(msg.id)
-        return _json(msg.payload(self.bot_user))
+        return _json(msg.payload(self.bot_user, self._cdn_base))
 
     async def _webhook_message(self, request: web.Request) -> web.StreamResponse:
         ix = self._interaction_for_token(request.match_info["token"])
@@ -1079,7 +1153,7 @@ class DiscordFake:
             raise _Refusal(404, 10008, "Unknown Message")
         if request.method == "GET":
             self._record(request)
-            return _json(msg.payload(self.bot_user))
+            return _json(msg.payload(self.bot_user, self._cdn_base))
         if request.method == "DELETE":
             self._record(request)
             msg.deleted = True
@@ -1090,7 +1164,7 @@ class DiscordFake:
         self._record(request, body, [f.filename for f in files])
         self._check_message(body)
         self._apply(msg, body, files)
-        return _json(msg.payload(self.bot_user))
+        return _json(msg.payload(self.bot_user, self._cdn_base))
 
     # --- REST: channel messages (bot token) ------------------------------------------------
 
@@ -1118,7 +1192,7 @@ class DiscordFake:
         if not (body.get("content") or files or body.get("embeds")):
             raise _Refusal(400, 50006, "Cannot send an empty message")
         msg = self._new_message(ch, body, files, via="channel", ix=None)
-        return _json(msg.payload(self.bot_user))
+        return _json(msg.payload(self.bot_user, self._cdn_base))
 
     async def _channel_message(self, request: web.Request) -> web.StreamResponse:
         ch = self._channel(request)
@@ -1136,7 +1210,7 @@ class DiscordFake:
             return web.Response(status=204)
         if request.method == "GET":
             self._record(request)
-            return _json(msg.payload(self.bot_user))
+            return _json(msg.payload(self.bot_user, self._cdn_base))
         if request.method != "PATCH":
             raise _Refusal(405, 0, "405: Method Not Allowed")
         body, files = await self._read_message_body(request, self.attachment_size_limit)
@@ -1144,7 +1218,7 @@ class DiscordFake:
         self._check_posting(ch)
         self._check_message(body)
         self._apply(msg, body, files)
-        return _json(msg.payload(self.bot_user))
+        return _json(msg.payload(self.bot_user, self._cdn_base))
 
     # --- CDN -------------------------------------------------------------------------------
 
@@ -1154,6 +1228,17 @@ class DiscordFake:
             return web.Response(status=404, text="not found")
         data, content_type = item
         return web.Response(body=data, content_type=content_type)
+
+    @property
+    def _cdn_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        """A file the bot posted, downloadable while its message lives (as on Discord's CDN)."""
+        for f in self.uploads():
+            if f.id == request.match_info["file_id"]:
+                return web.Response(body=f.data, content_type=f.content_type or "application/octet-stream")
+        return web.Response(status=404, text="not found")
 
     def uploads(self) -> Iterator[FakeFile]:
         """Every file on every live message."""
@@ -1213,6 +1298,13 @@ def _message_problems(body: dict[str, Any]) -> Iterator[str]:
 
 def _command_problems(cmd: dict[str, Any], depth: int = 0) -> Iterator[str]:
     name = cmd.get("name", "")
+    if depth == 0 and cmd.get("type", 1) in (2, 3):
+        # User and message commands (inside a command, type 2 is a subcommand group): any 1-32 character name, no description, no options.
+        if not 1 <= len(name) <= 32:
+            yield f"context menu name {name!r} must be 1-32 characters"
+        if cmd.get("description") or cmd.get("options"):
+            yield f"{name}: context menu commands take no description or options"
+        return
     if not _NAME.match(name) or name != name.lower():
         yield f"name {name!r} is not a valid command name"
     if cmd.get("type", 1) == 1 and not 1 <= len(cmd.get("description") or "") <= 100:

@@ -1,6 +1,7 @@
 """A loopback Slack for end-to-end tests: the Web API methods the bot calls, the file upload
 URLs, `response_url` sinks, private file downloads and a Socket Mode websocket.
 
+`chat.delete` and `files.delete` remove a message or a file (and its share) for everyone.
 It enforces the platform rules a bot can get wrong (bearer token on every call, `files` in the
 upload completion, 5 uses of a `response_url` within 30 minutes, `trigger_id` valid for 3 s,
 private files only with the bot token, `not_in_channel`), injects `429 ratelimited` on demand and
@@ -53,6 +54,7 @@ class PostedMessage:
     thread_ts: str | None = None
     user: str | None = None  # set for ephemeral messages
     updates: list[dict[str, Any]] = field(default_factory=list)
+    deleted: bool = False  # chat.delete: gone for everyone
 
     def buttons(self) -> list[dict[str, Any]]:
         """Every button element, with its `block_id` added."""
@@ -85,6 +87,7 @@ class Upload:
     thread_ts: str | None = None
     initial_comment: str | None = None
     shared: bool = False
+    deleted: bool = False  # files.delete: gone, with its share in the channel
 
 
 class SlackFake:
@@ -129,6 +132,7 @@ class SlackFake:
         self.file_downloads: list[tuple[str, bool]] = []  # (path, authorised)
         self.socket_acks: dict[str, dict[str, Any]] = {}
         self.socket_connections = 0
+        self.socket_refused = False
         self._response_issued: dict[str, float] = {}
         self._triggers: dict[str, float] = {}
         self._rate_limits: dict[str, list[float]] = {}
@@ -222,15 +226,19 @@ class SlackFake:
         return [c for c in self.calls if c.method == method]
 
     def message(self, channel: str, ts: str) -> PostedMessage:
-        """A posted message by address."""
+        """A live posted message by address."""
         for m in self.messages:
-            if m.channel == channel and m.ts == ts:
+            if m.channel == channel and m.ts == ts and not m.deleted:
                 return m
         raise LookupError(f"no message {channel}/{ts}")
 
     def shared_uploads(self, channel: str | None = None) -> list[Upload]:
-        """Uploads completed into a channel, oldest first."""
-        return [u for u in self.uploads.values() if u.shared and (channel is None or u.channel == channel)]
+        """Live uploads completed into a channel, oldest first."""
+        return [
+            u
+            for u in self.uploads.values()
+            if u.shared and not u.deleted and (channel is None or u.channel == channel)
+        ]
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
         """Wait until `predicate()` is truthy (re-checked whenever the fake records something)."""
@@ -276,7 +284,16 @@ class SlackFake:
         """The client's acknowledgement of an envelope."""
         return await self.wait_for(lambda: self.socket_acks.get(envelope_id), timeout)  # type: ignore[no-any-return]
 
-    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+    async def drop_sockets(self, *, refuse: bool = False) -> None:
+        """Close every Socket Mode connection; with `refuse`, new ones get HTTP 503 until
+        `socket_refused` is cleared."""
+        self.socket_refused = refuse
+        for ws in list(self._sockets):
+            await ws.close()
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self.socket_refused:
+            return web.Response(status=503, text="socket unavailable")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         if request.query.get("ticket") != "fake-ticket":
@@ -416,6 +433,14 @@ class SlackFake:
             msg.blocks = list(p.get("blocks") or [])
         return {"ok": True, "channel": msg.channel, "ts": msg.ts, "text": msg.text}
 
+    def _m_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
+        try:
+            msg = self.message(p.get("channel", ""), p.get("ts", ""))
+        except LookupError:
+            return {"ok": False, "error": "message_not_found"}
+        msg.deleted = True
+        return {"ok": True, "channel": msg.channel, "ts": msg.ts}
+
     def _m_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = p.get("channel")
         if err := self._channel_error(channel) or self._text_error(p):
@@ -509,6 +534,13 @@ class SlackFake:
         if not out:
             return {"ok": False, "error": "invalid_arguments"}
         return {"ok": True, "files": out}
+
+    def _m_files_delete(self, p: dict[str, Any]) -> dict[str, Any]:
+        upload = self.uploads.get(str(p.get("file") or ""))
+        if upload is None or upload.deleted:
+            return {"ok": False, "error": "file_not_found"}
+        upload.deleted = True
+        return {"ok": True}
 
     async def _upload(self, request: web.Request) -> web.Response:
         upload = self.uploads.get(request.match_info["file_id"])

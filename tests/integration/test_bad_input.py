@@ -91,31 +91,39 @@ async def test_edit_with_a_non_image_file(app: BotApp, tmp_path: Path) -> None:
     note = tmp_path / "note.png"
     note.write_text("hello, I am text")
     await _refused(
-        app, EditCommand(image=ImageRef(path=str(note)), instruction="x"), InvalidInputError, "image"
+        app,
+        EditCommand(image=ImageRef(path=str(note)), instruction="make it blue"),
+        InvalidInputError,
+        "image",
     )
 
 
 async def test_edit_with_a_non_image_url(app: BotApp, files_server: str) -> None:
     ref = ImageRef(url=f"{files_server}/note.txt")
-    await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "image")
+    await _refused(app, EditCommand(image=ref, instruction="make it blue"), InvalidInputError, "image")
 
 
 async def test_edit_with_a_file_over_the_cap(tmp_path: Path, files_server: str) -> None:
     async with running_app(tmp_path, max_input_bytes=1024 * 1024) as app:
         ref = ImageRef(url=f"{files_server}/big.png")
-        await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "MB")
+        await _refused(app, EditCommand(image=ref, instruction="make it blue"), InvalidInputError, "MB")
 
 
 async def test_edit_with_an_unreachable_url(app: BotApp) -> None:
     ref = ImageRef(url="http://127.0.0.1:9/gone.png")  # discard port: nothing listens
-    await _refused(app, EditCommand(image=ref, instruction="x"), InvalidInputError, "couldn't download")
+    await _refused(
+        app, EditCommand(image=ref, instruction="make it blue"), InvalidInputError, "couldn't download"
+    )
 
 
 async def test_edit_with_a_url_on_a_private_address(tmp_path: Path) -> None:
     async with running_app(tmp_path, media_allow_private=False) as app:
         ref = ImageRef(url="http://10.1.2.3/cat.png")
         await _refused(
-            app, EditCommand(image=ref, instruction="x"), InvalidInputError, "public internet addresses"
+            app,
+            EditCommand(image=ref, instruction="make it blue"),
+            InvalidInputError,
+            "public internet addresses",
         )
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bot.catalog import ASPECT_CHOICES
 from bot.commands import ImagineCommand
 from bot.params import parse_imagine, size_for_aspect
 from bot.router import map_size
 from providers.base import Kind
+from providers.sandbox.aimlapi import PRESET_SIZES
 from tests.support.core import MEMBER, RecordingReply, running_app
 
 
@@ -52,3 +55,19 @@ async def test_the_reply_states_the_size_actually_produced(tmp_path: Path) -> No
         image = reply.results[0].files[0]
         assert (image.width, image.height) == (1280, 768)
         assert "1280×768" in reply.results[0].text
+
+
+async def test_when_a_vendor_snaps_to_its_own_size_the_reply_states_the_file_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The vendor documents no pixel size for `portrait_16_9`; should it answer 768×1280 (as it
+    # does for landscape_16_9), the caption follows the delivered file, not the size asked for.
+    monkeypatch.setitem(PRESET_SIZES, "portrait_16_9", (768, 1280))
+    async with running_app(tmp_path) as app:
+        reply = RecordingReply()
+        await app.engine.submit(MEMBER, ImagineCommand(prompt="tall tower --ar 9:16 --model aimlapi"), reply)
+        await reply.wait()
+        (result,) = reply.results
+        image = result.files[0]
+        assert (image.width, image.height) == (768, 1280)
+        assert "768×1280" in result.text and "576×1024" not in result.text

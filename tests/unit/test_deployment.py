@@ -40,7 +40,7 @@ def test_dockerfile_port_data_dir_and_healthcheck_match_settings() -> None:
     assert f"EXPOSE {PORT}" in text
     assert f"HTTP_PORT={PORT}" in text
     assert "DATA_DIR=/data" in text and 'VOLUME ["/data"]' in text
-    assert f"127.0.0.1:{PORT}/healthz" in text
+    assert f"127.0.0.1:{PORT}/readyz" in text
 
 
 def test_compose_service_agrees_with_the_image() -> None:
@@ -50,7 +50,8 @@ def test_compose_service_agrees_with_the_image() -> None:
     assert str(bot["environment"]["HTTP_PORT"]) == str(PORT)
     assert f"{PORT}:{PORT}" in bot["ports"]
     assert any(v.endswith(":/data") for v in bot["volumes"])
-    assert f"127.0.0.1:{PORT}/healthz" in " ".join(bot["healthcheck"]["test"])
+    # readiness, not liveness: a bot whose gateway or database is gone is not healthy
+    assert f"127.0.0.1:{PORT}/readyz" in " ".join(bot["healthcheck"]["test"])
     assert bot["command"] == ["run"]
 
 

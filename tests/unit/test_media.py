@@ -23,7 +23,7 @@ from PIL import Image
 import bot.media as media_module
 from bot.commands import ImageRef
 from bot.errors import InvalidInputError
-from bot.media import DownloadError, MediaStore, is_public_address, sniff
+from bot.media import DownloadError, MediaStore, badge_box, grid_badge, is_public_address, sniff
 from bot.reply import OutputFile
 from bot.signing import Signer
 from providers.base import Artifact
@@ -519,11 +519,12 @@ async def test_result_that_is_not_an_image_or_model_is_refused(store: MediaStore
         await store.save_result(Artifact(url=f"{files.base}/login"), store.files_dir / "jobs/j6", "j6-0")
 
 
-async def test_vendor_results_may_live_on_loopback_even_when_inputs_may_not(
-    strict: MediaStore, files: Files
+async def test_sandbox_vendor_results_may_live_on_loopback_even_when_inputs_may_not(
+    traced: Traced, tmp_path: Path, files: Files
 ) -> None:
-    out = await strict.save_result(
-        Artifact(url=f"{files.base}/cat.png"), strict.files_dir / "jobs/j7", "j7-0"
+    sandboxed = _store(traced.session, tmp_path, allow_private=False, result_allow_private=True)
+    out = await sandboxed.save_result(
+        Artifact(url=f"{files.base}/cat.png"), sandboxed.files_dir / "jobs/j7", "j7-0"
     )
     assert out.width == 64
 
@@ -603,6 +604,41 @@ async def test_grid_of_three_leaves_the_fourth_cell_empty(store: MediaStore) -> 
     grid = await store.compose_grid(await _saved(store, 3, size=(300, 200)), store.files_dir / "jobs/g/g3")
     assert (grid.width, grid.height) == (600, 400)
     assert _close(_cell_colors(grid.path, 2, 2)[3], (24, 24, 24))
+
+
+def _expected_corner(color: tuple[int, int, int], number: int, tile: tuple[int, int]) -> Image.Image:
+    """A tile's top-left corner as the grid must draw it: the badge for `number` on `color`."""
+    x, y, side = badge_box(*tile)
+    corner = Image.new("RGB", (x + side, y + side), color)
+    badge = grid_badge(number, side)
+    corner.paste(badge, (x, y), mask=badge.getchannel("A"))
+    return corner
+
+
+async def test_grid_tiles_are_numbered_1_to_4_in_the_files_order(store: MediaStore) -> None:
+    images = await _saved(store, 4)
+    grid = await store.compose_grid(images, store.files_dir / "jobs/g/g-grid.png")
+    with Image.open(grid.path) as img:
+        rgb = img.convert("RGB")
+    for i in range(4):
+        color = ((i * 60) % 256, 80, 160)
+        left, top = (i % 2) * 512, (i // 2) * 512
+        expected = _expected_corner(color, i + 1, (512, 512))
+        corner = rgb.crop((left, top, left + expected.width, top + expected.height))
+        assert corner.tobytes() == expected.tobytes(), f"tile {i + 1} does not carry badge {i + 1}"
+        assert corner.tobytes() != Image.new("RGB", corner.size, color).tobytes()  # the badge is drawn
+
+
+def test_each_number_has_its_own_badge() -> None:
+    badges = {grid_badge(n, 40).tobytes() for n in range(1, 5)}
+    assert len(badges) == 4
+
+
+async def test_a_lone_image_has_no_number(store: MediaStore) -> None:
+    [single] = await _saved(store, 1, size=(300, 200))
+    grid = await store.compose_grid([single], store.files_dir / "jobs/g/one.png")
+    with Image.open(grid.path) as img:
+        assert img.convert("RGB").getcolors() == [(300 * 200, (0, 80, 160))]
 
 
 async def test_grid_refuses_more_than_four(store: MediaStore) -> None:

@@ -45,6 +45,9 @@ class Health:
         return self.answer
 
 
+METRICS_TOKEN = "metrics-token-0123456789"
+
+
 @dataclass
 class Env:
     server: WebServer
@@ -52,6 +55,7 @@ class Env:
     signer: Signer
     calls: Calls
     health: Health
+    ready: Health
     files: Path
     metrics: Metrics
 
@@ -70,6 +74,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     (files / "jobs" / "j1" / "m.glb").write_bytes(b"glTF\x02\0\0\0")
     (tmp_path / "secret.key").write_bytes(b"do not serve me")
     signer, calls, health, metrics = Signer(KEY), Calls(), Health(), Metrics()
+    ready = Health({"ok": True, "platforms": {"discord": "connected"}})
     server = WebServer(
         host="127.0.0.1",
         port=0,
@@ -77,7 +82,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         metrics=metrics,
         files_dir=files,
         health=health,
+        readiness=ready,
         on_webhook=calls,
+        vendors=("novita", "runware"),
         clock=lambda: NOW,
     )
 
@@ -86,7 +93,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
     server.add_route("POST", "/slack/events", slack)
     async with server, aiohttp.ClientSession() as client:
-        yield Env(server, client, signer, calls, health, files, metrics)
+        yield Env(server, client, signer, calls, health, ready, files, metrics)
 
 
 async def test_healthz_answers_the_injected_health(env: Env) -> None:
@@ -100,6 +107,20 @@ async def test_healthz_is_503_when_not_ok(env: Env) -> None:
     async with env.client.get(env.url("/healthz")) as resp:
         assert resp.status == 503
         assert (await resp.json())["ok"] is False
+
+
+async def test_readyz_answers_the_injected_readiness(env: Env) -> None:
+    async with env.client.get(env.url("/readyz")) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["platforms"] == {"discord": "connected"}
+
+
+async def test_readyz_is_503_when_not_ready_while_healthz_stays_200(env: Env) -> None:
+    env.ready.answer = {"ok": False, "platforms": {"discord": "disconnected for 90s"}}
+    async with env.client.get(env.url("/readyz")) as resp:
+        assert resp.status == 503
+    async with env.client.get(env.url("/healthz")) as resp:
+        assert resp.status == 200
 
 
 async def test_metrics_page_lists_every_metric(env: Env) -> None:
@@ -170,6 +191,50 @@ async def test_webhook_handler_crash_is_500_so_the_vendor_retries(env: Env) -> N
     url = env.url(f"/webhooks/novita/job-1?token={env.signer.webhook_token('job-1')}")
     async with env.client.post(url, data=b"{}") as resp:
         assert resp.status == 500
+
+
+async def test_webhook_for_an_unknown_vendor_is_404_before_any_metric(env: Env) -> None:
+    env.calls.raise_ = LookupError("job-1")
+    url = env.url(f"/webhooks/made-up-vendor/job-1?token={env.signer.webhook_token('job-1')}")
+    async with env.client.post(url, data=b"{}") as resp:
+        assert resp.status == 404
+    async with env.client.post(env.url("/webhooks/other-made-up/job-1?token=bad"), data=b"{}") as resp:
+        assert resp.status == 404
+    assert env.calls.seen == []
+    async with env.client.get(env.url("/metrics")) as resp:
+        text = await resp.text()
+    assert "made-up" not in text
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[tuple[WebServer, aiohttp.ClientSession]]:
+    """A server whose /metrics needs METRICS_TOKEN as a bearer token."""
+    server = WebServer(signer=Signer(KEY), metrics=Metrics(), files_dir=tmp_path, metrics_token=METRICS_TOKEN)
+    async with server, aiohttp.ClientSession() as client:
+        yield server, client
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", METRICS_TOKEN, f"Basic {METRICS_TOKEN}"])
+async def test_metrics_with_a_token_set_refuses_a_missing_or_wrong_bearer(
+    guarded: tuple[WebServer, aiohttp.ClientSession], auth: str | None
+) -> None:
+    server, client = guarded
+    headers = {"Authorization": auth} if auth else {}
+    async with client.get(server.base_url + "/metrics", headers=headers) as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+        assert "imagine_" not in await resp.text()
+
+
+async def test_metrics_with_a_token_set_serves_the_right_bearer(
+    guarded: tuple[WebServer, aiohttp.ClientSession],
+) -> None:
+    server, client = guarded
+    async with client.get(
+        server.base_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    ) as resp:
+        assert resp.status == 200
+        assert "imagine_jobs_total" in await resp.text()
 
 
 async def test_webhook_body_over_5_mib_is_refused(env: Env) -> None:

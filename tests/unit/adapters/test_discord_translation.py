@@ -124,6 +124,8 @@ async def test_the_command_set_is_valid_for_discord() -> None:
     payload = command_payload(tree)
 
     assert sorted(c["name"] for c in payload) == [
+        "Edit image",
+        "Make 3D model",
         "cancel",
         "credits",
         "edit",

@@ -21,6 +21,7 @@ from adapters.slack_events import (
     parse_command,
     with_file_token,
 )
+from bot import messages
 from bot.commands import EditCommand, ImageRef, ImagineCommand, ModCommand, Model3DCommand, ModOp
 from bot.errors import InvalidInputError
 from bot.reply import Button, ButtonAction
@@ -155,9 +156,18 @@ def test_mrkdwn_turns_bold_into_slack_bold_and_escapes_user_text() -> None:
     assert mrkdwn("**a <b> & c**") == "*a &lt;b&gt; &amp; c*"
 
 
-def test_mrkdwn_keeps_mentions_and_links() -> None:
-    text = "Granted 5 credits to <@U123>. See <https://example.com/x?a=1&b=2|x>"
-    assert mrkdwn(text) == text
+def test_mrkdwn_keeps_the_cores_own_mentions() -> None:
+    text = messages.mod_balance("grant", "U123", 5, 105)
+    assert mrkdwn(text) == "Granted 5 credits to <@U123>. Their balance is now 105 credits."
+
+
+@pytest.mark.parametrize(
+    "typed", ["<!channel>", "<!here>", "<!everyone>", "<@U0ADMIN>", "<#C0001>", "<https://evil.example|bank>"]
+)
+def test_mrkdwn_escapes_markup_typed_by_a_user(typed: str) -> None:
+    rendered = mrkdwn(messages.result_caption("j1", "image", f"fox {typed}", (8, 8), None, 1, 1))
+    assert "<" not in rendered and ">" not in rendered
+    assert typed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in rendered
 
 
 def test_buttons_are_split_into_blocks_of_at_most_25() -> None:

@@ -109,28 +109,56 @@ def test_client_presets_match_the_emulator_presets() -> None:
 async def test_preset_size_is_sent_by_name_and_yields_a_png_of_that_size(
     client: AimlApiProvider, emulator: AimlApiEmulator, session: aiohttp.ClientSession
 ) -> None:
-    submission = await client.submit(image_request(1024, 576))
+    submission = await client.submit(image_request(1024, 768))
     (job,) = emulator.jobs.values()
-    assert job.request["image_size"] == "landscape_16_9"
+    assert job.request["image_size"] == "landscape_4_3"
     update = submission.update
     assert update is not None and update.state is JobState.SUCCEEDED
     (artifact,) = update.artifacts
     assert artifact.url is not None and artifact.content_type == "image/png"
     status, data = await fetch(session, artifact.url)
     assert status == 200
+    assert png_size(data) == (1024, 768)
+
+
+async def test_landscape_16_9_is_1280_by_768_as_the_vendor_documents(
+    client: AimlApiProvider, emulator: AimlApiEmulator, session: aiohttp.ClientSession
+) -> None:
+    # The documented example: image_size "landscape_16_9" answered with width 1280, height 768.
+    assert PRESETS[(1280, 768)] == "landscape_16_9"
+    submission = await client.submit(image_request(1280, 768))
+    (job,) = emulator.jobs.values()
+    assert job.request["image_size"] == "landscape_16_9"
+    assert submission.update is not None
+    (artifact,) = submission.update.artifacts
+    assert artifact.url is not None
+    _, data = await fetch(session, artifact.url)
+    assert png_size(data) == (1280, 768)
+
+
+async def test_an_exact_16_9_size_is_sent_as_width_and_height_not_as_the_5_3_preset(
+    client: AimlApiProvider, emulator: AimlApiEmulator, session: aiohttp.ClientSession
+) -> None:
+    submission = await client.submit(image_request(1024, 576))
+    (job,) = emulator.jobs.values()
+    assert job.request["image_size"] == {"width": 1024, "height": 576}
+    assert submission.update is not None
+    (artifact,) = submission.update.artifacts
+    assert artifact.url is not None
+    _, data = await fetch(session, artifact.url)
     assert png_size(data) == (1024, 576)
 
 
 async def test_custom_size_is_sent_as_width_and_height(
     client: AimlApiProvider, emulator: AimlApiEmulator, session: aiohttp.ClientSession
 ) -> None:
-    submission = await client.submit(image_request(1280, 768))
+    submission = await client.submit(image_request(1216, 832))
     (job,) = emulator.jobs.values()
-    assert job.request["image_size"] == {"width": 1280, "height": 768}
+    assert job.request["image_size"] == {"width": 1216, "height": 832}
     assert submission.update is not None
     url = submission.update.artifacts[0].url
     assert url is not None
-    assert png_size((await fetch(session, url))[1]) == (1280, 768)
+    assert png_size((await fetch(session, url))[1]) == (1216, 832)
 
 
 async def test_every_preset_and_the_corners_of_the_size_range_are_accepted(client: AimlApiProvider) -> None:
