@@ -354,6 +354,14 @@ def _in_batch(
     conn.execute("BEGIN IMMEDIATE")
     outcomes: list[tuple[bool, Any]] = []
     try:
+        if len(fns) == 1:  # alone: the transaction itself is its savepoint
+            try:
+                outcomes.append((True, fns[0](conn)))
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                return [(False, exc)]
+            conn.execute("COMMIT")
+            return outcomes
         for fn in fns:
             conn.execute("SAVEPOINT call")
             try:

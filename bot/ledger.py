@@ -153,33 +153,35 @@ class CreditLedger:
         if account["frozen"]:
             raise FrozenError(messages.frozen())
         # The debit is one conditional statement: whoever commits first wins the credits.
-        cursor = conn.execute(
+        debited = _one(
+            conn,
             "UPDATE accounts SET balance = balance - :cost WHERE tenant = :t AND user_id = :u"
-            " AND balance >= :cost AND frozen = 0 AND banned = 0",
+            " AND balance >= :cost AND frozen = 0 AND banned = 0 RETURNING balance",
             {"cost": amount, "t": tenant, "u": user},
         )
-        if cursor.rowcount != 1:
+        if debited is None:
             balance = account["balance"]
             raise InsufficientCreditsError(
                 messages.insufficient_credits(balance, amount), balance=balance, cost=amount
             )
-        # The day's use is one counter row, so a budget check never scans the day's holds.
-        settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
-        budget = settings["budget"] if settings else None
-        used = _one(conn, "SELECT used FROM budget_used WHERE tenant = ? AND day = ?", (tenant, day))
-        if budget is not None and (used["used"] if used else 0) + amount > budget:
-            raise TenantBudgetError(messages.budget_exhausted(budget, float((day + 1) * _DAY)))
-        conn.execute(
+        balance = int(debited["balance"])
+        # The day's use is one counter row, so a budget check never scans the day's holds; an
+        # over-budget hold raises and the caller's transaction (or savepoint) undoes it all.
+        used = _one(
+            conn,
             "INSERT INTO budget_used (tenant, day, used) VALUES (?, ?, ?)"
-            " ON CONFLICT (tenant, day) DO UPDATE SET used = used + excluded.used",
+            " ON CONFLICT (tenant, day) DO UPDATE SET used = used + excluded.used RETURNING used",
             (tenant, day, amount),
         )
+        settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
+        budget = settings["budget"] if settings else None
+        if budget is not None and used is not None and used["used"] > budget:
+            raise TenantBudgetError(messages.budget_exhausted(budget, float((day + 1) * _DAY)))
         conn.execute(
             "INSERT INTO holds (job_id, tenant, user_id, amount, kind, state, created, day)"
             " VALUES (?, ?, ?, ?, ?, 'held', ?, ?)",
             (job_id, tenant, user, amount, kind, now, day),
         )
-        balance = _balance(conn, tenant, user)
         _entry(conn, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
         return balance
 
@@ -554,11 +556,11 @@ class CreditLedger:
         if not tenant or not user:
             raise ValueError("tenant and user must not be empty")
         day = _utc_day(now)
-        conn.execute(
-            "INSERT OR IGNORE INTO accounts (tenant, user_id, balance) VALUES (?, ?, 0)", (tenant, user)
-        )
+        row = _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
+        if row is None:
+            conn.execute("INSERT INTO accounts (tenant, user_id, balance) VALUES (?, ?, 0)", (tenant, user))
+            row = _account_row(conn, tenant, user)
         # Reading then writing is safe here: the caller's BEGIN IMMEDIATE holds the write lock.
-        row = _account_row(conn, tenant, user)
         if row["refill_day"] is not None and row["refill_day"] >= day:
             return row
         top_up = max(0, self._allowance(conn, tenant) - row["balance"])
