@@ -338,6 +338,8 @@ class Engine:
         if state is not JobPhase.CANCELLED:
             raise InvalidInputError(messages.not_cancellable(job.id, state.value if state else "gone"))
         self.runner.drop(job.id)  # an in-flight step loses its next transition and stops
+        if job.route is not None and job.handle is not None:
+            await self.router.cancel(job.route, job.handle)
         self.runner.count_end(job, JobPhase.CANCELLED)
         _log.info("job cancelled job=%s", job.id)
         await self.delivery.send_pending(job.id)

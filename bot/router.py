@@ -307,6 +307,15 @@ class Router:
             self.metrics.failovers_total.labels(from_route=last, reason="job_failed").inc()
         return True
 
+    async def cancel(self, route_key: str, handle: JobHandle) -> None:
+        """Ask the vendor to stop a job nobody wants any more, where it can; never raises for
+        the vendor's refusal (the job is over on our side either way)."""
+        route = self.route(route_key)
+        try:
+            await self._call(route.vendor, "cancel", self.providers[route.vendor].cancel(handle))
+        except ProviderError as exc:
+            _log.info("vendor cancel refused route=%s job=%s: %s", route.key, handle.job_id, exc)
+
     def parse_webhook(self, vendor: str, body: bytes, headers: Mapping[str, str]) -> JobUpdate | None:
         """A vendor callback as an update (None when it carries no outcome)."""
         return self.providers[vendor].parse_webhook(body, headers)

@@ -194,7 +194,11 @@ class Runner:
         job.vendor_cost_usd = routed.submission.cost_usd or routed.route.price_usd
         if routed.request.width != job.spec.width or routed.request.height != job.spec.height:
             job.result = StoredResult(size=(routed.request.width, routed.request.height))
-        await self.store.accepted(job)  # LostRaceError: a Cancel won while the vendor answered
+        try:
+            await self.store.accepted(job)
+        except LostRaceError:  # a Cancel won while the vendor answered: stop its job too
+            await self.router.cancel(job.route, job.handle)
+            raise
         _log.info("job submitted job=%s route=%s vendor_job=%s", job.id, job.route, job.handle.job_id)
         self._live[job.id] = job
         self._started[job.id] = self._clock()
