@@ -102,6 +102,8 @@ class Runner:
 
     def follow(self, job: JobRecord) -> None:
         """Re-attach a running job after a restart: poll it at once."""
+        if job.deadline is None:  # a row from before deadlines were stored
+            job.deadline = self._wall() + self.config.job_timeout
         self._live[job.id] = job
         self._resumed.add(job.id)
         self._started[job.id] = self._clock()
