@@ -122,17 +122,20 @@ class Admission:
     ) -> Ticket:
         """Check policy, fetch the input image, hold the credits and queue the job."""
         tenant = actor.tenant
-        # Refuse banned or frozen members before anything is downloaded; the hold checks again.
-        account = await self.ledger.account(tenant, actor.user_id)
-        if account.banned:
-            raise BannedError(messages.banned())
-        if account.frozen:
-            raise FrozenError(messages.frozen())
+        has_input = image is not None and bool(image.url or image.path or image.data)
+        if has_input:
+            # Refuse banned or frozen members before anything is downloaded; without an input
+            # the hold in the admission transaction refuses them, one transaction fewer.
+            account = await self.ledger.account(tenant, actor.user_id)
+            if account.banned:
+                raise BannedError(messages.banned())
+            if account.frozen:
+                raise FrozenError(messages.frozen())
         blocklist = await self.tenants.get((tenant, "blocklist"), lambda: self.ledger.blocklist(tenant))
         check_prompt(actor, (spec.prompt, spec.negative), blocklist)
         if len(self.scheduler.queue) >= self.config.queue_size:
             raise QueueFullError(messages.queue_full())
-        if image is not None and (image.url or image.path or image.data):
+        if image is not None and has_input:
             stored = await self.media.load_input(image)
             spec = fit_to_input(spec, stored.width, stored.height)
             spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})

@@ -132,12 +132,14 @@ class Delivery:
 
     # --- the outbox ------------------------------------------------------------------------
 
-    async def send_pending(self, job_id: str) -> None:
-        """Send the job's committed but unsent messages (right after its ending commits)."""
+    async def send_pending(self, job_id: str, job: JobRecord | None = None) -> None:
+        """Send the job's committed but unsent messages (right after its ending commits);
+        `job` is the caller's up-to-date copy, if it has one."""
         rows = await self.store.unsent(job_id)
         if not rows:
             return
-        job = await self.store.get(job_id)
+        if job is None:
+            job = await self.store.get(job_id)
         if job is not None:
             for row in rows:
                 await self.send(row, job)

@@ -290,7 +290,7 @@ class Runner:
         job.state, job.result = JobPhase.DONE, result
         self.count_end(job, JobPhase.DONE)
         _log.info("job done job=%s route=%s files=%d", job.id, job.route, len(result.files))
-        await self.delivery.send_pending(job.id)
+        await self.delivery.send_pending(job.id, job)
 
     async def _vendor_failed(self, job: JobRecord, update: JobUpdate) -> None:
         reason = update.error or f"vendor reported {update.state.value}"
