@@ -200,7 +200,7 @@ class BotApp:
             )
 
         self.engine = Engine(
-            store=JobStore(self.db),
+            store=JobStore(self.db, ledger=self.ledger),
             ledger=self.ledger,
             router=self.router,
             media=self.media,

@@ -1,9 +1,15 @@
 """SQLite through aiosqlite: one writer connection, WAL, versioned migrations.
 
-Every write goes through `Database.transaction()`: an asyncio lock (so coroutines sharing the
-connection never interleave statements inside one another's transaction) around
-`BEGIN IMMEDIATE` (so other processes on the same file wait for the write lock instead of
-failing half-way). Reads that must see a consistent picture use a transaction too.
+Writes go through `Database.run(fn)`: `fn` is a plain function on the raw `sqlite3` connection
+that runs on aiosqlite's worker thread inside `BEGIN IMMEDIATE … COMMIT`, so one transaction
+costs one thread hop however many statements it has. `Database.transaction()` (one hop per
+statement) remains for code not yet written that way. Both hold an asyncio lock, so
+coroutines sharing the connection never interleave inside one another's transaction.
+
+Another process holding the write lock never blocks the worker thread for long: sqlite waits
+`busy_timeout` per attempt, `run` retries with async backoff up to `lock_wait` seconds, then
+raises `DatabaseBusyError`, a `UserError` whose text is a friendly "try again" — sqlite's
+"database is locked" never reaches a user.
 """
 
 from __future__ import annotations
@@ -12,14 +18,29 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-__all__ = ["MIGRATIONS", "Database"]
+from bot import messages
+from bot.errors import UserError
+
+__all__ = ["MIGRATIONS", "Database", "DatabaseBusyError"]
+
+T = TypeVar("T")
+
+#: milliseconds sqlite itself waits for a lock per attempt (on the worker thread)
+_BUSY_MS = 100
+
+
+class DatabaseBusyError(UserError):
+    """Another writer held the database for longer than `Database.lock_wait`."""
+
 
 _log = logging.getLogger(__name__)
 
@@ -115,17 +136,58 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (tenant, word)
     );
     """,
+    # 3: the job state machine (issue 9): CAS version, lease, deadline; the outbox of user
+    # messages; the learned poll schedule per route; a per-tenant-per-day budget counter.
+    """
+    UPDATE jobs SET state = 'submitting' WHERE state = 'submitted';
+    UPDATE jobs SET state = 'running' WHERE state = 'delivering';
+    ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    CREATE TABLE outbox (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id    TEXT NOT NULL,
+        kind      TEXT NOT NULL CHECK (kind IN ('result', 'failure', 'cancelled')),
+        payload   TEXT NOT NULL,          -- what the message needs to render (JSON)
+        created   REAL NOT NULL,
+        sent_at   REAL,
+        attempts  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX outbox_job ON outbox(job_id);
+    CREATE INDEX outbox_unsent ON outbox(id) WHERE sent_at IS NULL;
+    CREATE TABLE route_times (
+        route    TEXT PRIMARY KEY,
+        samples  TEXT NOT NULL,           -- recent durations in seconds (JSON list)
+        updated  REAL NOT NULL
+    );
+    CREATE TABLE budget_used (
+        tenant  TEXT NOT NULL,
+        day     INTEGER NOT NULL,
+        used    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, day)
+    );
+    INSERT INTO budget_used (tenant, day, used)
+        SELECT tenant, day, SUM(amount) FROM holds WHERE state != 'released' GROUP BY tenant, day
+    """,
 ]
 
 
 class Database:
     """An open SQLite database with the migrations applied; use as an async context manager."""
 
-    def __init__(self, path: str | Path, *, migrations: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, migrations: Sequence[str] | None = None, lock_wait: float = 10.0
+    ) -> None:
         self.path = str(path)
         self._migrations = list(MIGRATIONS if migrations is None else migrations)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[_Call] = []
+        #: transactions run by `run` (fewer than its calls when they are committed in groups)
+        self.hops = 0
+        #: seconds a transaction keeps retrying for the write lock before DatabaseBusyError
+        self.lock_wait = lock_wait
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -143,7 +205,7 @@ class Database:
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA synchronous=NORMAL")
         await self._conn.execute("PRAGMA foreign_keys=ON")
-        await self._conn.execute("PRAGMA busy_timeout=30000")
+        await self._conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         await self._migrate()
         return self
 
@@ -170,7 +232,7 @@ class Database:
         async with self._lock:
             conn = self.conn
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await self._begin(conn)
                 yield conn
             except BaseException:
                 # Also when cancelled during BEGIN: the statement still runs in aiosqlite's
@@ -180,6 +242,89 @@ class Database:
                 raise
             else:
                 await _commit(conn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in one `BEGIN IMMEDIATE … COMMIT` on the worker thread.
+
+        `fn` is plain sync code; an exception in it undoes its writes and propagates. Calls
+        that arrive while a transaction is running are committed together in the next one
+        (group commit: one thread hop and one COMMIT for the lot, each call in a savepoint
+        of its own so one failing call undoes only its own writes); a call returns only once
+        its writes are committed. A caller cancelled while its batch runs waits for the hop
+        to finish, so the lock never passes on mid-transaction. Raises DatabaseBusyError when
+        another writer holds the file for longer than `lock_wait`.
+        """
+        call = _Call(fn, asyncio.get_running_loop().create_future(), time.monotonic() + self.lock_wait)
+        self._pending.append(call)
+        delay = 0.01
+        try:
+            while not call.future.done():
+                async with self._lock:
+                    if call.future.done():
+                        break
+                    batch, self._pending = self._pending, []
+                    if await _finish(self._commit(batch)):
+                        continue
+                    self._pending[:0] = [c for c in batch if not c.future.done()]
+                # Another process holds the write lock: wait outside our lock, then retry.
+                await asyncio.sleep(delay)
+                delay = min(0.2, delay * 2)
+        except asyncio.CancelledError:
+            if call in self._pending:  # not started: it never runs
+                self._pending.remove(call)
+            raise
+        result: T = call.future.result()
+        return result
+
+    async def _commit(self, batch: list[_Call]) -> bool:
+        """One hop for the batch; False when the write lock could not be had (nothing ran)."""
+        now = time.monotonic()
+        for call in batch:
+            if now >= call.deadline:
+                _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
+                call.future.set_exception(DatabaseBusyError(messages.database_busy()))
+        live = [c for c in batch if not c.future.done()]
+        if not live:
+            return True
+        self.hops += 1
+        try:
+            outcomes = await self.conn._execute(_in_batch, self._raw(), [c.fn for c in live])
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                return False
+            for call in live:
+                call.future.set_exception(exc)
+            return True
+        for call, (ok, value) in zip(live, outcomes, strict=True):
+            if ok:
+                call.future.set_result(value)
+            elif isinstance(value, sqlite3.OperationalError) and _locked(value):
+                call.future.set_exception(DatabaseBusyError(messages.database_busy()))
+            else:
+                call.future.set_exception(value)
+        return True
+
+    def _raw(self) -> sqlite3.Connection:
+        # aiosqlite keeps the sqlite3 connection private; `run` needs it to hand `fn` the
+        # connection on aiosqlite's own thread (the one place that touches the internals).
+        return self.conn._conn
+
+    async def _begin(self, conn: aiosqlite.Connection) -> None:
+        # Short sqlite waits with async backoff between them (see the module docstring).
+        deadline = time.monotonic() + self.lock_wait
+        delay = 0.01
+        while True:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
+                    raise DatabaseBusyError(messages.database_busy()) from exc
+            await asyncio.sleep(delay)
+            delay = min(0.2, delay * 2)
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
         """Run one read under the lock (never inside someone else's transaction)."""
@@ -191,6 +336,65 @@ class Database:
         """Run one read returning its first row, or None."""
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One `Database.run` call waiting for its transaction."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    deadline: float  # monotonic time after which it fails with DatabaseBusyError
+
+
+def _in_batch(
+    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """On the worker thread: every fn in one transaction, each in its own savepoint."""
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        if len(fns) == 1:  # alone: the transaction itself is its savepoint
+            try:
+                outcomes.append((True, fns[0](conn)))
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                return [(False, exc)]
+            conn.execute("COMMIT")
+            return outcomes
+        for fn in fns:
+            conn.execute("SAVEPOINT call")
+            try:
+                value = fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE call")
+                outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+async def _finish(coro: Any) -> Any:
+    """Await `coro`; if cancelled meanwhile, wait for it to end first, then re-raise."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        raise
 
 
 async def _commit(conn: aiosqlite.Connection) -> None:

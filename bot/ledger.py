@@ -14,12 +14,11 @@ The ledger does not decide who is a moderator; it records the `actor` and `reaso
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import aiosqlite
 
 from bot import messages
 from bot.db import Database
@@ -134,7 +133,91 @@ class CreditLedger:
         self.max_amount = max_amount
         self._clock = clock
 
-    # --- jobs ------------------------------------------------------------------------------
+    # --- jobs: the steps a job transition composes into its own transaction -------------------
+
+    def hold_in(
+        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
+    ) -> int:
+        """`hold` inside the caller's transaction on `conn` (the job store's admission)."""
+        _check_hold_amount(amount)
+        now = self._clock()
+        day = _utc_day(now)
+        existing = _one(conn, "SELECT * FROM holds WHERE job_id = ?", (job_id,))
+        if existing is not None:
+            if (existing["tenant"], existing["user_id"], existing["amount"]) != (tenant, user, amount):
+                raise ValueError(f"job {job_id} already holds credits for another account or amount")
+            return _balance(conn, tenant, user)
+        account = self._touch(conn, tenant, user, now)
+        if account["banned"]:
+            raise BannedError(messages.banned())
+        if account["frozen"]:
+            raise FrozenError(messages.frozen())
+        # The debit is one conditional statement: whoever commits first wins the credits.
+        debited = _one(
+            conn,
+            "UPDATE accounts SET balance = balance - :cost WHERE tenant = :t AND user_id = :u"
+            " AND balance >= :cost AND frozen = 0 AND banned = 0 RETURNING balance",
+            {"cost": amount, "t": tenant, "u": user},
+        )
+        if debited is None:
+            balance = account["balance"]
+            raise InsufficientCreditsError(
+                messages.insufficient_credits(balance, amount), balance=balance, cost=amount
+            )
+        balance = int(debited["balance"])
+        # The day's use is one counter row, so a budget check never scans the day's holds; an
+        # over-budget hold raises and the caller's transaction (or savepoint) undoes it all.
+        used = _one(
+            conn,
+            "INSERT INTO budget_used (tenant, day, used) VALUES (?, ?, ?)"
+            " ON CONFLICT (tenant, day) DO UPDATE SET used = used + excluded.used RETURNING used",
+            (tenant, day, amount),
+        )
+        settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
+        budget = settings["budget"] if settings else None
+        if budget is not None and used is not None and used["used"] > budget:
+            raise TenantBudgetError(messages.budget_exhausted(budget, float((day + 1) * _DAY)))
+        conn.execute(
+            "INSERT INTO holds (job_id, tenant, user_id, amount, kind, state, created, day)"
+            " VALUES (?, ?, ?, ?, ?, 'held', ?, ?)",
+            (job_id, tenant, user, amount, kind, now, day),
+        )
+        _entry(conn, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
+        return balance
+
+    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
+        """`settle` inside the caller's transaction; True only for the call that settled."""
+        now = self._clock()
+        hold = _resolve(conn, job_id, "settled", now)
+        if hold is None:
+            return False
+        balance = _balance(conn, hold["tenant"], hold["user_id"])
+        _entry(conn, now, hold["tenant"], hold["user_id"], 0, "settle", balance, job_id=job_id)
+        return True
+
+    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
+        """`release` inside the caller's transaction; True only for the call that released."""
+        now = self._clock()
+        hold = _resolve(conn, job_id, "released", now)
+        if hold is None:
+            return False
+        conn.execute(
+            "UPDATE budget_used SET used = MAX(0, used - ?) WHERE tenant = ? AND day = ?",
+            (hold["amount"], hold["tenant"], hold["day"]),
+        )
+        balance = _add(conn, hold["tenant"], hold["user_id"], hold["amount"])
+        _entry(
+            conn,
+            now,
+            hold["tenant"],
+            hold["user_id"],
+            hold["amount"],
+            "release",
+            balance,
+            job_id=job_id,
+            reason=_text(reason),
+        )
+        return True
 
     async def hold(self, tenant: str, user: str, job_id: str, amount: int, *, kind: str) -> int:
         """Reserve `amount` credits for `job_id` and return the new balance.
@@ -143,84 +226,17 @@ class CreditLedger:
         current balance. Raises BannedError, FrozenError, InsufficientCreditsError or
         TenantBudgetError; a refused hold changes nothing.
         """
-        _check_hold_amount(amount)
-        now = self._clock()
-        day = _utc_day(now)
-        async with self._db.transaction() as conn:
-            existing = await _one(conn, "SELECT * FROM holds WHERE job_id = ?", (job_id,))
-            if existing is not None:
-                if (existing["tenant"], existing["user_id"], existing["amount"]) != (tenant, user, amount):
-                    raise ValueError(f"job {job_id} already holds credits for another account or amount")
-                return await _balance(conn, tenant, user)
-            account = await self._touch(conn, tenant, user, now)
-            if account["banned"]:
-                raise BannedError(messages.banned())
-            if account["frozen"]:
-                raise FrozenError(messages.frozen())
-            # The debit is one conditional statement: whoever commits first wins the credits.
-            cursor = await conn.execute(
-                "UPDATE accounts SET balance = balance - :cost WHERE tenant = :t AND user_id = :u"
-                " AND balance >= :cost AND frozen = 0 AND banned = 0",
-                {"cost": amount, "t": tenant, "u": user},
-            )
-            if cursor.rowcount != 1:
-                balance = account["balance"]
-                raise InsufficientCreditsError(
-                    messages.insufficient_credits(balance, amount), balance=balance, cost=amount
-                )
-            # Inserted only while today's open and settled holds leave room in the budget.
-            cursor = await conn.execute(
-                "INSERT INTO holds (job_id, tenant, user_id, amount, kind, state, created, day)"
-                " SELECT :j, :t, :u, :amount, :kind, 'held', :now, :day"
-                " WHERE (SELECT budget FROM tenant_settings WHERE tenant = :t) IS NULL"
-                " OR (SELECT COALESCE(SUM(amount), 0) FROM holds"
-                "     WHERE tenant = :t AND day = :day AND state != 'released') + :amount"
-                "    <= (SELECT budget FROM tenant_settings WHERE tenant = :t)",
-                {"j": job_id, "t": tenant, "u": user, "amount": amount, "kind": kind, "now": now, "day": day},
-            )
-            if cursor.rowcount != 1:
-                cap = await _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
-                raise TenantBudgetError(
-                    messages.budget_exhausted(cap["budget"] if cap else None, float((day + 1) * _DAY))
-                )
-            balance = await _balance(conn, tenant, user)
-            await _entry(conn, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
+        balance = await self._db.run(lambda c: self.hold_in(c, tenant, user, job_id, amount, kind=kind))
         _log.debug("hold job=%s tenant=%s user=%s amount=%d", job_id, tenant, user, amount)
         return balance
 
     async def settle(self, job_id: str) -> bool:
         """The job succeeded: keep its credits. True only for the call that settled it."""
-        now = self._clock()
-        async with self._db.transaction() as conn:
-            hold = await _resolve(conn, job_id, "settled", now)
-            if hold is None:
-                return False
-            balance = await _balance(conn, hold["tenant"], hold["user_id"])
-            await _entry(conn, now, hold["tenant"], hold["user_id"], 0, "settle", balance, job_id=job_id)
-        _log.debug("settle job=%s amount=%d", job_id, hold["amount"])
-        return True
+        return await self._db.run(lambda c: self.settle_in(c, job_id))
 
     async def release(self, job_id: str, *, reason: str) -> bool:
         """The job failed or was cancelled: give its credits back. True only for the call that did."""
-        now = self._clock()
-        async with self._db.transaction() as conn:
-            hold = await _resolve(conn, job_id, "released", now)
-            if hold is None:
-                return False
-            balance = await _add(conn, hold["tenant"], hold["user_id"], hold["amount"])
-            await _entry(
-                conn,
-                now,
-                hold["tenant"],
-                hold["user_id"],
-                hold["amount"],
-                "release",
-                balance,
-                job_id=job_id,
-                reason=_text(reason),
-            )
-        _log.debug("release job=%s amount=%d", job_id, hold["amount"])
-        return True
+        return await self._db.run(lambda c: self.release_in(c, job_id, reason=reason))
 
     async def hold_state(self, job_id: str) -> HoldState | None:
         """'held', 'settled', 'released', or None when the job never held credits."""
@@ -237,25 +253,27 @@ class CreditLedger:
     async def account(self, tenant: str, user: str) -> Account:
         """The member's account, created and topped up to today's allowance if due."""
         now = self._clock()
-        async with self._db.transaction() as conn:
-            row = await self._touch(conn, tenant, user, now)
-            held = await _one(
+
+        def read(conn: sqlite3.Connection) -> Account:
+            row = self._touch(conn, tenant, user, now)
+            held = _one(
                 conn,
                 "SELECT COALESCE(SUM(amount), 0) AS held FROM holds"
                 " WHERE tenant = ? AND user_id = ? AND state = 'held'",
                 (tenant, user),
             )
-            allowance = await self._allowance(conn, tenant)
-        return Account(
-            tenant=tenant,
-            user=user,
-            balance=row["balance"],
-            held=held["held"] if held else 0,
-            frozen=bool(row["frozen"]),
-            banned=bool(row["banned"]),
-            allowance=allowance,
-            next_refill=float((row["refill_day"] + 1) * _DAY),
-        )
+            return Account(
+                tenant=tenant,
+                user=user,
+                balance=row["balance"],
+                held=held["held"] if held else 0,
+                frozen=bool(row["frozen"]),
+                banned=bool(row["banned"]),
+                allowance=self._allowance(conn, tenant),
+                next_refill=float((row["refill_day"] + 1) * _DAY),
+            )
+
+        return await self._db.run(read)
 
     async def cost_for(self, tenant: str, kind: str, model: str | None = None) -> int:
         """Credits per unit of `kind` on `model`: the tenant's model price, its '*' price, or the default."""
@@ -275,27 +293,23 @@ class CreditLedger:
     async def tenant_settings(self, tenant: str) -> TenantSettings:
         """Allowance, budget (and what today's holds used of it), cost overrides and blocklist."""
         day = _utc_day(self._clock())
-        async with self._db.transaction() as conn:
-            allowance = await self._allowance(conn, tenant)
-            settings = await _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
-            used = await _one(
-                conn,
-                "SELECT COALESCE(SUM(amount), 0) AS used FROM holds"
-                " WHERE tenant = ? AND day = ? AND state != 'released'",
-                (tenant, day),
-            )
-            costs = await conn.execute_fetchall(
+
+        def read(conn: sqlite3.Connection) -> TenantSettings:
+            settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
+            used = _one(conn, "SELECT used FROM budget_used WHERE tenant = ? AND day = ?", (tenant, day))
+            costs = conn.execute(
                 "SELECT kind, model, amount FROM costs WHERE tenant = ? ORDER BY kind, model", (tenant,)
+            ).fetchall()
+            return TenantSettings(
+                tenant=tenant,
+                daily_allowance=self._allowance(conn, tenant),
+                budget=settings["budget"] if settings else None,
+                budget_used_today=used["used"] if used else 0,
+                costs={(r["kind"], r["model"]): r["amount"] for r in costs},
+                blocklist=_blocklist(conn, tenant),
             )
-            words = await _blocklist(conn, tenant)
-        return TenantSettings(
-            tenant=tenant,
-            daily_allowance=allowance,
-            budget=settings["budget"] if settings else None,
-            budget_used_today=used["used"] if used else 0,
-            costs={(r["kind"], r["model"]): r["amount"] for r in costs},
-            blocklist=words,
-        )
+
+        return await self._db.run(read)
 
     async def blocklist(self, tenant: str) -> tuple[str, ...]:
         """The tenant's blocked words and phrases, sorted."""
@@ -328,10 +342,14 @@ class CreditLedger:
         """Add 1..max_amount credits; returns the new balance."""
         self._check_amount(amount, low=1)
         now = self._clock()
-        async with self._db.transaction() as conn:
-            await self._touch(conn, tenant, user, now)
-            balance = await _add(conn, tenant, user, amount)
-            await _entry(conn, now, tenant, user, amount, "grant", balance, actor=actor, reason=reason)
+
+        def write(conn: sqlite3.Connection) -> int:
+            self._touch(conn, tenant, user, now)
+            balance = _add(conn, tenant, user, amount)
+            _entry(conn, now, tenant, user, amount, "grant", balance, actor=actor, reason=reason)
+            return balance
+
+        balance = await self._db.run(write)
         _log.info("grant tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return balance
 
@@ -339,9 +357,10 @@ class CreditLedger:
         """Remove 1..max_amount credits; refused (InvalidInputError naming the balance) below zero."""
         self._check_amount(amount, low=1)
         now = self._clock()
-        async with self._db.transaction() as conn:
-            account = await self._touch(conn, tenant, user, now)
-            cursor = await conn.execute(
+
+        def write(conn: sqlite3.Connection) -> int:
+            account = self._touch(conn, tenant, user, now)
+            cursor = conn.execute(
                 "UPDATE accounts SET balance = balance - :n"
                 " WHERE tenant = :t AND user_id = :u AND balance >= :n",
                 {"n": amount, "t": tenant, "u": user},
@@ -354,8 +373,11 @@ class CreditLedger:
                         f"Take at most {have}.",
                     )
                 )
-            balance = await _balance(conn, tenant, user)
-            await _entry(conn, now, tenant, user, -amount, "take", balance, actor=actor, reason=reason)
+            balance = _balance(conn, tenant, user)
+            _entry(conn, now, tenant, user, -amount, "take", balance, actor=actor, reason=reason)
+            return balance
+
+        balance = await self._db.run(write)
         _log.info("take tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return balance
 
@@ -363,12 +385,15 @@ class CreditLedger:
         """Set the balance to 0..max_amount; the entry's delta is the difference."""
         self._check_amount(amount, low=0)
         now = self._clock()
-        async with self._db.transaction() as conn:
-            before = (await self._touch(conn, tenant, user, now))["balance"]
-            await conn.execute(
+
+        def write(conn: sqlite3.Connection) -> None:
+            before = self._touch(conn, tenant, user, now)["balance"]
+            conn.execute(
                 "UPDATE accounts SET balance = ? WHERE tenant = ? AND user_id = ?", (amount, tenant, user)
             )
-            await _entry(conn, now, tenant, user, amount - before, "set", amount, actor=actor, reason=reason)
+            _entry(conn, now, tenant, user, amount - before, "set", amount, actor=actor, reason=reason)
+
+        await self._db.run(write)
         _log.info("set tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return amount
 
@@ -521,30 +546,30 @@ class CreditLedger:
         if type(amount) is not int or not low <= amount <= self.max_amount:
             raise InvalidInputError(messages.invalid_amount(amount, self.max_amount))
 
-    async def _allowance(self, conn: aiosqlite.Connection, tenant: str) -> int:
-        row = await _one(conn, "SELECT daily_allowance FROM tenant_settings WHERE tenant = ?", (tenant,))
+    def _allowance(self, conn: sqlite3.Connection, tenant: str) -> int:
+        row = _one(conn, "SELECT daily_allowance FROM tenant_settings WHERE tenant = ?", (tenant,))
         value = row["daily_allowance"] if row else None
         return self.default_allowance if value is None else int(value)
 
-    async def _touch(self, conn: aiosqlite.Connection, tenant: str, user: str, now: float) -> aiosqlite.Row:
+    def _touch(self, conn: sqlite3.Connection, tenant: str, user: str, now: float) -> sqlite3.Row:
         """Create the account if new and top it up to the allowance on a new UTC day; the row after."""
         if not tenant or not user:
             raise ValueError("tenant and user must not be empty")
         day = _utc_day(now)
-        await conn.execute(
-            "INSERT OR IGNORE INTO accounts (tenant, user_id, balance) VALUES (?, ?, 0)", (tenant, user)
-        )
+        row = _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
+        if row is None:
+            conn.execute("INSERT INTO accounts (tenant, user_id, balance) VALUES (?, ?, 0)", (tenant, user))
+            row = _account_row(conn, tenant, user)
         # Reading then writing is safe here: the caller's BEGIN IMMEDIATE holds the write lock.
-        row = await _account_row(conn, tenant, user)
         if row["refill_day"] is not None and row["refill_day"] >= day:
             return row
-        top_up = max(0, await self._allowance(conn, tenant) - row["balance"])
-        await conn.execute(
+        top_up = max(0, self._allowance(conn, tenant) - row["balance"])
+        conn.execute(
             "UPDATE accounts SET balance = balance + ?, refill_day = ? WHERE tenant = ? AND user_id = ?",
             (top_up, day, tenant, user),
         )
         if top_up:
-            await _entry(
+            _entry(
                 conn,
                 now,
                 tenant,
@@ -554,20 +579,23 @@ class CreditLedger:
                 row["balance"] + top_up,
                 reason="daily allowance",
             )
-        return await _account_row(conn, tenant, user)
+        return _account_row(conn, tenant, user)
 
     async def _flag(
         self, tenant: str, user: str, column: str, on: bool, kind: str, *, actor: str, reason: str
     ) -> None:
         now = self._clock()
-        async with self._db.transaction() as conn:
-            await self._touch(conn, tenant, user, now)
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._touch(conn, tenant, user, now)
             # `column` is one of two literals from the methods above, never user input.
-            await conn.execute(
+            conn.execute(
                 f"UPDATE accounts SET {column} = ? WHERE tenant = ? AND user_id = ?", (int(on), tenant, user)
             )
-            balance = await _balance(conn, tenant, user)
-            await _entry(conn, now, tenant, user, 0, kind, balance, actor=actor, reason=reason)
+            balance = _balance(conn, tenant, user)
+            _entry(conn, now, tenant, user, 0, kind, balance, actor=actor, reason=reason)
+
+        await self._db.run(write)
         _log.info("%s tenant=%s user=%s actor=%s", kind, tenant, user, actor)
 
     async def _setting(
@@ -584,10 +612,13 @@ class CreditLedger:
         if not tenant:
             raise ValueError("tenant must not be empty")
         now = self._clock()
-        async with self._db.transaction() as conn:
-            cursor = await conn.execute(sql, {"t": tenant, **params})
-            changed = cursor.rowcount > 0
-            await _entry(conn, now, tenant, None, 0, kind, None, actor=actor, reason=reason, detail=detail)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(sql, {"t": tenant, **params}).rowcount > 0
+            _entry(conn, now, tenant, None, 0, kind, None, actor=actor, reason=reason, detail=detail)
+            return changed
+
+        changed = await self._db.run(write)
         _log.info("%s tenant=%s detail=%s actor=%s", kind, tenant, detail, actor)
         return changed
 
@@ -629,24 +660,24 @@ def _check_hold_amount(amount: int) -> None:
         raise ValueError(f"hold amount must be a non-negative int, not {amount!r}")
 
 
-async def _one(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> aiosqlite.Row | None:
-    rows = list(await conn.execute_fetchall(sql, params))
-    return rows[0] if rows else None
+def _one(conn: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+    return row
 
 
-async def _account_row(conn: aiosqlite.Connection, tenant: str, user: str) -> aiosqlite.Row:
-    row = await _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
+def _account_row(conn: sqlite3.Connection, tenant: str, user: str) -> sqlite3.Row:
+    row = _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
     if row is None:
         raise LookupError(f"no account {tenant}/{user}")
     return row
 
 
-async def _balance(conn: aiosqlite.Connection, tenant: str, user: str) -> int:
-    return int((await _account_row(conn, tenant, user))["balance"])
+def _balance(conn: sqlite3.Connection, tenant: str, user: str) -> int:
+    return int(_account_row(conn, tenant, user)["balance"])
 
 
-async def _add(conn: aiosqlite.Connection, tenant: str, user: str, amount: int) -> int:
-    row = await _one(
+def _add(conn: sqlite3.Connection, tenant: str, user: str, amount: int) -> int:
+    row = _one(
         conn,
         "UPDATE accounts SET balance = balance + ? WHERE tenant = ? AND user_id = ? RETURNING balance",
         (amount, tenant, user),
@@ -656,25 +687,23 @@ async def _add(conn: aiosqlite.Connection, tenant: str, user: str, amount: int) 
     return int(row["balance"])
 
 
-async def _resolve(
-    conn: aiosqlite.Connection, job_id: str, state: HoldState, now: float
-) -> aiosqlite.Row | None:
+def _resolve(conn: sqlite3.Connection, job_id: str, state: HoldState, now: float) -> sqlite3.Row | None:
     # Only an open hold moves, so of any number of settle/release calls exactly one wins.
-    return await _one(
+    return _one(
         conn,
         "UPDATE holds SET state = ?, resolved = ? WHERE job_id = ? AND state = 'held'"
-        " RETURNING tenant, user_id, amount",
+        " RETURNING tenant, user_id, amount, day",
         (state, now, job_id),
     )
 
 
-async def _blocklist(conn: aiosqlite.Connection, tenant: str) -> tuple[str, ...]:
-    rows = await conn.execute_fetchall("SELECT word FROM blocklist WHERE tenant = ? ORDER BY word", (tenant,))
+def _blocklist(conn: sqlite3.Connection, tenant: str) -> tuple[str, ...]:
+    rows = conn.execute("SELECT word FROM blocklist WHERE tenant = ? ORDER BY word", (tenant,)).fetchall()
     return tuple(r["word"] for r in rows)
 
 
-async def _entry(
-    conn: aiosqlite.Connection,
+def _entry(
+    conn: sqlite3.Connection,
     ts: float,
     tenant: str,
     user: str | None,
@@ -687,14 +716,14 @@ async def _entry(
     reason: str = "",
     detail: str | None = None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id, actor, reason, balance_after, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (ts, tenant, user, delta, kind, job_id, actor, _text(reason), balance_after, detail),
     )
 
 
-def _entry_of(r: aiosqlite.Row) -> Entry:
+def _entry_of(r: sqlite3.Row) -> Entry:
     return Entry(
         id=r["id"],
         ts=r["ts"],
@@ -710,7 +739,7 @@ def _entry_of(r: aiosqlite.Row) -> Entry:
     )
 
 
-def _hold(r: aiosqlite.Row) -> Hold:
+def _hold(r: sqlite3.Row) -> Hold:
     return Hold(
         job_id=r["job_id"],
         tenant=r["tenant"],
@@ -723,7 +752,7 @@ def _hold(r: aiosqlite.Row) -> Hold:
     )
 
 
-def _hold_problems(r: aiosqlite.Row) -> list[str]:
+def _hold_problems(r: sqlite3.Row) -> list[str]:
     job, state = r["job_id"], r["state"]
     holds, settles, releases = r["holds"] or 0, r["settles"] or 0, r["releases"] or 0
     out: list[str] = []

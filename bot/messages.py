@@ -195,6 +195,16 @@ def cancelled() -> str:
     return "Cancelled. You weren't charged."
 
 
+def too_late_to_cancel() -> str:
+    """A Cancel that arrived after the job was finished and charged."""
+    return "Too late — your result is on its way."
+
+
+def database_busy() -> str:
+    """The database stayed locked by another writer (an operator CLI, a backup)."""
+    return "I'm busy for a moment — please try again in a few seconds. You weren't charged."
+
+
 def lost_after_restart() -> str:
     """A job that could not be re-attached after a restart."""
     return "I restarted and couldn't pick this job back up. You weren't charged — please try again."

@@ -72,6 +72,17 @@ class Metrics:
             registry=r,
         )
 
+        self.outbox_sent_total = Counter(
+            "outbox_sent", "User messages of finished jobs delivered.", ["kind"], namespace=ns, registry=r
+        )
+        self.outbox_undeliverable_total = Counter(
+            "outbox_undeliverable",
+            "Deliveries of finished jobs' messages that no route could make (kept for the next start).",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

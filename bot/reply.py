@@ -28,12 +28,15 @@ __all__ = [
 
 
 class JobPhase(StrEnum):
-    """The job state machine (persisted in the jobs table)."""
+    """The job state machine (persisted in the jobs table; see `bot.store`).
+
+    DELIVERING is shown to users while results download; the row stays `running` meanwhile.
+    """
 
     QUEUED = "queued"
-    SUBMITTED = "submitted"
+    SUBMITTING = "submitting"
     RUNNING = "running"
-    DELIVERING = "delivering"
+    DELIVERING = "delivering"  # progress only, never stored
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.catalog import Catalog, accepts
+from bot.errors import BotError
+from bot.metrics import Metrics
 from bot.params import JobSpec
 from providers.base import (
     AuthError,
     GenerationRequest,
     JobHandle,
+    JobState,
     JobUpdate,
     OutOfFundsError,
     Provider,
@@ -40,7 +43,7 @@ _log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 10.0
 
 
-class NoRouteError(Exception):
+class NoRouteError(BotError):
     """Every route that could serve the job failed or is switched off; `errors` says why."""
 
     def __init__(self, errors: list[ProviderError], reason: str = "no route") -> None:
@@ -76,6 +79,12 @@ class CircuitBreaker:
             self.probing = True
             return True
         return False
+
+    def trip(self) -> None:
+        """Open at once (the vendor refused our key or our wallet is empty)."""
+        self.failures = max(self.failures + 1, self.threshold)
+        self.opened_at = self.clock()
+        self.probing = False
 
     def success(self) -> None:
         """A call worked: close."""
@@ -137,7 +146,7 @@ class Router:
         vendor_concurrency: int = 16,
         breaker_failures: int = 5,
         breaker_reset: float = 30.0,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -261,17 +270,51 @@ class Router:
 
     async def poll(self, route_key: str, handle: JobHandle) -> JobUpdate:
         """One poll through the vendor's concurrency limit; errors are raised for the caller's
-        backoff (the breaker only counts them, polling never fails over on its own)."""
+        backoff. The breaker counts them, and a refused key or empty wallet opens it at once
+        so new jobs go elsewhere, while the job itself keeps being followed on its route."""
         route = self.route(route_key)
         state = self._routes[route.key]
         try:
             update = await self._call(route.vendor, "poll", self.providers[route.vendor].poll(handle))
+        except (AuthError, OutOfFundsError) as exc:
+            state.breaker.trip()
+            self._breaker_metric(route)
+            _log.error("route unhealthy route=%s while polling: %s", route.key, exc)
+            raise
         except ProviderError:
             state.breaker.failure()
             self._breaker_metric(route)
             raise
-        state.breaker.success()
+        if state.breaker.state == "closed":
+            state.breaker.success()  # an open breaker closes on a submit probe, not a poll
         return update
+
+    def fail_over(
+        self, spec: JobSpec, update: JobUpdate, tried: list[str], attempts: int, limit: int
+    ) -> bool:
+        """Whether a job whose vendor job ended FAILED (or cancelled) goes to another route.
+
+        The one failover rule after submission: a failure the vendor did not bill is about its
+        system and may succeed elsewhere, a bounded number of times; a billed one is about the
+        request itself and is not sent to another vendor."""
+        if update.charged and update.state is not JobState.CANCELLED:
+            return False
+        if attempts >= limit or not self.candidates(spec, exclude=tried):
+            return False
+        last = tried[-1] if tried else "?"
+        _log.warning("failover after vendor failure from route=%s: %s", last, update.error or update.state)
+        if self.metrics is not None:
+            self.metrics.failovers_total.labels(from_route=last, reason="job_failed").inc()
+        return True
+
+    async def cancel(self, route_key: str, handle: JobHandle) -> None:
+        """Ask the vendor to stop a job nobody wants any more, where it can; never raises for
+        the vendor's refusal (the job is over on our side either way)."""
+        route = self.route(route_key)
+        try:
+            await self._call(route.vendor, "cancel", self.providers[route.vendor].cancel(handle))
+        except ProviderError as exc:
+            _log.info("vendor cancel refused route=%s job=%s: %s", route.key, handle.job_id, exc)
 
     def parse_webhook(self, vendor: str, body: bytes, headers: Mapping[str, str]) -> JobUpdate | None:
         """A vendor callback as an update (None when it carries no outcome)."""

@@ -1,4 +1,23 @@
-"""Durable jobs: one row per job with enough to finish or refund it after a restart."""
+"""Durable jobs: one row per job, moved through the state machine by one transaction per step.
+
+Every transition is one method and one `Database.run` hop: a compare-and-set on the state
+(`UPDATE jobs SET state = :to, version = version + 1 WHERE id = :id AND state = :from`, checked
+by rowcount) together with its ledger effect and, for endings, the outbox row that tells the
+user. Whoever loses a race (a worker against a Cancel, a webhook against a poll) learns it from
+the result — `LostRaceError`, False, or the state it found — and does nothing.
+
+| from                          | to           | in the same transaction                      |
+|-------------------------------|--------------|----------------------------------------------|
+| —                             | `queued`     | hold the credits, insert the job (`admit`)   |
+| `queued`                      | `submitting` | lease to this process (`claim`)              |
+| `submitting`                  | `running`    | route, vendor handle (`accepted`)            |
+| `running`                     | `submitting` | failover after a vendor FAILED (`resubmit`)  |
+| `running`                     | `done`       | settle, the result, outbox "result" (`done`) |
+| `queued` `submitting` `running` | `failed`   | release, outbox "failure" (`failed`)         |
+| `queued` `submitting` `running` | `cancelled`| release, outbox "cancelled" (`cancel`)       |
+
+The interface is what a second backend (PostgreSQL) implements; no SQL lives outside it.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +27,92 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot import messages
 from bot.commands import Actor
 from bot.db import Database
+from bot.errors import BotError, BusyError
 from bot.params import JobSpec
 from bot.reply import JobPhase
 from providers.base import JobHandle
 
-__all__ = ["JobRecord", "JobStore", "new_job_id"]
+__all__ = [
+    "JobLedger",
+    "JobRecord",
+    "JobStore",
+    "LostRaceError",
+    "OutboxKind",
+    "OutboxRow",
+    "StoredFile",
+    "StoredResult",
+    "new_job_id",
+]
+
+OPEN = (JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING)
+_OPEN_SQL = "('queued', 'submitting', 'running')"
+
+OutboxKind = Literal["result", "failure", "cancelled"]
 
 
 def new_job_id() -> str:
     """A short, unguessable id users can type (`/show 3f9a1c02de`)."""
     return secrets.token_hex(5)
+
+
+class StoredFile(BaseModel):
+    """One delivered file as saved with the job (paths relative to the media root)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+    filename: str
+    content_type: str
+    size: int
+    role: str = "image"
+    width: int | None = None
+    height: int | None = None
+    url: str | None = None
+
+
+class StoredResult(BaseModel):
+    """What a job produced: the size the vendor made, the files and the grid preview."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    size: tuple[int, int] | None = None
+    files: list[StoredFile] = Field(default_factory=list)
+    preview: StoredFile | None = None
+    faces: int | None = None  # a 3D model's face count, when its GLB could be read
+
+
+class LostRaceError(BotError):
+    """A transition found the job no longer in the state it expected: someone else moved it."""
+
+    def __init__(self, job_id: str, state: JobPhase | None) -> None:
+        super().__init__(f"job {job_id} is {state.value if state else 'gone'}")
+        self.job_id = job_id
+        self.state = state
+
+
+class JobLedger(Protocol):
+    """The ledger steps a transition composes into its own transaction."""
+
+    def hold_in(
+        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
+    ) -> int:
+        """Hold credits (raises the ledger's user errors)."""
+        ...
+
+    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
+        """Keep the held credits."""
+        ...
+
+    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
+        """Give the held credits back."""
+        ...
 
 
 @dataclass(slots=True)
@@ -41,10 +132,12 @@ class JobRecord:
     attempts: int = 0
     routes_tried: list[str] = field(default_factory=list)
     vendor_cost_usd: float | None = None
-    result: dict[str, Any] | None = None
+    result: StoredResult | None = None
     error: str | None = None
     parent_id: str | None = None
     request_key: str | None = None
+    version: int = 0
+    deadline: float | None = None  # unix time after which the job fails as timed out
 
     @property
     def tenant(self) -> str:
@@ -52,29 +145,24 @@ class JobRecord:
         return self.actor.tenant
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message to a user that a committed ending owes them."""
+
+    id: int
+    job_id: str
+    kind: OutboxKind
+    payload: dict[str, Any]
+    attempts: int
+
+
 _COLUMNS = (
     "id, created, updated, platform, tenant, user_id, kind, state, spec, actor, reply_ref, cost, route, "
-    "handle, attempts, routes_tried, vendor_cost_usd, result, error, parent_id, request_key"
+    "handle, attempts, routes_tried, vendor_cost_usd, result, error, parent_id, request_key, version, deadline"
 )
 
 
-def _mutable(job: JobRecord) -> dict[str, Any]:
-    """The columns that change over a job's life, encoded for SQLite."""
-    return {
-        "updated": job.updated,
-        "state": job.state.value,
-        "reply_ref": json.dumps(job.reply_ref),
-        "route": job.route,
-        "handle": job.handle.model_dump_json() if job.handle else None,
-        "attempts": job.attempts,
-        "routes_tried": json.dumps(job.routes_tried),
-        "vendor_cost_usd": job.vendor_cost_usd,
-        "result": json.dumps(job.result) if job.result is not None else None,
-        "error": job.error,
-    }
-
-
-def _decode(row: sqlite3.Row | Any) -> JobRecord:
+def _decode(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         created=row["created"],
@@ -89,50 +177,273 @@ def _decode(row: sqlite3.Row | Any) -> JobRecord:
         attempts=row["attempts"],
         routes_tried=json.loads(row["routes_tried"]),
         vendor_cost_usd=row["vendor_cost_usd"],
-        result=json.loads(row["result"]) if row["result"] else None,
+        result=StoredResult.model_validate_json(row["result"]) if row["result"] else None,
         error=row["error"],
         parent_id=row["parent_id"],
         request_key=row["request_key"],
+        version=row["version"],
+        deadline=row["deadline"],
     )
 
 
-class JobStore:
-    """Reads and writes the `jobs` table."""
+def _state_of(conn: sqlite3.Connection, job_id: str) -> JobPhase | None:
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return JobPhase(row[0]) if row else None
 
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+
+class JobStore:
+    """The jobs, the outbox and the learned poll times, on one `Database`.
+
+    `ledger` supplies the credit steps of admission and endings; read-only users (the CLI's
+    listings) may leave it out.
+    """
+
+    def __init__(
+        self, db: Database, *, ledger: JobLedger | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
+        self.ledger = ledger
         self.clock = clock
 
-    async def create(self, job: JobRecord) -> None:
-        """Insert a new job (its id and request key must be new)."""
+    def _ledger(self) -> JobLedger:
+        if self.ledger is None:
+            raise RuntimeError("this JobStore was opened without a ledger: it cannot move jobs")
+        return self.ledger
+
+    # --- transitions -----------------------------------------------------------------------
+
+    async def admit(self, job: JobRecord, *, max_open: int | None = None) -> tuple[JobRecord, bool]:
+        """Hold the job's credits and insert it, in one transaction; (job, True).
+
+        Idempotent by request key: when a job with `job.request_key` exists, nothing is held
+        and (that job, False) is returned. Raises BusyError when the user already has
+        `max_open` unfinished jobs, and the ledger's refusals (credits, budget, ban); a
+        refusal writes nothing.
+        """
+        ledger = self._ledger()
         row = {
             "id": job.id,
             "created": job.created,
+            "updated": job.updated,
             "platform": job.actor.platform,
             "tenant": job.tenant,
             "user_id": job.actor.user_id,
             "kind": job.spec.kind.value,
+            "state": JobPhase.QUEUED.value,
             "spec": job.spec.model_dump_json(),
             "actor": job.actor.model_dump_json(),
+            "reply_ref": json.dumps(job.reply_ref),
             "cost": job.cost,
             "parent_id": job.parent_id,
             "request_key": job.request_key,
-            **_mutable(job),
+            "deadline": job.deadline,
         }
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row
+        sql = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"
+
+        def tx(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            if job.request_key:
+                found = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE request_key = ?", (job.request_key,)
+                ).fetchone()
+                if found is not None:
+                    return _decode(found), False
+            if max_open is not None:
+                (open_jobs,) = conn.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE tenant = ? AND user_id = ? AND state IN {_OPEN_SQL}",
+                    (job.tenant, job.actor.user_id),
+                ).fetchone()
+                if open_jobs >= max_open:
+                    raise BusyError(messages.busy(max_open))
+            ledger.hold_in(conn, job.tenant, job.actor.user_id, job.id, job.cost, kind=job.spec.kind.value)
+            conn.execute(sql, row)
+            return job, True
+
+        return await self.db.run(tx)
+
+    async def claim(self, job_id: str, owner: str, lease: float, deadline: float) -> JobRecord | None:
+        """queued → submitting for this worker; the job as claimed, or None if it is not queued."""
+        now = self.clock()
+
+        def tx(conn: sqlite3.Connection) -> JobRecord | None:
+            found = conn.execute(
+                "UPDATE jobs SET state = 'submitting', version = version + 1, attempts = attempts + 1,"
+                " lease_owner = ?, lease_until = ?, deadline = COALESCE(deadline, ?), updated = ?"
+                f" WHERE id = ? AND state = 'queued' RETURNING {_COLUMNS}",
+                (owner, now + lease, deadline, now, job_id),
+            ).fetchone()
+            return _decode(found) if found else None
+
+        return await self.db.run(tx)
+
+    async def accepted(self, job: JobRecord) -> None:
+        """submitting → running: the vendor took the job (route, handle, cost, size saved)."""
+        await self._move(
+            job,
+            JobPhase.SUBMITTING,
+            JobPhase.RUNNING,
+            route=job.route,
+            handle=job.handle.model_dump_json() if job.handle else None,
+            routes_tried=json.dumps(job.routes_tried),
+            vendor_cost_usd=job.vendor_cost_usd,
+            result=job.result.model_dump_json() if job.result else None,
+        )
+
+    async def resubmit(self, job: JobRecord) -> None:
+        """running → submitting: the vendor's job FAILED unbilled and another route will try."""
+        await self._move(job, JobPhase.RUNNING, JobPhase.SUBMITTING, handle=None, attempts=job.attempts + 1)
+        job.handle = None
+        job.attempts += 1
+
+    async def done(self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None) -> bool:
+        """running → done with the settle and the outbox row "result"; False if the job was
+        no longer running (a Cancel won: nothing is charged, nothing recorded)."""
+        ledger = self._ledger()
+        now = self.clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            moved = conn.execute(
+                "UPDATE jobs SET state = 'done', version = version + 1, result = ?, updated = ?,"
+                " vendor_cost_usd = COALESCE(?, vendor_cost_usd), lease_owner = NULL"
+                " WHERE id = ? AND state = 'running'",
+                (result.model_dump_json(), now, vendor_cost_usd, job_id),
+            ).rowcount
+            if moved != 1:
+                return False
+            ledger.settle_in(conn, job_id)
+            _outbox(conn, job_id, "result", {}, now)
+            return True
+
+        return await self.db.run(tx)
+
+    async def failed(self, job_id: str, text: str, why: str) -> bool:
+        """Any open state → failed with the release and the outbox row telling the user `text`;
+        False if the job had already ended."""
+        return await self._end(job_id, JobPhase.FAILED, "failure", text, why)
+
+    async def cancel(self, job_id: str, text: str) -> JobPhase | None:
+        """Any open state → cancelled with the release and the outbox row `text`. Returns
+        CANCELLED when this call won, else the state found (DONE: too late; None: no job)."""
+        if await self._end(job_id, JobPhase.CANCELLED, "cancelled", text, "cancelled"):
+            return JobPhase.CANCELLED
+        return await self.db.run(lambda conn: _state_of(conn, job_id))
+
+    async def _end(self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str) -> bool:
+        ledger = self._ledger()
+        now = self.clock()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            moved = conn.execute(
+                "UPDATE jobs SET state = ?, version = version + 1, error = ?, updated = ?, lease_owner = NULL"
+                f" WHERE id = ? AND state IN {_OPEN_SQL}",
+                (to.value, why[:500] if to is JobPhase.FAILED else None, now, job_id),
+            ).rowcount
+            if moved != 1:
+                return False
+            ledger.release_in(conn, job_id, reason=why[:200])
+            _outbox(conn, job_id, kind, {"text": text}, now)
+            return True
+
+        return await self.db.run(tx)
+
+    async def _move(self, job: JobRecord, frm: JobPhase, to: JobPhase, **columns: Any) -> None:
+        now = self.clock()
+        sets = "".join(f", {k} = :{k}" for k in columns)
+        sql = (
+            f"UPDATE jobs SET state = :to, version = version + 1, updated = :now{sets}"
+            " WHERE id = :id AND state = :frm"
+        )
+        params = {**columns, "to": to.value, "now": now, "id": job.id, "frm": frm.value}
+
+        def tx(conn: sqlite3.Connection) -> JobPhase | None:
+            if conn.execute(sql, params).rowcount == 1:
+                return to
+            return _state_of(conn, job.id)
+
+        state = await self.db.run(tx)
+        if state is not to:
+            raise LostRaceError(job.id, state)
+        job.state, job.version, job.updated = to, job.version + 1, now
+
+    async def save_reply_ref(self, job_id: str, ref: dict[str, Any]) -> None:
+        """Where the job's reply now lives (a platform moved it, e.g. to a DM)."""
+        encoded = json.dumps(ref)
+        await self.db.run(
+            lambda c: c.execute("UPDATE jobs SET reply_ref = ? WHERE id = ?", (encoded, job_id))
+        )
+
+    async def release_orphan_holds(self) -> list[str]:
+        """Release every open hold whose job row does not exist; their job ids.
+
+        Admission holds and inserts in one transaction, so such a hold can only be left by a
+        process that crashed between the two (an older version) or by hand."""
+        ledger = self._ledger()
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT h.job_id FROM holds h LEFT JOIN jobs j ON j.id = h.job_id"
+                    " WHERE h.state = 'held' AND j.id IS NULL"
+                ).fetchall()
+            ]
+            for job_id in ids:
+                ledger.release_in(conn, job_id, reason="job lost before it was saved")
+            return ids
+
+        return await self.db.run(tx)
+
+    # --- the outbox ------------------------------------------------------------------------
+
+    async def unsent(self, job_id: str | None = None) -> list[OutboxRow]:
+        """Messages committed but not yet delivered (of one job, or all), oldest first."""
+        sql = "SELECT id, job_id, kind, payload, attempts FROM outbox WHERE sent_at IS NULL"
+        rows = (
+            await self.db.fetchall(sql + " AND job_id = ?", (job_id,))
+            if job_id
+            else await self.db.fetchall(sql + " ORDER BY id")
+        )
+        return [
+            OutboxRow(r["id"], r["job_id"], r["kind"], json.loads(r["payload"]), r["attempts"]) for r in rows
+        ]
+
+    async def mark_sent(self, row_id: int) -> None:
+        """The message reached the user (or the platform took it)."""
+        now = self.clock()
+        await self.db.run(
+            lambda c: c.execute(
+                "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
+                (now, row_id),
+            )
+        )
+
+    async def mark_attempt(self, row_id: int) -> None:
+        """A delivery attempt failed; the row stays unsent for the next start."""
+        await self.db.run(
+            lambda c: c.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+        )
+
+    # --- the learned poll schedule ---------------------------------------------------------
+
+    async def load_route_times(self) -> dict[str, list[float]]:
+        """Each route's saved recent job durations."""
+        rows = await self.db.fetchall("SELECT route, samples FROM route_times")
+        return {r["route"]: [float(x) for x in json.loads(r["samples"])] for r in rows}
+
+    async def save_route_times(self, data: dict[str, list[float]]) -> None:
+        """Replace the saved durations of every route in `data`."""
+        now = self.clock()
+        rows = [(route, json.dumps(samples), now) for route, samples in data.items()]
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO route_times (route, samples, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT (route) DO UPDATE SET samples = excluded.samples, updated = excluded.updated",
+                rows,
             )
 
-    async def save(self, job: JobRecord) -> None:
-        """Write back every mutable field of a job."""
-        job.updated = self.clock()
-        row = _mutable(job)
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                f"UPDATE jobs SET {', '.join(f'{k} = :{k}' for k in row)} WHERE id = :id",
-                {**row, "id": job.id},
-            )
+        await self.db.run(tx)
+
+    # --- reads -----------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:
         """A job by id, or None."""
@@ -188,5 +499,14 @@ class JobStore:
         return {r["state"]: int(r["n"]) for r in rows}
 
     async def ids(self) -> set[str]:
-        """Every job id (to find ledger holds that lost their job in a crash)."""
+        """Every job id."""
         return {r["id"] for r in await self.db.fetchall("SELECT id FROM jobs")}
+
+
+def _outbox(
+    conn: sqlite3.Connection, job_id: str, kind: OutboxKind, payload: dict[str, Any], now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO outbox (job_id, kind, payload, created) VALUES (?, ?, ?, ?)",
+        (job_id, kind, json.dumps(payload), now),
+    )

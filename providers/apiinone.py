@@ -328,7 +328,7 @@ def _read(answer: _Answer) -> tuple[str | None, JobUpdate | None]:
         case JobState.FAILED:
             # "Billed on successful requests" [S0]: a failed task costs nothing.
             return task_id, JobUpdate(state=state, error=_failure_text(task, answer), charged=False)
-        case JobState.QUEUED | JobState.RUNNING:
+        case JobState.QUEUED | JobState.RUNNING | JobState.CANCELLED:
             return task_id, JobUpdate(state=state)
         case _:
             assert_never(state)

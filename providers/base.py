@@ -112,6 +112,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # the vendor (or we, through it) stopped the job; never billed
 
 
 class Artifact(BaseModel):
@@ -143,7 +144,7 @@ class JobUpdate(BaseModel):
     @property
     def terminal(self) -> bool:
         """True once the job will not change any more."""
-        return self.state in (JobState.SUCCEEDED, JobState.FAILED)
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)

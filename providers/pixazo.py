@@ -373,7 +373,7 @@ def _update(body: _StatusBody, model: str | None) -> JobUpdate:
         status = _Status.PROCESSING
     state = _job_state(status)
     match state:
-        case JobState.QUEUED | JobState.RUNNING:
+        case JobState.QUEUED | JobState.RUNNING | JobState.CANCELLED:
             return JobUpdate(state=state)
         case JobState.FAILED:
             # ERROR is a system error and "not charged"; FAILED carries no such promise.

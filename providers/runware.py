@@ -235,6 +235,14 @@ def parse_results(body: Any, *, task_uuid: str | None, expected: int, complete: 
     return JobUpdate(state=state, progress=progress, cost_usd=cost)
 
 
+def _task_of(payload: dict[str, Any]) -> str | None:
+    """The taskUUID a webhook post is about."""
+    for item in payload.get("data") or payload.get("errors") or []:
+        if isinstance(item, dict) and isinstance(item.get("taskUUID"), str):
+            return str(item["taskUUID"])
+    return None
+
+
 class RunwareProvider(Provider):
     """Runware: HunyuanImage-3.0 over REST, sync by default, async with a webhook."""
 
@@ -243,6 +251,10 @@ class RunwareProvider(Provider):
     def __init__(self, session: aiohttp.ClientSession, settings: ProviderSettings) -> None:
         self.settings = settings
         self.http = VendorHTTP.from_settings(self.name, session, settings)
+        # Async tasks post one webhook per finished image; the posts of a task are gathered
+        # here until `numberResults` are in, so the core sees one closed status per job.
+        self._expected: dict[str, int] = {}
+        self._gathered: dict[str, dict[str, Artifact]] = {}
 
     @classmethod
     def routes(cls) -> tuple[RouteSpec, ...]:
@@ -307,6 +319,7 @@ class RunwareProvider(Provider):
             data={"numberResults": str(task["numberResults"]), "delivery": task["deliveryMethod"]},
         )
         if task["deliveryMethod"] == "async":
+            self._expected[task_uuid] = int(task["numberResults"])
             # The ack is `{"data": [{taskType, taskUUID, …}]}` or `{"data": []}`: only errors matter.
             ack = parse_results(answer, task_uuid=task_uuid, expected=task["numberResults"], complete=False)
             _log.info("runware task accepted task=%s delivery=async", task_uuid)
@@ -326,14 +339,19 @@ class RunwareProvider(Provider):
             classify=_classify,
         )
         expected = int(handle.data.get("numberResults", "1"))
-        return parse_results(answer, task_uuid=handle.job_id, expected=expected, complete=False)
+        update = parse_results(answer, task_uuid=handle.job_id, expected=expected, complete=False)
+        if update.terminal:  # the poll saw the whole task: nothing left to gather
+            self._expected.pop(handle.job_id, None)
+            self._gathered.pop(handle.job_id, None)
+        return update
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> JobUpdate | None:
         """One delivered result (`{"data": [item]}`, like a sync answer) as a SUCCEEDED update
         with that image; an error delivery as FAILED (or the raised call-level error).
 
-        Runware posts once per finished image, so one delivery may be part of a job: the core
-        gathers deliveries until the job's image count is reached.
+        Runware posts once per finished image: posts of a task submitted by this client are
+        gathered here, RUNNING (with progress) until the task's image count is in, then one
+        SUCCEEDED with every image.
         """
         try:
             payload = json.loads(body)
@@ -342,9 +360,29 @@ class RunwareProvider(Provider):
         if not isinstance(payload, dict) or not (payload.get("data") or payload.get("errors")):
             return None
         try:
-            return parse_results(payload, task_uuid=None, expected=1, complete=True)
+            update = parse_results(payload, task_uuid=None, expected=1, complete=True)
         except RetryableError as exc:
             raise RejectedInputError(self.name, f"webhook body is not a result: {exc.message}") from exc
+        task = _task_of(payload)
+        if task is None:
+            return update
+        expected = self._expected.get(task)
+        if update.state is not JobState.SUCCEEDED:
+            self._expected.pop(task, None)
+            self._gathered.pop(task, None)
+            return update
+        if expected is None:
+            # Not submitted by this process (a restart): which share of the task this post is
+            # is unknown, so report progress and let the fallback poll collect the whole task.
+            return JobUpdate(state=JobState.RUNNING)
+        got = self._gathered.setdefault(task, {})
+        for artifact in update.artifacts:
+            got.setdefault(artifact.url or f"inline-{len(got)}", artifact)
+        if len(got) < expected:
+            return JobUpdate(state=JobState.RUNNING, progress=len(got) / expected)
+        self._expected.pop(task, None)
+        self._gathered.pop(task, None)
+        return update.model_copy(update={"artifacts": tuple(got.values())})
 
     async def check(self) -> str:
         """`accountManagement` / `getDetails`, which needs a valid key; reports the balance."""

@@ -149,7 +149,7 @@ async def test_a_crash_before_the_vendor_answered_is_refunded(tmp_path: Path, sl
     slow_sandbox["apiinone"].inject(Fault.TIMEOUT, 1, stage="submit")  # the submit call hangs
     child = await _spawn(env, "imagine", "a fox", "--tenant", "chaos")
     try:
-        await _wait_for(db_path, lambda s: s[0] == "submitted")
+        await _wait_for(db_path, lambda s: s[0] == "submitting")
         await asyncio.sleep(0.3)
     finally:
         child.send_signal(signal.SIGKILL)

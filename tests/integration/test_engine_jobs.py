@@ -62,7 +62,7 @@ async def test_progress_goes_through_the_states_in_order(tmp_path: Path) -> None
         await reply.wait()
         phases = [p.phase for p in reply.progress_updates]
         assert phases[0] is JobPhase.QUEUED
-        order = [JobPhase.QUEUED, JobPhase.SUBMITTED, JobPhase.RUNNING, JobPhase.DELIVERING]
+        order = [JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING, JobPhase.DELIVERING]
         assert [p for p in order if p in phases] == [p for p in dict.fromkeys(phases)]
 
 

@@ -522,7 +522,7 @@ async def test_migrations_are_versioned_and_reopening_does_not_rerun_them(
         await CreditLedger(db, clock=clock).hold(T, U, "j1", 10, kind="image")
     async with Database(path) as db:
         version = await db.fetchone("PRAGMA user_version")
-        assert version is not None and version[0] == len(MIGRATIONS) == 2
+        assert version is not None and version[0] == len(MIGRATIONS)
         ledger = CreditLedger(db, clock=clock)
         assert await ledger.hold_state("j1") == "held"
         assert await balance(ledger) == 90
@@ -538,9 +538,44 @@ async def test_a_version_1_database_is_upgraded_keeping_its_jobs(tmp_path: Path)
         )
     async with Database(path) as db:
         version = await db.fetchone("PRAGMA user_version")
-        assert version is not None and version[0] == 2
+        assert version is not None and version[0] == len(MIGRATIONS)
         assert await db.fetchone("SELECT id FROM jobs") is not None
         assert await db.fetchall("SELECT * FROM entries") == []
+
+
+async def test_a_version_2_database_maps_old_job_states_onto_the_state_machine(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    async with Database(path, migrations=MIGRATIONS[:2]) as db, db.transaction() as conn:
+        for job, state in (("a", "submitted"), ("b", "delivering"), ("c", "done")):
+            await conn.execute(
+                "INSERT INTO jobs (id, created, updated, platform, tenant, user_id, kind, state, spec,"
+                " actor, reply_ref, cost) VALUES (?, 0, 0, 'cli', 't', 'u', 'image', ?, '{}', '{}', '{}', 10)",
+                (job, state),
+            )
+    async with Database(path) as db:
+        rows = await db.fetchall("SELECT id, state, version FROM jobs ORDER BY id")
+        assert [(r["id"], r["state"], r["version"]) for r in rows] == [
+            ("a", "submitting", 0),
+            ("b", "running", 0),
+            ("c", "done", 0),
+        ]
+
+
+async def test_the_budget_is_checked_against_one_counter_row_per_tenant_and_day(
+    db: Database, clock: Clock
+) -> None:
+    ledger = CreditLedger(db, default_allowance=100, clock=clock)
+    await ledger.set_budget(T, 25, actor="mod", reason="")
+    await ledger.hold(T, U, "j1", 10, kind="image")
+    await ledger.hold(T, "other", "j2", 10, kind="image")
+    await ledger.release("j1", reason="failed")
+    counter = await db.fetchall("SELECT tenant, used FROM budget_used")
+    assert [(r["tenant"], r["used"]) for r in counter] == [(T, 10)]
+    await ledger.hold(T, U, "j3", 15, kind="image")  # 10 + 15 fits the 25 again
+    assert (await ledger.tenant_settings(T)).budget_used_today == 25
+    with pytest.raises(TenantBudgetError):
+        await ledger.hold(T, U, "j4", 1, kind="image")
+    assert await ledger.check_invariants() == []
 
 
 # --- concurrency -----------------------------------------------------------------------------

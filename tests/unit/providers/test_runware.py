@@ -234,8 +234,13 @@ async def test_several_images_with_a_webhook_arrive_one_post_each(
     assert submission.handle.data["delivery"] == "async"
     assert submission.update is None
     updates = [client.parse_webhook(await asyncio.wait_for(hook.deliveries.get(), 10), {}) for _ in range(3)]
-    assert all(u is not None and u.state is JobState.SUCCEEDED and len(u.artifacts) == 1 for u in updates)
-    assert len({u.artifacts[0].url for u in updates if u}) == 3
+    # The client gathers the per-image posts: progress twice, then one success with all three.
+    assert [u.state if u else None for u in updates] == [
+        JobState.RUNNING,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+    ]
+    assert updates[-1] is not None and len({a.url for a in updates[-1].artifacts}) == 3
 
 
 async def test_polling_collects_cumulative_results_once_each_until_all_are_in(

@@ -1,0 +1,188 @@
+"""Admission: from a command to a queued job, or a refusal that costs nothing.
+
+Parameters, policy and input media are checked first, so bad input never costs credits or
+leaves a job behind. Then one store transaction holds the credits and inserts the job —
+idempotent by the platform's request key, with the per-user cap counted in the same
+transaction — and the job is queued for a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot import messages
+from bot.catalog import Catalog
+from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, Model3DCommand
+from bot.delivery import Delivery
+from bot.errors import BannedError, FrozenError, QueueFullError
+from bot.jobs import EngineConfig, Ticket
+from bot.ledger import CreditLedger
+from bot.media import MediaStore
+from bot.params import JobSpec, fit_to_input, parse_edit, parse_imagine, parse_model3d
+from bot.policy import check_image_source, check_prompt
+from bot.reply import JobPhase, Reply
+from bot.scheduler import Scheduler
+from bot.store import JobRecord, JobStore, new_job_id
+
+__all__ = ["Admission", "TenantCache"]
+
+_log = logging.getLogger(__name__)
+
+
+class TenantCache:
+    """Tenant settings read on every admission (blocklist, costs), kept for a few seconds.
+
+    This process's moderator changes drop the tenant at once; changes made by another
+    process (the operator CLI) show after at most `ttl` seconds.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._values: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    async def get(self, key: tuple[str, ...], load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value, or a fresh one from `load`."""
+        hit = self._values.get(key)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        value = await load()
+        self._values[key] = (now, value)
+        return value
+
+    def drop(self, tenant: str) -> None:
+        """Forget everything about one tenant."""
+        for key in [k for k in self._values if k[0] == tenant]:
+            del self._values[key]
+
+
+class Admission:
+    """Turns commands into queued jobs."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        ledger: CreditLedger,
+        media: MediaStore,
+        catalog: Catalog,
+        config: EngineConfig,
+        delivery: Delivery,
+        scheduler: Scheduler,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.media = media
+        self.catalog = catalog
+        self.config = config
+        self.delivery = delivery
+        self.scheduler = scheduler
+        self.tenants = TenantCache(ttl=10.0, clock=clock)
+
+    async def submit(
+        self,
+        actor: Actor,
+        command: ImagineCommand | EditCommand | Model3DCommand,
+        reply: Reply,
+        *,
+        request_key: str | None = None,
+        parent_id: str | None = None,
+    ) -> Ticket:
+        """Parse a generation command and admit it (see `admit`)."""
+        check_image_source(actor, command)  # a chat member never names a file on our disk
+        if request_key and (existing := await self.store.by_request_key(request_key)):
+            return self.ticket(existing)
+        image: ImageRef | None
+        match command:
+            case ImagineCommand():
+                spec = parse_imagine(command, self.catalog)
+                image = None
+            case EditCommand():
+                spec = parse_edit(command, self.catalog)
+                image = command.image
+            case Model3DCommand():
+                spec = parse_model3d(command, self.catalog)
+                image = command.image
+        return await self.admit(actor, spec, reply, image=image, request_key=request_key, parent_id=parent_id)
+
+    async def admit(
+        self,
+        actor: Actor,
+        spec: JobSpec,
+        reply: Reply,
+        *,
+        image: ImageRef | None = None,
+        request_key: str | None = None,
+        parent_id: str | None = None,
+    ) -> Ticket:
+        """Check policy, fetch the input image, hold the credits and queue the job."""
+        tenant = actor.tenant
+        has_input = image is not None and bool(image.url or image.path or image.data)
+        if has_input:
+            # Refuse banned or frozen members before anything is downloaded; without an input
+            # the hold in the admission transaction refuses them, one transaction fewer.
+            account = await self.ledger.account(tenant, actor.user_id)
+            if account.banned:
+                raise BannedError(messages.banned())
+            if account.frozen:
+                raise FrozenError(messages.frozen())
+        blocklist = await self.tenants.get((tenant, "blocklist"), lambda: self.ledger.blocklist(tenant))
+        check_prompt(actor, (spec.prompt, spec.negative), blocklist)
+        if len(self.scheduler.queue) >= self.config.queue_size:
+            raise QueueFullError(messages.queue_full())
+        if image is not None and has_input:
+            stored = await self.media.load_input(image)
+            spec = fit_to_input(spec, stored.width, stored.height)
+            spec = spec.model_copy(update={"input_name": stored.name, "input_url": _public_url(image)})
+        unit = await self.tenants.get(
+            (tenant, "cost", spec.kind.value, spec.model or "*"),
+            lambda: self.ledger.cost_for(tenant, spec.kind.value, spec.model),
+        )
+        now = time.time()
+        job = JobRecord(
+            id=new_job_id(),
+            created=now,
+            updated=now,
+            actor=actor,
+            spec=spec,
+            state=JobPhase.QUEUED,
+            reply_ref=reply.ref(),
+            cost=unit * spec.count,
+            parent_id=parent_id,
+            request_key=request_key,
+        )
+        job, created = await self.store.admit(job, max_open=self.config.max_jobs_per_user)
+        if not created:
+            return self.ticket(job)  # a concurrent retry of the same platform request won
+        self.delivery.attach(job.id, reply)
+        position = len(self.scheduler.queue) + 1
+        _log.info(
+            "job admitted job=%s kind=%s tenant=%s user=%s cost=%d position=%d",
+            job.id,
+            spec.kind,
+            tenant,
+            actor.user_id,
+            job.cost,
+            position,
+        )
+        await self.delivery.progress(
+            job, JobPhase.QUEUED, messages.queued(position), position=position, force=True
+        )
+        position = self.scheduler.enqueue(job.id)
+        return Ticket(job_id=job.id, position=position, cost=job.cost, text=messages.queued(position))
+
+    def ticket(self, job: JobRecord) -> Ticket:
+        """The ticket of an existing job (a retried request)."""
+        position = self.scheduler.position(job.id)
+        text = messages.queued(position) if position else messages.already_running()
+        return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
+
+
+def _public_url(image: ImageRef) -> str | None:
+    # Only a plain URL without private headers can be handed to a vendor as is.
+    return image.url if image.url and not image.headers else None

@@ -1,0 +1,183 @@
+"""When each job's next step runs: a FIFO of queued jobs for the workers, and one due-time heap
+for every followed job's next poll (or its webhook wake-up) — never one sleeping task per job.
+
+`workers` bounds the jobs in flight: a worker claims a queued job only while fewer than
+`workers` claimed jobs are unfinished (a slot is freed when the job is forgotten), so the
+queue position a user is shown means something.
+
+The scheduler knows job ids and times only; what a step does is the runner's. A step runs in a
+short task of its own (bounded by `steps` at once); a job has at most one step running, and a
+wake-up that lands meanwhile runs it again right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Scheduler"]
+
+_log = logging.getLogger(__name__)
+
+Step = Callable[[str], Awaitable[None]]
+
+
+class Scheduler:
+    """Runs `claim(job_id)` on a worker for queued jobs and `step(job_id)` when a job is due."""
+
+    def __init__(
+        self, *, workers: int, steps: int, clock: Callable[[], float], claim: Step, step: Step
+    ) -> None:
+        self.queue: deque[str] = deque()
+        self._workers = workers
+        self._clock = clock
+        self._claim = claim
+        self._step = step
+        self._queued = asyncio.Semaphore(0)  # one permit per enqueued id; a removed id leaves a blank
+        self._claiming = 0
+        self._inflight = asyncio.Semaphore(workers)
+        self._held: set[str] = set()  # jobs holding an in-flight slot
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, tuple[float, int]] = {}  # the live entry per job; others are stale
+        self._seq = itertools.count()
+        self._timer = asyncio.Event()
+        self._slots = asyncio.Semaphore(steps)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+
+    async def run(self) -> None:
+        """The workers and the timer loop, until cancelled (in-flight steps are the caller's)."""
+        async with asyncio.TaskGroup() as group:
+            for i in range(self._workers):
+                group.create_task(self._worker(), name=f"engine-worker-{i}")
+            group.create_task(self._timer_loop(), name="engine-timer")
+
+    # --- queued jobs -----------------------------------------------------------------------
+
+    def enqueue(self, job_id: str) -> int:
+        """Queue a job for a worker; its position (1 = next)."""
+        self.queue.append(job_id)
+        self._queued.release()
+        return len(self.queue)
+
+    def position(self, job_id: str) -> int:
+        """1-based place in the queue, 0 when not queued."""
+        try:
+            return self.queue.index(job_id) + 1
+        except ValueError:
+            return 0
+
+    async def _worker(self) -> None:
+        while True:
+            await self._queued.acquire()
+            await self._inflight.acquire()
+            if not self.queue:
+                self._inflight.release()
+                continue
+            job_id = self.queue.popleft()
+            self._held.add(job_id)
+            self._claiming += 1
+            try:
+                await self._claim(job_id)
+            except Exception:  # a bug in one job must not stop the worker
+                _log.exception("claiming job %s failed", job_id)
+            finally:
+                self._claiming -= 1
+                if job_id not in self._due and job_id not in self._running:
+                    self._free(job_id)  # not followed: ended, lost a race, or never claimed
+
+    def _free(self, job_id: str) -> None:
+        if job_id in self._held:
+            self._held.discard(job_id)
+            self._inflight.release()
+
+    # --- followed jobs ---------------------------------------------------------------------
+
+    def schedule(self, job_id: str, delay: float) -> None:
+        """Run the job's next step in `delay` seconds (replacing an earlier schedule)."""
+        due = self._clock() + max(0.0, delay)
+        entry = (due, next(self._seq))
+        self._due[job_id] = entry
+        heapq.heappush(self._heap, (entry[0], entry[1], job_id))
+        if self._heap[0][2] == job_id:
+            self._timer.set()
+
+    def wake(self, job_id: str) -> None:
+        """Run the job's next step now (a webhook arrived, a synchronous vendor answered)."""
+        self.schedule(job_id, 0.0)
+
+    def forget(self, job_id: str) -> None:
+        """The job ended: drop it from the queue and the heap."""
+        self._due.pop(job_id, None)
+        self._again.discard(job_id)
+        self._free(job_id)
+        if job_id in self.queue:
+            self.queue.remove(job_id)
+
+    @property
+    def followed(self) -> int:
+        """Jobs waiting for a step or running one."""
+        return len(self._due.keys() | self._running.keys())
+
+    def busy(self) -> bool:
+        """Whether anything is queued, being claimed, due or running."""
+        return bool(self.queue or self._claiming or self._due or self._running)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                due, seq, job_id = heapq.heappop(self._heap)
+                if self._due.get(job_id) != (due, seq):
+                    continue  # replaced or forgotten
+                del self._due[job_id]
+                if job_id in self._running:
+                    self._again.add(job_id)
+                else:
+                    self._start(job_id)
+            self._timer.clear()
+            wait = self._heap[0][0] - now if self._heap else None
+            try:
+                async with asyncio.timeout(wait):
+                    await self._timer.wait()
+            except TimeoutError:
+                pass
+
+    def _start(self, job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_step(job_id), name=f"engine-job-{job_id}")
+        self._running[job_id] = task
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._running.pop(job_id, None)
+            if job_id in self._again:
+                self._again.discard(job_id)
+                self.wake(job_id)
+
+        task.add_done_callback(done)
+
+    async def _run_step(self, job_id: str) -> None:
+        async with self._slots:
+            try:
+                await self._step(job_id)
+            except Exception:
+                _log.exception("step of job %s failed", job_id)
+
+    async def stop(self) -> None:
+        """Cancel every running step and wait for it (jobs stay in the database)."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued, due or running."""
+        while self.busy():
+            tasks = list(self._running.values())
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.02)

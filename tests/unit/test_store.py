@@ -1,0 +1,189 @@
+"""The job state machine in the store: each transition one transaction with its ledger effect
+and outbox row, guarded by compare-and-set so that of two racing actors exactly one wins."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.commands import Actor
+from bot.db import Database
+from bot.errors import BusyError, InsufficientCreditsError
+from bot.ledger import CreditLedger
+from bot.params import JobSpec
+from bot.reply import JobPhase
+from bot.store import JobRecord, JobStore, LostRaceError, StoredResult, new_job_id
+from providers.base import JobHandle, Kind
+
+ALICE = Actor(platform="console", tenant_id="t", user_id="alice")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    async with Database(tmp_path / "jobs.sqlite3") as db:
+        yield JobStore(db, ledger=CreditLedger(db, default_allowance=100))
+
+
+def _job(cost: int = 10, request_key: str | None = None, actor: Actor = ALICE) -> JobRecord:
+    now = time.time()
+    return JobRecord(
+        id=new_job_id(),
+        created=now,
+        updated=now,
+        actor=actor,
+        spec=JobSpec(kind=Kind.IMAGE, prompt="a fox"),
+        state=JobPhase.QUEUED,
+        reply_ref={},
+        cost=cost,
+        request_key=request_key,
+    )
+
+
+def _ledger(store: JobStore) -> CreditLedger:
+    assert isinstance(store.ledger, CreditLedger)
+    return store.ledger
+
+
+async def _balance(store: JobStore) -> int:
+    return (await _ledger(store).account("console:t", "alice")).balance
+
+
+async def _running(store: JobStore) -> JobRecord:
+    job, _ = await store.admit(_job())
+    claimed = await store.claim(job.id, "w1", lease=60, deadline=time.time() + 60)
+    assert claimed is not None
+    claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
+    await store.accepted(claimed)
+    return claimed
+
+
+async def test_admission_holds_and_inserts_together(store: JobStore) -> None:
+    job, created = await store.admit(_job(cost=30))
+    assert created and await _balance(store) == 70
+    assert (await store.get(job.id)) is not None
+    assert await _ledger(store).hold_state(job.id) == "held"
+
+
+async def test_a_refused_hold_leaves_no_job(store: JobStore) -> None:
+    with pytest.raises(InsufficientCreditsError):
+        await store.admit(_job(cost=500))
+    assert await store.unfinished() == []
+    assert await _ledger(store).open_holds() == []
+
+
+async def test_a_retried_request_key_returns_the_first_job_and_holds_once(store: JobStore) -> None:
+    first, created = await store.admit(_job(request_key="evt-1"))
+    again, created_again = await store.admit(_job(request_key="evt-1"))
+    assert created and not created_again and again.id == first.id
+    assert await _balance(store) == 90
+
+
+async def test_the_per_user_cap_is_counted_in_the_admission_transaction(store: JobStore) -> None:
+    results = await asyncio.gather(
+        *(store.admit(_job(), max_open=2) for _ in range(5)), return_exceptions=True
+    )
+    assert sum(isinstance(r, tuple) for r in results) == 2
+    assert sum(isinstance(r, BusyError) for r in results) == 3
+    assert await _balance(store) == 80
+
+
+async def test_two_workers_claiming_one_job_one_wins(store: JobStore) -> None:
+    job, _ = await store.admit(_job())
+    claims = await asyncio.gather(*(store.claim(job.id, f"w{i}", lease=60, deadline=0) for i in range(4)))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1 and winners[0].state is JobPhase.SUBMITTING and winners[0].attempts == 1
+
+
+async def test_a_worker_that_lost_to_cancel_cannot_mark_the_job_running(store: JobStore) -> None:
+    job, _ = await store.admit(_job())
+    claimed = await store.claim(job.id, "w1", lease=60, deadline=0)
+    assert claimed is not None
+    assert await store.cancel(job.id, "Cancelled.") is JobPhase.CANCELLED
+    claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
+    with pytest.raises(LostRaceError) as lost:
+        await store.accepted(claimed)
+    assert lost.value.state is JobPhase.CANCELLED
+    assert await _balance(store) == 100
+
+
+async def test_done_settles_and_writes_the_result_message(store: JobStore) -> None:
+    job = await _running(store)
+    assert await store.done(job.id, StoredResult(size=(64, 64)))
+    assert await _ledger(store).hold_state(job.id) == "settled"
+    (row,) = await store.unsent(job.id)
+    assert row.kind == "result"
+    stored = await store.get(job.id)
+    assert (
+        stored is not None and stored.state is JobPhase.DONE and stored.result == StoredResult(size=(64, 64))
+    )
+
+
+async def test_a_cancel_after_done_changes_nothing(store: JobStore) -> None:
+    job = await _running(store)
+    await store.done(job.id, StoredResult())
+    assert await store.cancel(job.id, "Cancelled.") is JobPhase.DONE
+    assert not await store.failed(job.id, "failed", "late failure")
+    assert await _ledger(store).hold_state(job.id) == "settled"
+    assert [r.kind for r in await store.unsent(job.id)] == ["result"]
+
+
+async def test_done_racing_cancel_has_exactly_one_winner(store: JobStore) -> None:
+    winners = []
+    for i in range(8):  # each round's hold is 10 of the allowance of 100; both orders of arrival
+        job = await _running(store)
+        done_call, cancel_call = store.done(job.id, StoredResult()), store.cancel(job.id, "C.")
+        if i % 2:
+            cancelled, done = await asyncio.gather(cancel_call, done_call)
+        else:
+            done, cancelled = await asyncio.gather(done_call, cancel_call)
+        assert done != (cancelled is JobPhase.CANCELLED)
+        assert len(await store.unsent(job.id)) == 1
+        winners.append("done" if done else "cancel")
+    assert set(winners) == {"done", "cancel"}
+    assert await _ledger(store).check_invariants() == []
+    assert await _ledger(store).open_holds() == []
+
+
+async def test_failed_releases_once_and_tells_the_user(store: JobStore) -> None:
+    job = await _running(store)
+    assert await store.failed(job.id, "It failed. You weren't charged.", "vendor said no")
+    assert not await store.failed(job.id, "again", "again")
+    assert await _balance(store) == 100
+    (row,) = await store.unsent(job.id)
+    assert (row.kind, row.payload["text"]) == ("failure", "It failed. You weren't charged.")
+
+
+async def test_a_sent_message_is_not_sent_again(store: JobStore) -> None:
+    job = await _running(store)
+    await store.failed(job.id, "no", "no")
+    (row,) = await store.unsent()
+    await store.mark_attempt(row.id)
+    assert [r.attempts for r in await store.unsent()] == [1]
+    await store.mark_sent(row.id)
+    assert await store.unsent() == []
+
+
+async def test_an_unbilled_vendor_failure_goes_back_to_submitting(store: JobStore) -> None:
+    job = await _running(store)
+    await store.resubmit(job)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.state is JobPhase.SUBMITTING and stored.handle is None
+    assert stored.attempts == 2
+
+
+async def test_orphan_holds_are_released_and_job_holds_are_not(store: JobStore) -> None:
+    job, _ = await store.admit(_job())
+    await _ledger(store).hold("console:t", "alice", "lost-job", 5, kind="image")
+    assert await store.release_orphan_holds() == ["lost-job"]
+    assert await _ledger(store).hold_state(job.id) == "held"
+    assert await _balance(store) == 90
+
+
+async def test_route_times_round_trip(store: JobStore) -> None:
+    await store.save_route_times({"v:m": [1.0, 2.5]})
+    await store.save_route_times({"v:m": [3.0], "w:n": [4.0]})
+    assert await store.load_route_times() == {"v:m": [3.0], "w:n": [4.0]}
