@@ -90,6 +90,8 @@ def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
         VENDOR_TIMEOUT="5",
         BREAKER_RESET_SECONDS="1",
         MEDIA_ALLOW_PRIVATE="true",
+        HTTP_HOST="127.0.0.1",  # a test listens on loopback only, on a port the kernel picks
+        HTTP_PORT="0",
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(ROOT),
     )

@@ -43,6 +43,8 @@ def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
         POLL_INITIAL="0.2",
         POLL_MAX="0.5",
         MEDIA_ALLOW_PRIVATE="true",
+        HTTP_HOST="127.0.0.1",  # a test listens on loopback only, on a port the kernel picks
+        HTTP_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     return env
