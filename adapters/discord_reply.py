@@ -28,7 +28,7 @@ from discord.webhook.async_ import async_context
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot import messages
-from bot.reply import Button, ButtonAction, Failure, JobResult, OutputFile, Progress
+from bot.reply import Button, ButtonAction, Failure, JobResult, OutputFile, Progress, per_image_rows
 
 __all__ = [
     "DEFAULT_ATTACHMENT_LIMIT",
@@ -115,11 +115,11 @@ def token_fresh(issued: float, now: float, margin: float = TOKEN_MARGIN) -> bool
 
 
 def button_rows(buttons: Sequence[Button]) -> list[list[Button]]:
-    """Action rows: the job's actions first, then one button per image (5 to a row)."""
-    main = [b for b in buttons if b.action is not ButtonAction.SINGLE]
-    singles = [b for b in buttons if b.action is ButtonAction.SINGLE]
+    """Action rows: the job's actions first, then U1…U4 on a row, then V1…V4 (5 to a row)."""
+    singles, varies = per_image_rows(buttons)
+    main = [b for b in buttons if b not in singles and b not in varies]
     rows: list[list[Button]] = []
-    for group in (main, singles):
+    for group in (main, singles, varies):
         rows += [group[i : i + 5] for i in range(0, len(group), 5)]
     return rows[:5]
 

@@ -10,7 +10,7 @@ from typing import Any
 from adapters.slack_events import EDIT_VIEW, INSTRUCTION_BLOCK, EditTarget
 from bot import messages
 from bot.params import FLAGS_HELP
-from bot.reply import Button, ButtonAction
+from bot.reply import Button, ButtonAction, per_image_rows
 
 __all__ = ["HELP", "delete_targets", "edit_modal", "escape", "message_blocks", "mrkdwn", "plain"]
 
@@ -85,15 +85,20 @@ def message_blocks(
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": plain(text, SECTION_LIMIT)}}
     ]
-    for start in range(0, len(buttons), BUTTONS_PER_BLOCK):
-        chunk = buttons[start : start + BUTTONS_PER_BLOCK]
-        blocks.append(
-            {
-                "type": "actions",
-                "block_id": f"ib-actions-{start // BUTTONS_PER_BLOCK}",
-                "elements": [_button(b, files) for b in chunk],
-            }
-        )
+    # The job's actions, then U1…U4 and V1…V4 each in an actions block of their own, so the
+    # rows read like Midjourney's (a block wraps its buttons; 25 at most in one).
+    singles, varies = per_image_rows(buttons)
+    main = [b for b in buttons if b not in singles and b not in varies]
+    for group in (main, singles, varies):
+        for start in range(0, len(group), BUTTONS_PER_BLOCK):
+            chunk = group[start : start + BUTTONS_PER_BLOCK]
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": f"ib-actions-{sum(b['type'] == 'actions' for b in blocks)}",
+                    "elements": [_button(b, files) for b in chunk],
+                }
+            )
     return blocks
 
 

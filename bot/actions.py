@@ -111,6 +111,16 @@ class ResultActions:
                 actor, spec, reply, image=ref, request_key=request_key, parent_id=parent.id
             )
 
+    async def vary(
+        self, actor: Actor, job_id: str, index: int | None, reply: Reply, *, request_key: str | None = None
+    ) -> Ticket:
+        """A variation of image `index` (default 0): an instruction edit from that image, asking
+        for a variation of the original prompt, so it costs what an edit costs."""
+        parent = await self.own_job(actor, job_id)
+        limit = self.catalog.limits(Kind.EDIT).max_prompt
+        instruction = messages.variation_instruction(parent.spec.prompt, limit)
+        return await self.edit_result(actor, job_id, index, instruction, reply, request_key=request_key)
+
     def _result_image(self, job: JobRecord, index: int | None) -> OutputFile:
         images = [f for f in self.delivery.files(job) if f.role == "image"]
         if job.state is not JobPhase.DONE or not images:

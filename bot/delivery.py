@@ -297,4 +297,9 @@ class Delivery:
             buttons.append(Button(ButtonAction.MAKE_3D, job.id, "Make 3D", target))
         if images > 1:
             buttons += [Button(ButtonAction.SINGLE, job.id, f"U{i + 1}", i) for i in range(images)]
+        # Variations need the instruction-edit route: without one there is no V button.
+        if Kind.EDIT in kinds and images > 1:
+            buttons += [Button(ButtonAction.VARY, job.id, messages.vary_label(i), i) for i in range(images)]
+        elif Kind.EDIT in kinds and images == 1:
+            buttons.append(Button(ButtonAction.VARY, job.id, messages.vary_label(None), index))
         return (*buttons, Button(ButtonAction.DELETE, job.id, "Delete"))

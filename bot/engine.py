@@ -294,13 +294,15 @@ class Engine:
         *,
         request_key: str | None = None,
     ) -> None:
-        """A result or status button (Reroll, Make 3D, one image, Cancel), answered on `reply`.
+        """A result or status button (Reroll, Make 3D, Vary, one image, Cancel), answered on `reply`.
         Edit is not a press: it needs an instruction first (`edit_result`)."""
         match action:
             case ButtonAction.REROLL:
                 await self.reroll(actor, job_id, reply, request_key=request_key)
             case ButtonAction.MAKE_3D:
                 await self.make_3d(actor, job_id, index, reply, request_key=request_key)
+            case ButtonAction.VARY:
+                await self.actions.vary(actor, job_id, index, reply, request_key=request_key)
             case ButtonAction.SINGLE:
                 await reply.result(await self.single(actor, job_id, index or 0))
             case ButtonAction.CANCEL:

@@ -575,8 +575,28 @@ def edit_file_subject(filename: str | None) -> str:
 
 def button_request(action: str, job_id: str) -> str:
     """A job started or shown by a result button (`action` is a `ButtonAction` value)."""
-    name = {"reroll": "Reroll", "make3d": "Make 3D", "single": "Image", "cancel": "Cancel", "edit": "Edit"}
+    name = {
+        "reroll": "Reroll",
+        "make3d": "Make 3D",
+        "single": "Image",
+        "cancel": "Cancel",
+        "edit": "Edit",
+        "vary": "Variation",
+    }
     return f"{name.get(action, action)} · job `{job_id}`"
+
+
+def variation_instruction(prompt: str, limit: int | None = None) -> str:
+    """The edit instruction a Vary / V1…V4 button sends with the chosen image: the original
+    prompt, framed so the instruction-edit route keeps the subject and changes the details.
+    Cut to the edit route's instruction limit (`limit`), since a prompt may be longer."""
+    text = f"a variation of: {prompt}"
+    return text if limit is None or len(text) <= limit else text[: max(1, limit - 1)] + "…"
+
+
+def vary_label(index: int | None) -> str:
+    """A variation button: V1…V4 under a grid, Vary under a single image."""
+    return "Vary" if index is None else f"V{index + 1}"
 
 
 def edit_request(instruction: str, *, job_id: str | None = None, filename: str | None = None) -> str:

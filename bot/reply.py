@@ -8,6 +8,7 @@ saves with the job, and after a restart the adapter's `ReplyRestorer` turns it b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "Reply",
     "ReplyRestorer",
     "parse_custom_id",
+    "per_image_rows",
 ]
 
 
@@ -54,13 +56,14 @@ class ButtonAction(StrEnum):
     EDIT = "edit"
     MAKE_3D = "make3d"
     SINGLE = "single"  # post one image of a multi-image result alone, full size
+    VARY = "vary"  # a variation of one image: an instruction edit from it (`ResultActions.vary`)
     CANCEL = "cancel"
     DELETE = "delete"  # remove the result's messages (requester or moderator; `Engine.may_delete`)
 
     @property
     def spends(self) -> bool:
         """Buttons that start a paid job: only the requester or a moderator may press them."""
-        return self in (ButtonAction.REROLL, ButtonAction.EDIT, ButtonAction.MAKE_3D)
+        return self in (ButtonAction.REROLL, ButtonAction.EDIT, ButtonAction.MAKE_3D, ButtonAction.VARY)
 
 
 _PREFIX = "ib"
@@ -93,6 +96,14 @@ def parse_custom_id(custom_id: str) -> tuple[ButtonAction, str, int | None] | No
     except ValueError:
         return None
     return action, parts[2], index
+
+
+def per_image_rows(buttons: Sequence[Button]) -> tuple[list[Button], list[Button]]:
+    """The U1…U4 and V1…V4 buttons of a multi-image result, each set for a row of its own; a
+    lone Vary (single image) is none of them and sits with the job's actions."""
+    singles = [b for b in buttons if b.action is ButtonAction.SINGLE]
+    varies = [b for b in buttons if b.action is ButtonAction.VARY]
+    return singles, varies if len(varies) > 1 else []
 
 
 @dataclass(frozen=True, slots=True)
