@@ -82,12 +82,13 @@ class BenchPixazo(PixazoEmulator):
         )
         return job
 
-    def send_webhook(self, url: str, payload: dict[str, Any], attempts: int = 3) -> None:
-        # The moment the vendor decides to call back, for "callback sent → Reply called".
+    def send_webhook(self, url: str, payload: dict[str, Any], attempts: int = 3, **kwargs: Any) -> None:
+        # The moment the vendor sends the callback, for "callback sent → Reply called" (the
+        # sandbox's own callback log says the same where it exists; this works with or without).
         rid = payload.get("request_id")
         if isinstance(rid, str) and payload.get("status") in ("COMPLETED", "FAILED", "ERROR"):
             self.callback_at.setdefault(rid, time.time())
-        super().send_webhook(url, payload, attempts)
+        super().send_webhook(url, payload, attempts, **kwargs)
 
     # The benchmark injects no faults: skip the base class's scan of every job per file served.
     def is_dead(self, name: str) -> bool:
@@ -100,9 +101,12 @@ class BenchPixazo(PixazoEmulator):
 class BenchSandbox(Sandbox):
     """The sandbox with the benchmark emulator and a request log by kind."""
 
-    def __init__(self, emulator: BenchPixazo) -> None:
-        super().__init__([VENDOR], api_key=emulator.api_key)
-        self.emulators[VENDOR] = emulator
+    def __init__(self, **emulator_options: Any) -> None:
+        super().__init__([VENDOR], api_key=emulator_options.get("api_key", "sandbox-key"))
+        log = getattr(self, "callback_log", None)  # the sandbox's shared log, where it has one
+        if log is not None:
+            emulator_options["callback_log"] = log
+        self.emulators[VENDOR] = BenchPixazo(**emulator_options)
         self.counts: Counter[str] = Counter()
 
     def build_app(self) -> web.Application:
@@ -146,7 +150,7 @@ class BenchSandbox(Sandbox):
 
 async def serve(dist: str, low: float, high: float, seed: int, port: int = 0) -> None:
     """Run until killed; print the port once listening."""
-    emulator = BenchPixazo(
+    sandbox = BenchSandbox(
         dist=dist,
         low=low,
         high=high,
@@ -155,7 +159,6 @@ async def serve(dist: str, low: float, high: float, seed: int, port: int = 0) ->
         clock=time.time,  # wall clock: the bot process compares its own times with it
         render_cache=True,  # one PNG per size: the figures are the bot's, not Pillow's
     )
-    sandbox = BenchSandbox(emulator)
     sandbox.port = port
     async with sandbox:
         print(f"SANDBOX_PORT={sandbox.port}", flush=True)

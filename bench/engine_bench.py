@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -87,6 +88,48 @@ def _rss_peak_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_now_mb() -> float:
+    try:
+        m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) / 1024 if m else 0.0
+    except OSError:
+        return 0.0
+
+
+class Sampler:
+    """(wall time, CPU seconds, RSS MiB) of this process twice a second, for windowed figures."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            self.samples.append((time.time(), _cpu(), _rss_now_mb()))
+            await asyncio.sleep(0.5)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def window(self, start: float, end: float) -> dict[str, float] | None:
+        """CPU cores and peak RSS between `start` and `end` (None when too short to tell)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 3 or inside[-1][0] - inside[0][0] < 2.0:
+            return None
+        (t0, c0, _), (t1, c1, _) = inside[0], inside[-1]
+        return {
+            "seconds": t1 - t0,
+            "cpu_cores": (c1 - c0) / (t1 - t0),
+            "rss_peak_mb": max(s[2] for s in inside),
+        }
 
 
 def _free_port() -> int:
@@ -162,6 +205,14 @@ def figures(
             detect.append(trace.detected[vid] - done)
         if (cb := vjobs[vid].get("callback_at")) is not None:
             callback.append(at - cb)
+    # The naive poller on paper, from these very jobs' durations: no queueing at either end.
+    model_delays, model_requests = [], []
+    for vid in trace.index_of:
+        if vid in vjobs:
+            latency = vjobs[vid]["done_at"] - vjobs[vid]["created"]
+            polls = max(1, math.ceil(latency / NAIVE_EVERY))
+            model_delays.append(polls * NAIVE_EVERY - latency)
+            model_requests.append(1 + polls + 1)
     counts = stats["counts"]
     total = sum(counts.get(k, 0) for k in ("submit", "poll", "file"))
     out: dict[str, Any] = {
@@ -184,6 +235,11 @@ def figures(
         "rss_peak_mb": _rss_peak_mb(),
         "in_flight_peak": peak_in_flight(spans),
         "detected_by_webhook": len(trace.by_webhook),
+        "naive_model": {
+            "detect_mean_s": _mean(model_delays),
+            "detect_p95_s": _pct(model_delays, 0.95),
+            "requests_per_job": _mean([float(r) for r in model_requests]),
+        },
     }
     if callback:
         out["callback_to_reply_p50_s"] = _pct(callback, 0.5)
@@ -359,6 +415,8 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
                 history = _history_samples(route_times)
             await _vendor_reset(session, args.vendor_url)
             done = _Countdown(args.jobs)
+            sampler = Sampler()
+            sampler.start()
             cpu0, start = _cpu(), time.time()
             tasks = [
                 asyncio.ensure_future(submit(i, "bench", i, done, start + off if off else 0.0))
@@ -369,10 +427,17 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:
                 pass  # reported as missing
             end, cpu = done.last, _cpu() - cpu0
+            await sampler.stop()
             for t in tasks:
                 t.cancel()
             stats = await _vendor_stats(session, args.vendor_url)
             out = figures(trace, stats, args.jobs, cpu, end - start)
+            # "In flight": every job submitted to the vendor, none finished yet (long mixes only).
+            dones = [stats["jobs"][v]["done_at"] for v in trace.index_of if v in stats["jobs"]]
+            if trace.submitted and dones:
+                steady = sampler.window(max(trace.submitted.values()), min(dones))
+                if steady is not None:
+                    out["in_flight_window"] = steady | {"jobs_in_flight": len(trace.submitted)}
             out |= {
                 "mode": args.child,
                 "warm": bool(args.warm),
@@ -518,8 +583,6 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
     """Baseline detection / mode detection (higher better), mode requests / baseline (lower better)."""
     naive = results.get("naive")
     out: dict[str, dict[str, float | None]] = {}
-    if not naive:
-        return out
 
     def div(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -527,10 +590,16 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
     for mode, f in results.items():
         if mode == "naive" or "error" in f:
             continue
+        model = f.get("naive_model") or {}
         out[mode] = {
-            "detect_mean_x": div(naive.get("detect_mean_s"), f.get("detect_mean_s")),
-            "detect_p95_x": div(naive.get("detect_p95_s"), f.get("detect_p95_s")),
-            "requests_x": div(f.get("requests_per_job"), naive.get("requests_per_job")),
+            # against the naive process measured in this run (it queues at the emulator in a burst)
+            "detect_mean_x": div((naive or {}).get("detect_mean_s"), f.get("detect_mean_s")),
+            "detect_p95_x": div((naive or {}).get("detect_p95_s"), f.get("detect_p95_s")),
+            "requests_x": div(f.get("requests_per_job"), (naive or {}).get("requests_per_job")),
+            # against a 5 s poller on paper over the same jobs (no queueing: the stricter bar)
+            "model_detect_mean_x": div(model.get("detect_mean_s"), f.get("detect_mean_s")),
+            "model_detect_p95_x": div(model.get("detect_p95_s"), f.get("detect_p95_s")),
+            "model_requests_x": div(f.get("requests_per_job"), model.get("requests_per_job")),
         }
     return out
 
@@ -569,10 +638,13 @@ def markdown(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, float 
         lines.append(
             "| " + " | ".join(_fmt(f.get(k), 1 if k == "rss_peak_mb" else 2) for k, _ in COLUMNS) + " |"
         )
+    lines.append("")
     for mode, r in rat.items():
         lines.append(
-            f"\n{mode} vs naive: detection ×{_fmt(r['detect_mean_x'])} sooner on the mean, "
-            f"×{_fmt(r['detect_p95_x'])} at p95, requests ×{_fmt(r['requests_x'])}"
+            f"- {mode} vs the naive process: detection ×{_fmt(r['detect_mean_x'])} sooner on the mean, "
+            f"×{_fmt(r['detect_p95_x'])} at p95, requests ×{_fmt(r['requests_x'])}; vs a 5 s poller on "
+            f"paper over the same jobs: ×{_fmt(r['model_detect_mean_x'])}, ×{_fmt(r['model_detect_p95_x'])}, "
+            f"requests ×{_fmt(r['model_requests_x'])}"
         )
     return "\n".join(lines)
 
