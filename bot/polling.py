@@ -83,6 +83,7 @@ class RouteTimes:
         self._growth = growth
         self._times: dict[str, deque[float]] = {}
         self._learned: dict[str, _Learned | None] = {}  # cache, dropped on every new sample
+        self._bounds = (1.0, 10.0)  # the (initial, maximum) last asked for, to size the gaps
 
     def record(self, route: str, seconds: float, *, since: float | None = None) -> None:
         """A job was seen finished `seconds` after submit by a poll; `since` is the previous poll
@@ -98,6 +99,7 @@ class RouteTimes:
 
     def schedule(self, route: str, initial: float, maximum: float) -> PollSchedule:
         """A schedule for a job just submitted to `route`."""
+        self._bounds = (initial, maximum)
         learned = self._learn(route)
         if learned is None:
             return PollSchedule(initial=initial, maximum=maximum, first=initial, growth=self._growth)
@@ -151,8 +153,10 @@ class RouteTimes:
 
     def _gap(self, route: str, seconds: float) -> float:
         """The gap between polls around `seconds` for this route's current schedule."""
+        initial, maximum = self._bounds
         learned = self._learn(route)
         if learned is not None and seconds < learned.usual_until:
-            return min(learned.step, seconds)
-        # A ×growth backoff: the last gap is about (1 - 1/growth) of the time elapsed.
-        return seconds * (1 - 1 / self._growth)
+            return min(max(initial / 2, min(maximum, learned.step)), seconds)
+        # A ×growth backoff capped at `maximum`: the last gap is about (1 - 1/growth) of the
+        # time elapsed until the cap.
+        return min(maximum, seconds * (1 - 1 / self._growth))

@@ -208,3 +208,10 @@ def test_cold_is_only_a_backoff_worse_than_warm() -> None:
     cold = run_engine(RouteTimes(min_samples=10**9), latencies)
     warm = run_engine(warmed(random.Random(14)), latencies)
     assert warm.mean < cold.mean / 1.5 and warm.per_job < cold.per_job
+
+
+def test_a_long_job_seen_by_the_capped_backoff_is_corrected_by_at_most_half_the_cap() -> None:
+    times = RouteTimes()
+    times.schedule("slow:m", initial=1.0, maximum=10.0)
+    times.record("slow:m", 120.0)  # the cold backoff polls every 10 s by then, not every 40 s
+    assert times.snapshot() == {"slow:m": [115.0]}
