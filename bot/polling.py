@@ -97,15 +97,6 @@ class RouteTimes:
         self._times.setdefault(route, deque(maxlen=self._keep)).append(max(0.0, estimate))
         self._learned.pop(route, None)
 
-    def snapshot(self) -> dict[str, list[float]]:
-        """Every route's recent durations, to persist across restarts."""
-        return {route: list(times) for route, times in self._times.items()}
-
-    def restore(self, data: dict[str, list[float]]) -> None:
-        """Start from saved durations (a restart does not start cold)."""
-        for route, times in data.items():
-            self._times[route] = deque((max(0.0, float(t)) for t in times), maxlen=self._keep)
-
     def schedule(self, route: str, initial: float, maximum: float) -> PollSchedule:
         """A schedule for a job just submitted to `route`."""
         self._bounds = (initial, maximum)
