@@ -84,7 +84,7 @@ async def test_imagine_delivers_an_image_with_buttons_in_one_status_message(
     assert "1024×576" in msg.content and "seed 7" in msg.content
     [image] = msg.files
     assert image.data.startswith(PNG_MAGIC)
-    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D", "Delete"]
+    assert [b["label"] for b in msg.buttons] == ["Reroll", "Edit", "Make 3D", "Vary", "Delete"]
     assert not msg.ephemeral
     assert len([m for m in fake.messages.values() if m.interaction_id == ix.id]) == 1
     assert await balance(bot, fake) == 90
@@ -179,7 +179,7 @@ async def test_multi_image_result_shows_a_grid_and_posts_each_image_alone(
 ) -> None:
     async with discord_bot(tmp_path, fake, sandbox, route_order="pixazo"):  # type: ignore[arg-type]
         grid = await imagine(fake, "four foxes", count=4)
-        assert [b["label"] for b in grid.buttons][-4:] == ["U1", "U2", "U3", "U4"]
+        assert [b["label"] for b in grid.buttons][-8:] == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4"]
         [preview] = grid.files
         assert "grid" in preview.filename
 
