@@ -12,7 +12,7 @@ from PIL import Image
 from bot.catalog import Catalog
 from bot.commands import Actor, ImagineCommand
 from bot.errors import UserError
-from bot.reply import ButtonAction, JobPhase
+from bot.reply import ButtonAction, JobPhase, parse_custom_id
 from providers.base import Kind
 from tests.support.core import MEMBER, MODERATOR, RecordingReply, running_app
 
@@ -120,3 +120,20 @@ async def test_no_edit_route_means_no_vary_button(tmp_path: Path) -> None:
         delivery.catalog = Catalog(r for r in delivery.catalog.routes if r.kind is not Kind.EDIT)
         buttons = delivery.result_buttons(job, 1)
         assert ButtonAction.VARY not in {b.action for b in buttons}
+
+
+async def test_a_v_button_from_before_a_restart_still_works(tmp_path: Path) -> None:
+    async with running_app(tmp_path, route_order="pixazo") as app:
+        first = RecordingReply()
+        await app.engine.submit(MEMBER, ImagineCommand(prompt="two foxes --n 2"), first)
+        await first.wait()
+        v2 = next(b for b in first.results[0].buttons if b.label == "V2")
+    action, job_id, index = parse_custom_id(v2.custom_id) or (None, "", None)
+    assert (action, index) == (ButtonAction.VARY, 1)
+    async with running_app(tmp_path, route_order="pixazo") as app:
+        second = RecordingReply()
+        await app.engine.press(MEMBER, ButtonAction.VARY, job_id, index, second)
+        await second.wait()
+        assert not second.failures, second.failures
+        child = await app.engine.store.get(second.results[0].job_id)
+        assert child is not None and child.parent_id == job_id
