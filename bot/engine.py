@@ -118,6 +118,7 @@ class Engine:
             scheduler=self.scheduler,
             clock=clock,
         )
+        self.runner.claimed = self.admission.refresh_positions
         self.actions = ResultActions(
             store=store, catalog=router.catalog, admission=self.admission, delivery=self.delivery
         )

@@ -9,6 +9,7 @@ has history, the schedule is a plain backoff from `initial` to `maximum`.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -60,6 +61,13 @@ class RouteTimes:
         """Start from saved durations (a restart does not start cold)."""
         for route, times in data.items():
             self._times[route] = deque((max(0.0, float(t)) for t in times), maxlen=self._keep)
+
+    def usual(self, route: str) -> float | None:
+        """The route's median duration, once it has enough history to mean something."""
+        times = self._times.get(route)
+        if times is None or len(times) < self._min:
+            return None
+        return statistics.median(times)
 
     def schedule(self, route: str, initial: float, maximum: float) -> PollSchedule:
         """A schedule for a job just submitted to `route`."""
