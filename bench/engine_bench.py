@@ -1,13 +1,25 @@
-"""Push N concurrent jobs through the real engine, ledger and provider clients.
+"""What users feel: jobs through the real engine against a vendor emulator, against a naive poller.
 
-The vendor (Pixazo's emulator, `hunyuan-image`) runs in a separate process on loopback with
-a latency drawn from a range (default 2–20 s), so the figures below are the bot's own: jobs per
-second, delay from the vendor finishing to the result being delivered (p50/p99), vendor API
-requests per job, peak RSS and CPU seconds of the bot process. The same workload runs with
-polling, then with webhooks, then through a naive fixed 5-second poller as the baseline.
+    python bench/engine_bench.py --jobs 1000 --dist lognormal --latency 2:20 \\
+        --modes naive,poll,webhook --burst --json out.json
 
-    python bench/engine_bench.py                 # 2,000 jobs, 2–20 s
-    python bench/engine_bench.py --jobs 5000 --latency 1 10
+Each mode runs in its own process (this script with `--child MODE`), and so does the vendor
+(`bench/emulator.py`, Pixazo's sandbox emulator, a fresh one per run; same seed, so the same job
+gets the same duration in every mode). Modes: `poll` (the engine's learned schedule), `webhook`
+(`PUBLIC_BASE_URL` set: the vendor calls back, polling is the slow fallback), `naive` (the
+provider client polled every 5 s by a bare loop: no engine, ledger or database).
+
+Per mode (docs/bench.md): detect_mean_s / detect_p95_s (vendor completion → the poll answer or
+callback that first says so returns in the bot), deliver_p99_s (completion → Reply.result
+called), requests_per_job (submit + polls + file downloads, counted by the emulator),
+rss_peak_mb (VmHWM of the bot process), cpu_cores_avg and cpu_ms_per_job (user + system CPU of
+the bot process from the first submit to the last delivery), warm (route history pre-seeded by
+a warm-up batch through the same process, `--warm`). Webhook mode adds callback_to_reply_p99_s
+(the emulator decided to send the callback → Reply.result) and polls_per_job (fallback polls).
+
+Detection is hooked from outside the engine: the provider class's `submit`, `poll` and
+`parse_webhook` are wrapped in the bot process, so the script keeps working with any engine that
+keeps `BotApp`, `Engine.submit(actor, command, reply)` and the `Reply` protocol.
 """
 
 from __future__ import annotations
@@ -15,13 +27,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import math
 import os
+import platform
+import random
 import re
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,95 +49,87 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.app import BotApp, load_provider  # noqa: E402
-from bot.commands import Actor, ImagineCommand  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from bot.reply import Failure, JobResult, Progress  # noqa: E402
-from providers.base import GenerationRequest, JobState, Kind, ProviderSettings  # noqa: E402
+from bench.emulator import lognormal_params, parse_range  # noqa: E402
 
 VENDOR = "pixazo"
 MODEL = "hunyuan-image"
 KEY = "sandbox-key"
+NAIVE_EVERY = 5.0
+MODES = ("naive", "poll", "webhook")
 
 
-@dataclass
-class Figures:
-    """What one run measured."""
-
-    mode: str
-    jobs: int
-    wall: float
-    delays: list[float]
-    requests: int
-    peak_rss_mb: float
-    cpu_s: float
-    failed: int = 0
-
-    @property
-    def jobs_per_s(self) -> float:
-        return self.jobs / self.wall if self.wall else 0.0
-
-    def pct(self, q: float) -> float:
-        if not self.delays:
-            return float("nan")
-        ordered = sorted(self.delays)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+# --- shared helpers ---------------------------------------------------------------------------
 
 
-@dataclass
-class BenchReply:
-    """Records when the result arrived."""
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    delivered: asyncio.Event = field(default_factory=asyncio.Event)
-    at: float = 0.0
-    failed: bool = False
 
-    def ref(self) -> dict[str, Any]:
-        return {}
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
 
-    async def progress(self, update: Progress) -> None:
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _rss_peak_mb() -> float:
+    """Peak resident set of this process (VmHWM), in MiB."""
+    try:
+        m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        if m:
+            return int(m.group(1)) / 1024
+    except OSError:
         pass
+    import resource
 
-    async def result(self, result: JobResult) -> None:
-        self.at = time.time()
-        self.delivered.set()
-
-    async def failure(self, failure: Failure) -> None:
-        self.at, self.failed = time.time(), True
-        self.delivered.set()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class RssSampler:
-    """Samples this process's resident set size (Linux /proc) while a run goes."""
+def _rss_now_mb() -> float:
+    try:
+        m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) / 1024 if m else 0.0
+    except OSError:
+        return 0.0
+
+
+class Sampler:
+    """(wall time, CPU seconds, RSS MiB) of this process twice a second, for windowed figures."""
 
     def __init__(self) -> None:
-        self.peak = 0
+        self.samples: list[tuple[float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
-
-    @staticmethod
-    def current() -> int:
-        with contextlib.suppress(OSError):
-            status = Path("/proc/self/status").read_text()
-            m = re.search(r"VmRSS:\s+(\d+) kB", status)
-            if m:
-                return int(m.group(1)) * 1024
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     async def _loop(self) -> None:
         while True:
-            self.peak = max(self.peak, self.current())
-            await asyncio.sleep(0.2)
+            self.samples.append((time.time(), _cpu(), _rss_now_mb()))
+            await asyncio.sleep(0.5)
 
-    def __enter__(self) -> RssSampler:
-        self.peak = self.current()
+    def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def window(self, start: float, end: float) -> dict[str, float] | None:
+        """CPU cores and peak RSS between `start` and `end` (None when too short to tell)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 3 or inside[-1][0] - inside[0][0] < 2.0:
+            return None
+        (t0, c0, _), (t1, c1, _) = inside[0], inside[-1]
+        return {
+            "seconds": t1 - t0,
+            "cpu_cores": (c1 - c0) / (t1 - t0),
+            "rss_peak_mb": max(s[2] for s in inside),
+        }
 
 
 def _free_port() -> int:
@@ -128,181 +138,594 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _sandbox_stats(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    async with session.get(f"{base}/_sandbox/{VENDOR}/jobs") as resp:
+def arrivals(jobs: int, rate: float | None, seed: int) -> list[float]:
+    """Submit offsets in seconds: all 0 for a burst, else a seeded Poisson process at `rate`/s."""
+    if not rate:
+        return [0.0] * jobs
+    rng = random.Random(f"arrivals:{seed}")
+    t, out = 0.0, []
+    for _ in range(jobs):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def peak_in_flight(spans: list[tuple[float, float]]) -> int:
+    """Most jobs between vendor submit and delivery at one moment."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = peak = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+async def _vendor_stats(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async with session.get(f"{base}/_bench/stats") as resp:
         return await resp.json()  # type: ignore[no-any-return]
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+async def _vendor_reset(session: aiohttp.ClientSession, base: str) -> None:
+    async with session.post(f"{base}/_bench/reset") as resp:
+        resp.raise_for_status()
 
 
-async def run_engine(mode: str, jobs: int, sandbox_base: str, session: aiohttp.ClientSession) -> Figures:
-    """The real engine, ledger and client; webhooks when mode == 'webhook'."""
+@dataclass
+class Trace:
+    """Bot-side moments per vendor job id, and per bench job index."""
+
+    submitted: dict[str, float] = field(default_factory=dict)  # vendor id -> submit returned
+    index_of: dict[str, int] = field(default_factory=dict)  # vendor id -> bench job index
+    detected: dict[str, float] = field(default_factory=dict)  # vendor id -> first terminal answer
+    by_webhook: set[str] = field(default_factory=set)
+    delivered: dict[int, float] = field(default_factory=dict)  # bench index -> Reply.result
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def figures(
+    trace: Trace,
+    stats: dict[str, Any],
+    jobs: int,
+    cpu_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    """The per-mode figures from the bot's trace and the emulator's stats."""
+    vjobs = stats["jobs"]
+    vid_of = {i: vid for vid, i in trace.index_of.items()}
+    detect, deliver, callback = [], [], []
+    spans = []
+    for i, at in trace.delivered.items():
+        vid = vid_of.get(i)
+        if vid is None or vid not in vjobs:
+            continue
+        done = vjobs[vid]["done_at"]
+        deliver.append(at - done)
+        spans.append((vjobs[vid]["created"], at))
+        if vid in trace.detected:
+            detect.append(trace.detected[vid] - done)
+        if (cb := vjobs[vid].get("callback_at")) is not None:
+            callback.append(at - cb)
+    # The naive poller on paper, from these very jobs' durations: no queueing at either end.
+    model_delays, model_requests = [], []
+    for vid in trace.index_of:
+        if vid in vjobs:
+            latency = vjobs[vid]["done_at"] - vjobs[vid]["created"]
+            polls = max(1, math.ceil(latency / NAIVE_EVERY))
+            model_delays.append(polls * NAIVE_EVERY - latency)
+            model_requests.append(1 + polls + 1)
+    counts = stats["counts"]
+    total = sum(counts.get(k, 0) for k in ("submit", "poll", "file"))
+    out: dict[str, Any] = {
+        "jobs": jobs,
+        "delivered": len(trace.delivered),
+        "failed": len(trace.failed),
+        "missing": jobs - len(trace.delivered) - len(trace.failed),
+        "detect_mean_s": _mean(detect),
+        "detect_p50_s": _pct(detect, 0.5),
+        "detect_p95_s": _pct(detect, 0.95),
+        "deliver_p50_s": _pct(deliver, 0.5),
+        "deliver_p99_s": _pct(deliver, 0.99),
+        "requests_per_job": total / jobs if jobs else None,
+        "polls_per_job": counts.get("poll", 0) / jobs if jobs else None,
+        "files_per_job": counts.get("file", 0) / jobs if jobs else None,
+        "cpu_ms_per_job": cpu_s * 1000 / jobs if jobs else None,
+        "cpu_cores_avg": cpu_s / wall_s if wall_s > 0 else None,
+        "cpu_s": cpu_s,
+        "wall_s": wall_s,
+        "rss_peak_mb": _rss_peak_mb(),
+        "in_flight_peak": peak_in_flight(spans),
+        "detected_by_webhook": len(trace.by_webhook),
+        "naive_model": {
+            "detect_mean_s": _mean(model_delays),
+            "detect_p95_s": _pct(model_delays, 0.95),
+            "requests_per_job": _mean([float(r) for r in model_requests]),
+        },
+    }
+    if callback:
+        out["callback_to_reply_p50_s"] = _pct(callback, 0.5)
+        out["callback_to_reply_p99_s"] = _pct(callback, 0.99)
+    if trace.failed:
+        out["failures_sample"] = sorted(set(trace.failed.values()))[:5]
+    return out
+
+
+# --- child: the real bot ----------------------------------------------------------------------
+
+
+def _hook_provider(trace: Trace) -> None:
+    """Wrap the provider class so the bot's own moments are seen without touching the engine."""
+    from bot.app import load_provider
+
+    cls: Any = load_provider(VENDOR)
+    submit, poll, parse_webhook = cls.submit, cls.poll, cls.parse_webhook
+    tag = re.compile(r"\bbench job (\d+)\b")
+
+    async def hooked_submit(self: Any, request: Any) -> Any:
+        sub = await submit(self, request)
+        m = tag.search(request.prompt or "")
+        if m:
+            trace.index_of[sub.handle.job_id] = int(m.group(1))
+            trace.submitted[sub.handle.job_id] = time.time()
+            if sub.update is not None and sub.update.terminal:
+                trace.detected.setdefault(sub.handle.job_id, time.time())
+        return sub
+
+    async def hooked_poll(self: Any, handle: Any) -> Any:
+        update = await poll(self, handle)
+        if update.terminal:
+            trace.detected.setdefault(handle.job_id, time.time())
+        return update
+
+    def hooked_parse_webhook(self: Any, body: bytes, headers: Any) -> Any:
+        update = parse_webhook(self, body, headers)
+        if update is not None and update.terminal:
+            try:
+                rid = json.loads(body).get("request_id")
+            except ValueError:
+                rid = None
+            if isinstance(rid, str) and rid not in trace.detected:
+                trace.detected[rid] = time.time()
+                trace.by_webhook.add(rid)
+        return update
+
+    cls.submit, cls.poll, cls.parse_webhook = hooked_submit, hooked_poll, hooked_parse_webhook
+
+
+def _track_route_times() -> list[Any]:
+    """Every RouteTimes the engine creates, to report how much history it had."""
+    from bot import polling
+
+    made: list[Any] = []
+    init = polling.RouteTimes.__init__
+
+    def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    polling.RouteTimes.__init__ = tracked  # type: ignore[method-assign]
+    return made
+
+
+def _history_samples(made: list[Any]) -> int | None:
+    total = None
+    for times in made:
+        snap = getattr(times, "snapshot", None)
+        if snap is not None:
+            total = (total or 0) + sum(len(v) for v in snap().values())
+    return total
+
+
+class BenchReply:
+    """A Reply that records when the result (or failure) arrived."""
+
+    def __init__(self, index: int, trace: Trace, done: Callable[[], None]) -> None:
+        self.index, self.trace, self._done = index, trace, done
+
+    def ref(self) -> dict[str, Any]:
+        return {}
+
+    async def progress(self, update: Any) -> None:
+        pass
+
+    async def result(self, result: Any) -> None:
+        if self.index >= 0:
+            self.trace.delivered.setdefault(self.index, time.time())
+        self._done()
+
+    async def failure(self, failure: Any) -> None:
+        if self.index >= 0:
+            self.trace.failed.setdefault(self.index, str(getattr(failure, "message", failure))[:120])
+        self._done()
+
+
+class _Countdown:
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.last = time.time()
+        self.event = asyncio.Event()
+        if n <= 0:
+            self.event.set()
+
+    def tick(self) -> None:
+        self.left -= 1
+        self.last = time.time()
+        if self.left <= 0:
+            self.event.set()
+
+
+async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
+    """One mode ('poll' or 'webhook') through BotApp; returns its figures."""
+    trace = Trace()
+    _hook_provider(trace)
+    route_times = _track_route_times()
+    from bot.app import BotApp
+    from bot.commands import Actor, ImagineCommand
+    from bot.config import Settings
+
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    workers = args.workers or defaults.workers
+    queue_size = defaults.queue_size
+    # A burst larger than workers + queue would be refused: raise only the queue, and say so.
+    queue_raised = args.jobs + args.warm_jobs * args.warm > workers + queue_size
+    if queue_raised:
+        queue_size = args.jobs + args.warm_jobs
     port = _free_port()
+    offsets = arrivals(args.jobs, None if args.burst else args.rate, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=Path(tmp),
             pixazo_api_key=KEY,
-            pixazo_base_url=f"{sandbox_base}/{VENDOR}",
+            pixazo_base_url=f"{args.vendor_url}/{VENDOR}",
             route_order=f"{VENDOR}:{MODEL}",
             http_host="127.0.0.1",
             http_port=port,
-            public_base_url=f"http://127.0.0.1:{port}" if mode == "webhook" else None,
-            workers=jobs,
-            queue_size=jobs,
-            max_jobs_per_user=jobs,
-            progress_interval=3.0,
+            public_base_url=f"http://127.0.0.1:{port}" if args.child == "webhook" else None,
+            workers=workers,
+            queue_size=queue_size,
             log_level="WARNING",
             media_allow_private=True,
         )
-        before = (await _sandbox_stats(session, sandbox_base))["requests"]
-        cpu0 = _cpu()
-        with RssSampler() as rss:
-            async with BotApp(settings, platforms=[]) as app:
-                replies = [BenchReply() for _ in range(jobs)]
-                start = time.time()
-                tickets = await asyncio.gather(
-                    *(
-                        app.engine.submit(
-                            Actor(platform="bench", tenant_id="t", user_id=f"u{i}"),
-                            ImagineCommand(prompt=f"bench job {i} --size 512x512"),
-                            replies[i],
-                        )
-                        for i in range(jobs)
-                    )
-                )
-                await asyncio.gather(*(r.delivered.wait() for r in replies))
-                wall = time.time() - start
-                handles = {}
-                for t in tickets:
-                    job = await app.engine.store.get(t.job_id)
-                    handles[t.job_id] = job.handle.job_id if job and job.handle else None
-                problems = await app.ledger.check_invariants()
-                assert not problems, problems
-        cpu = _cpu() - cpu0
-        stats = await _sandbox_stats(session, sandbox_base)
-        done_at = {k: v["done_at"] for k, v in stats["jobs"].items()}
-        delays = [
-            r.at - done_at[handles[t.job_id]]
-            for t, r in zip(tickets, replies, strict=True)
-            if not r.failed and handles.get(t.job_id) in done_at
-        ]
-        return Figures(
-            mode=mode,
-            jobs=jobs,
-            wall=wall,
-            delays=delays,
-            requests=stats["requests"] - before,
-            peak_rss_mb=rss.peak / 2**20,
-            cpu_s=cpu,
-            failed=sum(r.failed for r in replies),
-        )
-
-
-async def run_naive(
-    jobs: int, sandbox_base: str, session: aiohttp.ClientSession, interval: float = 5.0
-) -> Figures:
-    """Baseline: submit, then poll every `interval` seconds, then download. No engine."""
-    provider = load_provider(VENDOR)(
-        session, ProviderSettings(base_url=f"{sandbox_base}/{VENDOR}", api_key=KEY)
-    )
-    before = (await _sandbox_stats(session, sandbox_base))["requests"]
-    delivered: dict[str, float] = {}
-    cpu0 = _cpu()
-
-    async def one(i: int) -> None:
-        request = GenerationRequest(kind=Kind.IMAGE, model=MODEL, prompt=f"naive {i}", width=512, height=512)
-        sub = await provider.submit(request)
-        while True:
-            await asyncio.sleep(interval)
-            update = await provider.poll(sub.handle)
-            if update.state in (JobState.SUCCEEDED, JobState.FAILED):
-                break
-        for artifact in update.artifacts:
-            if artifact.url:
-                async with session.get(artifact.url) as resp:
-                    await resp.read()
-        delivered[sub.handle.job_id] = time.time()
-
-    with RssSampler() as rss:
-        start = time.time()
-        await asyncio.gather(*(one(i) for i in range(jobs)))
-        wall = time.time() - start
-    cpu = _cpu() - cpu0
-    stats = await _sandbox_stats(session, sandbox_base)
-    delays = [t - stats["jobs"][jid]["done_at"] for jid, t in delivered.items() if jid in stats["jobs"]]
-    return Figures("naive-5s", jobs, wall, delays, stats["requests"] - before, rss.peak / 2**20, cpu)
-
-
-def _row(f: Figures) -> str:
-    return (
-        f"{f.mode:<10} {f.jobs:>6} {f.jobs_per_s:>8.1f} {f.pct(0.5):>9.2f} {f.pct(0.99):>9.2f} "
-        f"{f.requests / f.jobs:>9.2f} {f.peak_rss_mb:>9.1f} {f.cpu_s:>7.1f} {f.failed:>6}"
-    )
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--latency", type=float, nargs=2, default=[2.0, 20.0], metavar=("MIN", "MAX"))
-    parser.add_argument("--modes", default="poll,webhook,naive")
-    args = parser.parse_args()
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "providers.sandbox.server",
-        "--vendors",
-        VENDOR,
-        "--latency",
-        str(args.latency[0]),
-        str(args.latency[1]),
-        "--render-cache",
-        cwd=str(ROOT),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        port = int(line.strip().split("=")[1])
-        base = f"http://127.0.0.1:{port}"
-        print(f"engine benchmark: {args.jobs} jobs, vendor latency {args.latency[0]:g}–{args.latency[1]:g} s")
-        print(
-            f"{'mode':<10} {'jobs':>6} {'jobs/s':>8} {'p50 (s)':>9} {'p99 (s)':>9} {'req/job':>9} "
-            f"{'RSS (MB)':>9} {'CPU s':>7} {'failed':>6}"
-        )
-        results: dict[str, Figures] = {}
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for mode in args.modes.split(","):
-                if mode == "naive":
-                    fig = await run_naive(args.jobs, base, session)
-                else:
-                    fig = await run_engine(mode, args.jobs, base, session)
-                results[mode] = fig
-                print(_row(fig), flush=True)
-        naive = results.get("naive")
-        if naive:
-            print("\nratios against the naive 5 s poller (lower is better):")
-            for mode, f in results.items():
-                if mode == "naive":
-                    continue
-                print(
-                    f"  {mode:<8} delay p50 ×{f.pct(0.5) / naive.pct(0.5):.2f}  p99 ×{f.pct(0.99) / naive.pct(0.99):.2f}"
-                    f"  requests/job ×{(f.requests / f.jobs) / (naive.requests / naive.jobs):.2f}"
-                )
-        if results:
-            mean = statistics.mean(results[next(iter(results))].delays or [0])
-            print(f"\n(mean delay of the first mode: {mean:.2f} s)")
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            BotApp(settings, platforms=[]) as app,
+        ):
+
+            async def submit(i: int, label: str, index: int, done: _Countdown, at: float = 0.0) -> None:
+                if at:
+                    await asyncio.sleep(max(0.0, at - time.time()))
+                reply = BenchReply(index, trace, done.tick)
+                try:
+                    await app.engine.submit(
+                        Actor(platform="bench", tenant_id="bench", user_id=f"{label}{i}"),
+                        ImagineCommand(prompt=f"{label} job {i} --size 512x512"),
+                        reply,
+                    )
+                except Exception as exc:  # refused at admission: counted, not fatal
+                    if index >= 0:
+                        trace.failed[index] = f"refused: {type(exc).__name__}"
+                    done.tick()
+
+            history = None
+            if args.warm:
+                warm = _Countdown(args.warm_jobs)
+                await asyncio.gather(*(submit(i, "warm", -1, warm) for i in range(args.warm_jobs)))
+                await asyncio.wait_for(warm.event.wait(), args.timeout)
+                history = _history_samples(route_times)
+            await _vendor_reset(session, args.vendor_url)
+            done = _Countdown(args.jobs)
+            sampler = Sampler()
+            sampler.start()
+            cpu0, start = _cpu(), time.time()
+            tasks = [
+                asyncio.ensure_future(submit(i, "bench", i, done, start + off if off else 0.0))
+                for i, off in enumerate(offsets)
+            ]
+            try:
+                await asyncio.wait_for(done.event.wait(), args.timeout)
+            except TimeoutError:
+                pass  # reported as missing
+            end, cpu = done.last, _cpu() - cpu0
+            await sampler.stop()
+            for t in tasks:
+                t.cancel()
+            stats = await _vendor_stats(session, args.vendor_url)
+            out = figures(trace, stats, args.jobs, cpu, end - start)
+            # "In flight": every job submitted to the vendor, none finished yet (long mixes only).
+            dones = [stats["jobs"][v]["done_at"] for v in trace.index_of if v in stats["jobs"]]
+            if trace.submitted and dones:
+                steady = sampler.window(max(trace.submitted.values()), min(dones))
+                if steady is not None:
+                    out["in_flight_window"] = steady | {"jobs_in_flight": len(trace.submitted)}
+            out |= {
+                "mode": args.child,
+                "warm": bool(args.warm),
+                "warm_jobs": args.warm_jobs if args.warm else 0,
+                "history_samples_at_start": history,
+                "history_samples_at_end": _history_samples(route_times),
+                "workers": workers,
+                "queue_size": queue_size,
+                "queue_size_raised": queue_raised,
+            }
+            ledger = getattr(app, "ledger", None)
+            if ledger is not None and hasattr(ledger, "check_invariants"):
+                problems = await ledger.check_invariants()
+                out["ledger_invariants_ok"] = not problems
+    return out
+
+
+# --- child: the naive 5 s poller --------------------------------------------------------------
+
+
+async def run_naive(args: argparse.Namespace) -> dict[str, Any]:
+    """Baseline: the provider client, submit, poll every 5 s, download. No engine."""
+    from bot.app import load_provider
+    from providers.base import GenerationRequest, Kind, ProviderSettings
+
+    trace = Trace()
+    offsets = arrivals(args.jobs, None if args.burst else args.rate, args.seed)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        provider = load_provider(VENDOR)(
+            session, ProviderSettings(base_url=f"{args.vendor_url}/{VENDOR}", api_key=KEY)
+        )
+        await _vendor_reset(session, args.vendor_url)
+
+        async def one(i: int, at: float) -> None:
+            if at:
+                await asyncio.sleep(max(0.0, at - time.time()))
+            request = GenerationRequest(
+                kind=Kind.IMAGE, model=MODEL, prompt=f"naive job {i}", width=512, height=512
+            )
+            try:
+                sub = await provider.submit(request)
+                trace.index_of[sub.handle.job_id] = i
+                while True:
+                    await asyncio.sleep(NAIVE_EVERY)
+                    update = await provider.poll(sub.handle)
+                    if update.terminal:
+                        trace.detected[sub.handle.job_id] = time.time()
+                        break
+                for artifact in update.artifacts:
+                    if artifact.url:
+                        async with session.get(artifact.url) as resp:
+                            await resp.read()
+                trace.delivered[i] = time.time()
+            except Exception as exc:  # a baseline has no retries: count it
+                trace.failed[i] = type(exc).__name__
+
+        cpu0, start = _cpu(), time.time()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(one(i, start + off if off else 0.0) for i, off in enumerate(offsets))),
+                args.timeout,
+            )
+        except TimeoutError:
+            pass
+        end = max([start, *trace.delivered.values()])
+        cpu = _cpu() - cpu0
+        stats = await _vendor_stats(session, args.vendor_url)
+    out = figures(trace, stats, args.jobs, cpu, end - start)
+    out |= {"mode": "naive", "warm": False, "poll_every_s": NAIVE_EVERY}
+    return out
+
+
+# --- parent: one process per mode -------------------------------------------------------------
+
+
+def _start_vendor(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+    lo, hi = args.latency
+    argv = [sys.executable, str(ROOT / "bench" / "emulator.py"), "--dist", args.dist]
+    argv += ["--latency", f"{lo}:{hi}", "--seed", str(args.seed)]
+    proc = subprocess.Popen(
+        argv,
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("SANDBOX_PORT="):
+        proc.kill()
+        raise SystemExit(f"vendor emulator did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.strip().split('=')[1])}"
+
+
+def _child_argv(args: argparse.Namespace, mode: str, vendor_url: str, out: Path) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--vendor-url", vendor_url]
+    argv += ["--child-out", str(out), "--jobs", str(args.jobs), "--seed", str(args.seed)]
+    argv += ["--timeout", str(args.timeout), "--warm-jobs", str(args.warm_jobs)]
+    argv += ["--burst"] if args.burst else ["--rate", str(args.rate)]
+    if args.warm:
+        argv.append("--warm")
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    return argv
+
+
+def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """One mode in its own process, against a fresh vendor process."""
+    vendor, url = _start_vendor(args)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.json"
+            child = subprocess.run(_child_argv(args, mode, url, out), cwd=str(ROOT), check=False)
+            if child.returncode != 0 or not out.exists():
+                return {"mode": mode, "error": f"child exited {child.returncode}"}
+            return json.loads(out.read_text())  # type: ignore[no-any-return]
     finally:
-        proc.terminate()
-        await proc.wait()
+        vendor.terminate()
+        vendor.wait(10)
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each numeric figure over the repeats (and its min), other fields from run 1."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    mins: dict[str, float] = {}
+    for key, value in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and all(isinstance(v, int | float) for v in values)
+        ):
+            out[key] = statistics.median(values)  # type: ignore[type-var]
+            mins[key] = min(values)  # type: ignore[type-var]
+    out["min"] = mins
+    out["repeats"] = len(runs)
+    return out
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Baseline detection / mode detection (higher better), mode requests / baseline (lower better)."""
+    naive = results.get("naive")
+    out: dict[str, dict[str, float | None]] = {}
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    for mode, f in results.items():
+        if mode == "naive" or "error" in f:
+            continue
+        model = f.get("naive_model") or {}
+        out[mode] = {
+            # against the naive process measured in this run (it queues at the emulator in a burst)
+            "detect_mean_x": div((naive or {}).get("detect_mean_s"), f.get("detect_mean_s")),
+            "detect_p95_x": div((naive or {}).get("detect_p95_s"), f.get("detect_p95_s")),
+            "requests_x": div(f.get("requests_per_job"), (naive or {}).get("requests_per_job")),
+            # against a 5 s poller on paper over the same jobs (no queueing: the stricter bar)
+            "model_detect_mean_x": div(model.get("detect_mean_s"), f.get("detect_mean_s")),
+            "model_detect_p95_x": div(model.get("detect_p95_s"), f.get("detect_p95_s")),
+            "model_requests_x": div(f.get("requests_per_job"), model.get("requests_per_job")),
+        }
+    return out
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+COLUMNS = [
+    ("mode", "mode"),
+    ("jobs", "jobs"),
+    ("warm", "warm"),
+    ("detect_mean_s", "detect mean s"),
+    ("detect_p95_s", "detect p95 s"),
+    ("deliver_p99_s", "deliver p99 s"),
+    ("requests_per_job", "req/job"),
+    ("rss_peak_mb", "RSS MB"),
+    ("cpu_cores_avg", "cores"),
+    ("cpu_ms_per_job", "CPU ms/job"),
+    ("callback_to_reply_p99_s", "callback→Reply p99 s"),
+    ("failed", "failed"),
+    ("missing", "missing"),
+]
+
+
+def markdown(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, float | None]]) -> str:
+    """The README table for this run."""
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for f in results.values():
+        lines.append(
+            "| " + " | ".join(_fmt(f.get(k), 1 if k == "rss_peak_mb" else 2) for k, _ in COLUMNS) + " |"
+        )
+    lines.append("")
+    for mode, r in rat.items():
+        lines.append(
+            f"- {mode} vs the naive process: detection ×{_fmt(r['detect_mean_x'])} sooner on the mean, "
+            f"×{_fmt(r['detect_p95_x'])} at p95, requests ×{_fmt(r['requests_x'])}; vs a 5 s poller on "
+            f"paper over the same jobs: ×{_fmt(r['model_detect_mean_x'])}, ×{_fmt(r['model_detect_p95_x'])}, "
+            f"requests ×{_fmt(r['model_requests_x'])}"
+        )
+    return "\n".join(lines)
+
+
+def parent(args: argparse.Namespace) -> None:
+    """Run every mode `--repeat` times, print the table, write the JSON."""
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+    lo, hi = args.latency
+    config: dict[str, Any] = {
+        "command": " ".join(["python", "bench/engine_bench.py", *sys.argv[1:]]),
+        "jobs": args.jobs,
+        "dist": args.dist,
+        "latency_s": [lo, hi],
+        "arrivals": "burst" if args.burst else f"poisson {args.rate}/s",
+        "seed": args.seed,
+        "warm": bool(args.warm),
+        "warm_jobs": args.warm_jobs if args.warm else 0,
+        "repeat": args.repeat,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if args.dist == "lognormal":
+        mu, sigma = lognormal_params(lo, hi)
+        config["lognormal"] = {"median_s": math.exp(mu), "sigma": sigma, "truncated_to": [lo, hi]}
+    results: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        runs = []
+        for r in range(args.repeat):
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {mode} run {r + 1}/{args.repeat}…",
+                file=sys.stderr,
+                flush=True,
+            )
+            runs.append(run_mode(args, mode))
+        results[mode] = _aggregate(runs)
+    rat = ratios(results)
+    report = {"config": config, "modes": results, "ratios": rat}
+    print(f"engine benchmark: {config['command']}")
+    print(markdown(results, rat))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=1000)
+    p.add_argument("--dist", choices=["lognormal", "uniform"], default="lognormal")
+    p.add_argument(
+        "--latency", type=parse_range, default=(2.0, 20.0), metavar="LO:HI", help="seconds, e.g. 2:20"
+    )
+    p.add_argument("--modes", default="naive,poll,webhook")
+    p.add_argument(
+        "--burst", action="store_true", help="submit every job at t = 0 (default: Poisson arrivals)"
+    )
+    p.add_argument("--rate", type=float, default=5.0, help="Poisson arrivals per second (default 5)")
+    p.add_argument("--warm", action="store_true", help="pre-seed the route history with a warm-up batch")
+    p.add_argument("--warm-jobs", type=int, default=200, help="size of the warm-up batch (default 200)")
+    p.add_argument("--workers", type=int, default=0, help="override Settings.workers (default: production)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per mode; the JSON holds median and min")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds a run may take")
+    p.add_argument("--json", metavar="OUT.json")
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--vendor-url", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    """Entry point: the parent by default, one mode with `--child`."""
+    args = build_parser().parse_args()
+    if not args.child:
+        parent(args)
+        return
+    result = asyncio.run(run_naive(args) if args.child == "naive" else run_bot(args))
+    Path(args.child_out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

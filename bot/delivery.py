@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from bot import messages
@@ -38,6 +39,9 @@ from providers.base import JobUpdate, Kind
 __all__ = ["Delivery"]
 
 _log = logging.getLogger(__name__)
+
+#: how many delivered outbox rows are remembered against stale re-sends
+_SENT_MEMORY = 50_000
 
 #: longest pause between two tries of a result download
 _MAX_DOWNLOAD_BACKOFF = 10.0
@@ -70,6 +74,9 @@ class Delivery:
         self._replies: dict[str, Reply] = {}
         self._last_progress: dict[str, float] = {}
         self._sending: set[int] = set()
+        # Rows this process delivered lately: a list of unsent rows read before they were sent
+        # (the start-up flush racing a job that ends meanwhile) must not send them again.
+        self._sent: OrderedDict[int, None] = OrderedDict()
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -166,7 +173,7 @@ class Delivery:
 
     async def send(self, row: OutboxRow, job: JobRecord) -> bool:
         """Deliver one outbox row through the job's reply; True once it is marked sent."""
-        if row.id in self._sending:
+        if row.id in self._sending or row.id in self._sent:
             return False
         self._sending.add(row.id)
         try:
@@ -196,6 +203,9 @@ class Delivery:
                 await self.store.mark_attempt(row.id)
                 return False
             await self.store.mark_sent(row.id)
+            self._sent[row.id] = None
+            if len(self._sent) > _SENT_MEMORY:
+                self._sent.popitem(last=False)
             if self.metrics is not None:
                 self.metrics.outbox_sent_total.labels(kind=row.kind).inc()
             await self._keep_ref(job, reply)

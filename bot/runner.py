@@ -268,7 +268,10 @@ class Runner:
                 self._again(job, wait)
             case JobState.SUCCEEDED:
                 if job.id not in self._resumed:
-                    self.route_times.record(job.route, elapsed)
+                    # The previous unfinished poll bounds when the job really ended.
+                    known = self._schedules.get(job.id)
+                    since = known.last_unfinished if known is not None else None
+                    self.route_times.record(job.route, elapsed, since=since or None)
                 await self._finish(job, update)
             case JobState.FAILED | JobState.CANCELLED:
                 await self._vendor_failed(job, update)

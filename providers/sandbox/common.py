@@ -245,6 +245,7 @@ class VendorEmulator(abc.ABC):
         # drawn and reused (the prompt is no longer drawn on each).
         self.render_cache = render_cache
         self._rendered: dict[tuple[int, int], bytes] = {}
+        self._render_lock = asyncio.Lock()  # many jobs start at once: draw each size once
         #: where jobs and files are kept across restarts (None: in memory only, as benchmarks want)
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.jobs: dict[str, SandboxJob] = {}
@@ -521,8 +522,11 @@ class VendorEmulator(abc.ABC):
                 _log.debug("sandbox %s: edit input is not an image", self.name)
         if not self.render_cache:
             return await asyncio.to_thread(render_png, prompt, width, height, seed)
-        if (width, height) not in self._rendered:
-            self._rendered[(width, height)] = await asyncio.to_thread(render_png, "sandbox", width, height, 0)
+        async with self._render_lock:
+            if (width, height) not in self._rendered:
+                self._rendered[(width, height)] = await asyncio.to_thread(
+                    render_png, "sandbox", width, height, 0
+                )
         return self._rendered[(width, height)]
 
     async def produce_model(self, job: SandboxJob, label: str) -> tuple[str, str]:

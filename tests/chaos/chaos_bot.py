@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -45,7 +46,8 @@ class ToldReply:
 
     def _told(self, job_id: str, kind: str, text: str) -> None:
         # One write per line and a flush: a SIGKILL after it cannot take the line back.
-        self._log.write(json.dumps({"job": job_id, "kind": kind, "text": text}) + "\n")
+        line = {"job": job_id, "kind": kind, "text": text, "pid": os.getpid()}
+        self._log.write(json.dumps(line) + "\n")
         self._log.flush()
 
 

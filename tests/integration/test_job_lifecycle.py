@@ -15,6 +15,7 @@ import pytest
 from bot.commands import ImagineCommand
 from bot.errors import UserError
 from bot.reply import JobPhase, JobResult, Reply
+from bot.store import OutboxRow
 from providers.sandbox.common import Fault
 from tests.support.core import MEMBER, RecordingReply, fast_sandbox, running_app
 
@@ -262,3 +263,21 @@ async def test_the_learned_poll_schedule_survives_a_restart(tmp_path: Path) -> N
         assert len(learned["apiinone:hunyuan-image-3"]) == 2
     async with running_app(tmp_path, route_order="apiinone") as app:
         assert app.engine.route_times.snapshot() == learned
+
+
+async def test_a_stale_list_of_unsent_messages_does_not_tell_the_user_twice(tmp_path: Path) -> None:
+    """The start-up flush reads the unsent rows, then a job among them ends and is delivered
+    meanwhile: the flush must not send that row again (found by the chaos test)."""
+    async with running_app(tmp_path, route_order="apiinone") as app:
+        reply = RecordingReply()
+        ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
+        await reply.wait()
+        await app.engine.drain()
+        row = await app.db.fetchone("SELECT id FROM outbox WHERE job_id = ?", (ticket.job_id,))
+        assert row is not None
+        stale = OutboxRow(id=row["id"], job_id=ticket.job_id, kind="result", payload={}, attempts=0)
+        job = await app.engine.store.get(ticket.job_id)
+        assert job is not None
+        app.engine.delivery.attach(job.id, reply)
+        assert not await app.engine.delivery.send(stale, job)
+        assert len(reply.results) == 1
