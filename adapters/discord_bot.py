@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,13 @@ from bot.engine import LogReply
 from bot.errors import ConfigError, InvalidInputError, UserError
 from bot.reply import ButtonAction, Reply, parse_custom_id
 
-__all__ = ["COMMANDS_HASH_FILE", "DiscordAdapter", "apply_endpoints", "sync_commands"]
+__all__ = [
+    "COMMANDS_HASH_FILE",
+    "DiscordAdapter",
+    "apply_endpoints",
+    "decode_json_leniently",
+    "sync_commands",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -72,6 +79,32 @@ def apply_endpoints(settings: Settings) -> None:
     # Route builds every URL from this class attribute (platforms.md §1.1–1.2).
     discord.http.Route.BASE = api.rstrip("/") if api else _DEFAULT_API_BASE
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway) if gateway else _DEFAULT_GATEWAY
+
+
+# discord.py decodes every gateway event and REST answer with orjson whenever that package is
+# importable (nothing of ours asks for it; another dependency may bring it), and it has no setting
+# to turn that off. orjson refuses JSON that is valid but not valid Unicode, such as the lone
+# surrogate escape "\ud800" a client can put in an option value: the refusal escapes discord.py's
+# gateway reader and the gateway stops for good. The stdlib decoder accepts such text (the core
+# then refuses it with a clear message), so anything orjson refuses gets a second try there.
+_STRICT_FROM_JSON: Callable[[Any], Any] = discord.utils._from_json
+
+
+def _lenient_from_json(data: str | bytes) -> Any:
+    try:
+        return _STRICT_FROM_JSON(data)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError; the stdlib raises its own too
+        _log.debug("orjson refused a Discord payload; decoding it with the stdlib json")
+        return json.loads(data)
+
+
+def decode_json_leniently() -> None:
+    """Make discord.py fall back to the stdlib JSON decoder for payloads orjson refuses (lone
+    surrogate escapes), so one odd event never stops the gateway. Idempotent; a no-op when
+    discord.py uses the stdlib decoder already."""
+    if discord.utils.HAS_ORJSON:
+        # discord.py looks `utils._from_json` up on every call (gateway.py, http.py).
+        discord.utils._from_json = _lenient_from_json
 
 
 async def _sync(tree: app_commands.CommandTree[Any], guild_id: str | None) -> int:
@@ -112,6 +145,7 @@ async def sync_commands(settings: Settings, guild_id: str | None) -> int:
     For the CLI's `imagine-bot discord sync [--guild ID]`; logs in over REST only.
     """
     apply_endpoints(settings)
+    decode_json_leniently()
     token = _token(settings)
     client = discord.Client(intents=discord.Intents(guilds=True))  # REST only; never connects
     async with client:
@@ -229,6 +263,7 @@ class DiscordAdapter:
         """Log in, sync commands if they changed, connect the gateway; returns once READY.
         Raises ConfigError for a refused token; undoes what it started on any failure."""
         apply_endpoints(self.settings)
+        decode_json_leniently()
         token = _token(self.settings)
         self.stopping = False
         client = self.client = _Client(self)
@@ -547,14 +582,17 @@ class DiscordAdapter:
             return
         action, job_id, index = parsed
         key = f"discord:{interaction.id}"
-        actor = self.actor(interaction)
+        # The actor is built inside each handler, never out here: a refused display name
+        # (broken characters) must get its answer, not leave the press unanswered.
 
         if interaction.type is discord.InteractionType.modal_submit:
             instruction = modal_value(data.get("components", [])) or ""
 
             async def edit() -> None:
                 reply = self.reply_for(interaction, instruction)
-                await self.engine.edit_result(actor, job_id, index, instruction, reply, request_key=key)
+                await self.engine.edit_result(
+                    self.actor(interaction), job_id, index, instruction, reply, request_key=key
+                )
 
             await self._handle(interaction, "edit modal", edit, defer="public")
             return
@@ -570,7 +608,7 @@ class DiscordAdapter:
         if action is ButtonAction.DELETE:
 
             async def delete() -> None:
-                await self.engine.may_delete(actor, job_id)
+                await self.engine.may_delete(self.actor(interaction), job_id)
                 # For a button, the interaction's original response is the message it sits on.
                 await interaction.delete_original_response()
 
@@ -579,7 +617,7 @@ class DiscordAdapter:
 
         async def press() -> None:
             reply = self.reply_for(interaction)
-            await self.engine.press(actor, action, job_id, index, reply, request_key=key)
+            await self.engine.press(self.actor(interaction), action, job_id, index, reply, request_key=key)
 
         # Cancel edits the job's own status message; the others answer with a new one.
         defer = "update" if action is ButtonAction.CANCEL else "public"

@@ -28,6 +28,7 @@ from bot.commands import (
     ModOp,
     Platform,
 )
+from bot.errors import UserError
 from bot.reply import JobPhase
 
 __all__ = [
@@ -284,7 +285,11 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
         async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             if adapter is None:
                 return []
-            jobs = await adapter.engine.recent_jobs(adapter.actor(interaction))
+            try:
+                actor = adapter.actor(interaction)
+            except UserError:  # e.g. a display name with broken characters: nothing to offer
+                return []
+            jobs = await adapter.engine.recent_jobs(actor)
             return job_choices(jobs, current, running=running)
 
         return complete

@@ -40,6 +40,7 @@ __all__ = [
     "FakeInteraction",
     "FakeMessage",
     "FakeUser",
+    "RawJSON",
 ]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -63,13 +64,24 @@ _NAME = re.compile(r"^[-_\w]{1,32}$")
 
 
 @dataclass(frozen=True, slots=True)
+class RawJSON:
+    """A value the gateway writes verbatim into its frame, anywhere in a payload (e.g. an
+    option value `RawJSON(r'"a fox \\ud800"')`): wire text as a client may send it, such as a
+    lone surrogate escape, independent of how Python would serialise a str."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class FakeUser:
-    """A member of the fake guild; `permissions` are their resolved channel permissions."""
+    """A member of the fake guild; `permissions` are their resolved channel permissions,
+    `global_name` their display name (default: the username, capitalised)."""
 
     id: str
     username: str
     permissions: int = MEMBER_PERMISSIONS
     roles: tuple[str, ...] = ()
+    global_name: str | RawJSON | None = None
 
     def payload(self) -> dict[str, Any]:
         """The user as Discord's API sends it."""
@@ -77,7 +89,7 @@ class FakeUser:
             "id": self.id,
             "username": self.username,
             "discriminator": "0",
-            "global_name": self.username.title(),
+            "global_name": self.username.title() if self.global_name is None else self.global_name,
             "avatar": None,
         }
 
@@ -498,7 +510,18 @@ class DiscordFake:
 
     async def _send(self, ws: web.WebSocketResponse, event: str, data: Any) -> None:
         self._seq += 1
-        await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+        raws: list[str] = []
+
+        def placeholder(value: Any) -> str:
+            if not isinstance(value, RawJSON):
+                raise TypeError(f"not JSON serialisable: {value!r}")
+            raws.append(value.text)
+            return f"\x00raw{len(raws) - 1}\x00"
+
+        frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}, default=placeholder)
+        for i, text in enumerate(raws):
+            frame = frame.replace(json.dumps(f"\x00raw{i}\x00"), text)
+        await ws.send_str(frame)
 
     @property
     def connected(self) -> bool:
