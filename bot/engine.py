@@ -344,6 +344,8 @@ class Engine:
         self.runner.count_end(job, JobPhase.CANCELLED)
         _log.info("job cancelled job=%s", job.id)
         await self.delivery.send_pending(job.id)
+        if job.state is JobPhase.QUEUED:
+            await self.admission.refresh_positions()  # the jobs behind it moved up
         return messages.cancelled()
 
     async def credits(self, actor: Actor) -> CreditsView:

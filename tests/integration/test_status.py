@@ -60,6 +60,25 @@ async def test_eight_jobs_behind_a_busy_worker_are_told_their_own_place_and_move
         ]
 
 
+async def test_a_cancelled_queued_job_moves_the_jobs_behind_it_up(tmp_path: Path) -> None:
+    sandbox = fast_sandbox(["novita"], latency=(30.0, 30.0), timeout_seconds=60.0)
+    async with running_app(tmp_path, sandbox, workers=1, max_jobs_per_user=20) as app:
+        busy = WatchedReply()
+        await app.engine.submit(MEMBER, ImagineCommand(prompt="the busy one"), busy)
+        await busy.until_submitted()
+        replies = [WatchedReply() for _ in range(3)]
+        tickets = [
+            await app.engine.submit(MEMBER, ImagineCommand(prompt=f"w{i}"), r) for i, r in enumerate(replies)
+        ]
+
+        await app.engine.cancel(MEMBER, tickets[0].job_id)
+
+        assert [_queued(r)[-1] for r in replies[1:]] == [
+            "Queued — 1st in line · 10 credits held.",
+            "Queued — 2nd in line · 10 credits held.",
+        ]
+
+
 async def test_the_first_status_states_the_credits_held(tmp_path: Path) -> None:
     async with running_app(tmp_path) as app:
         reply = RecordingReply()
