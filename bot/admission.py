@@ -83,6 +83,7 @@ class Admission:
         self.delivery = delivery
         self.scheduler = scheduler
         self.tenants = TenantCache(ttl=10.0, clock=clock)
+        self._waiting: dict[str, tuple[JobRecord, int]] = {}  # queued here: the record, the place shown
 
     async def submit(
         self,
@@ -160,7 +161,8 @@ class Admission:
         if not created:
             return self.ticket(job)  # a concurrent retry of the same platform request won
         self.delivery.attach(job.id, reply)
-        position = len(self.scheduler.queue) + 1
+        # Counted in the store: every queued job ahead of this one, whichever process admitted it.
+        position = await self.store.queue_position(job.id) or len(self.scheduler.queue) + 1
         _log.info(
             "job admitted job=%s kind=%s tenant=%s user=%s cost=%d position=%d",
             job.id,
@@ -170,16 +172,36 @@ class Admission:
             job.cost,
             position,
         )
-        await self.delivery.progress(
-            job, JobPhase.QUEUED, messages.queued(position), position=position, force=True
-        )
-        position = self.scheduler.enqueue(job.id)
-        return Ticket(job_id=job.id, position=position, cost=job.cost, text=messages.queued(position))
+        text = messages.queued(position, job.cost)
+        await self.delivery.progress(job, JobPhase.QUEUED, text, position=position, force=True)
+        self._waiting[job.id] = (job, position)
+        self.scheduler.enqueue(job.id)
+        return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
+
+    async def refresh_positions(self) -> None:
+        """A job left the queue: show the jobs waiting behind it their new place in line.
+
+        One read for the whole queue; each status is edited only when its place changed, and
+        through the usual progress throttle.
+        """
+        if not self._waiting:
+            return
+        positions = await self.store.queue_positions()
+        for job_id, (job, shown) in list(self._waiting.items()):
+            position = positions.get(job_id, 0)
+            if not position:
+                del self._waiting[job_id]  # claimed, cancelled or ended: its status moved on
+                continue
+            if position == shown:
+                continue
+            text = messages.queued(position, job.cost)
+            if await self.delivery.progress(job, JobPhase.QUEUED, text, position=position):
+                self._waiting[job_id] = (job, position)
 
     def ticket(self, job: JobRecord) -> Ticket:
         """The ticket of an existing job (a retried request)."""
         position = self.scheduler.position(job.id)
-        text = messages.queued(position) if position else messages.already_running()
+        text = messages.queued(position, job.cost) if position else messages.already_running()
         return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
 
 

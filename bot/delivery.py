@@ -111,12 +111,13 @@ class Delivery:
         position: int | None = None,
         percent: float | None = None,
         force: bool = False,
-    ) -> None:
-        """Show a status line (at most one per `progress_interval` unless forced)."""
+    ) -> bool:
+        """Show a status line (at most one per `progress_interval` unless forced); False when
+        the throttle dropped it."""
         now = self._clock()
         last = self._last_progress.get(job.id)
         if not force and last is not None and now - last < self.config.progress_interval:
-            return
+            return False
         self._last_progress[job.id] = now
         buttons = () if phase.terminal else (Button(ButtonAction.CANCEL, job.id, "Cancel"),)
         update = Progress(
@@ -130,6 +131,7 @@ class Delivery:
         except Exception:
             _log.exception("reply.progress failed job=%s platform=%s", job.id, job.actor.platform)
         await self._keep_ref(job, reply)
+        return True
 
     async def _keep_ref(self, job: JobRecord, reply: Reply) -> None:
         ref = reply.ref()

@@ -118,6 +118,7 @@ class Engine:
             scheduler=self.scheduler,
             clock=clock,
         )
+        self.runner.claimed = self.admission.refresh_positions
         self.actions = ResultActions(
             store=store, catalog=router.catalog, admission=self.admission, delivery=self.delivery
         )
@@ -345,6 +346,8 @@ class Engine:
         self.runner.count_end(job, JobPhase.CANCELLED)
         _log.info("job cancelled job=%s", job.id)
         await self.delivery.send_pending(job.id)
+        if job.state is JobPhase.QUEUED:
+            await self.admission.refresh_positions()  # the jobs behind it moved up
         return messages.cancelled()
 
     async def credits(self, actor: Actor) -> CreditsView:

@@ -34,7 +34,7 @@ class Ticket:
     job_id: str
     position: int
     cost: int
-    text: str  # rendered acknowledgement, e.g. "Queued — position 2 in line."
+    text: str  # rendered acknowledgement, e.g. "Queued — 2nd in line · 10 credits held."
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,20 +164,32 @@ def invalid_amount(amount: int, limit: int) -> str:
 # --- job lifecycle -------------------------------------------------------------------------
 
 
-def queued(position: int) -> str:
-    """Status text while waiting in the queue."""
-    return "Queued — you're next." if position <= 1 else f"Queued — position {position} in line."
+def ordinal(n: int) -> str:
+    """`1st`, `2nd`, `3rd`, `4th`, `11th`, `12th`, `13th`, `21st`…"""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
-def submitted() -> str:
+def _held(cost: int) -> str:
+    return f" · {credits_word(cost)} held" if cost > 0 else ""
+
+
+def queued(position: int, cost: int = 0) -> str:
+    """Status text while waiting in the queue: the true place in line and the credits held."""
+    place = f"{ordinal(position)} in line" if position > 0 else "waiting for a free worker"
+    return f"Queued — {place}{_held(cost)}."
+
+
+def submitted(cost: int = 0) -> str:
     """Status text once the vendor accepted the job."""
-    return "Sent to the generator…"
+    return f"Sent to the generator…{_held(cost)}"
 
 
-def running(elapsed: float, percent: float | None) -> str:
-    """Status text while the vendor works."""
+def running(elapsed: float, percent: float | None, usual: float | None = None, cost: int = 0) -> str:
+    """Status text while the vendor works: elapsed, the vendor's percent, the route's usual time."""
     pct = f" {round(percent * 100)}%" if percent is not None else ""
-    return f"Generating…{pct} ({int(elapsed)}s)"
+    estimate = f", usually ~{max(1, round(usual))} s" if usual is not None else ""
+    return f"Generating…{pct} ({int(elapsed)} s{estimate}){_held(cost)}"
 
 
 def delivering() -> str:

@@ -16,6 +16,7 @@ jobs. `tests/unit/test_polling.py` simulates the schedule against the benchmark'
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -96,6 +97,13 @@ class RouteTimes:
             estimate = seconds - self._gap(route, seconds) / 2
         self._times.setdefault(route, deque(maxlen=self._keep)).append(max(0.0, estimate))
         self._learned.pop(route, None)
+
+    def usual(self, route: str) -> float | None:
+        """The route's median duration, once it has enough history to mean something."""
+        times = self._times.get(route)
+        if times is None or len(times) < self._min:
+            return None
+        return statistics.median(times)
 
     def schedule(self, route: str, initial: float, maximum: float) -> PollSchedule:
         """A schedule for a job just submitted to `route`."""

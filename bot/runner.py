@@ -75,6 +75,7 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self.scheduler: Scheduler  # set by the engine (the two refer to each other)
+        self.claimed: Callable[[], Awaitable[None]] | None = None  # set by the engine
         self._live: dict[str, JobRecord] = {}
         self._schedules: dict[str, PollSchedule] = {}
         self._started: dict[str, float] = {}
@@ -98,6 +99,8 @@ class Runner:
         )
         if job is None:
             return  # cancelled meanwhile, or claimed by another process
+        if self.claimed is not None:
+            await self.claimed()  # the jobs behind this one moved up
         await self._guarded(job, self._submit(job))
 
     def follow(self, job: JobRecord) -> None:
@@ -205,7 +208,7 @@ class Runner:
         self._live[job.id] = job
         self._started[job.id] = self._clock()
         schedule = self._schedules[job.id] = self._schedule(job)
-        await self.delivery.progress(job, JobPhase.SUBMITTING, messages.submitted())
+        await self.delivery.progress(job, JobPhase.SUBMITTING, messages.submitted(job.cost))
         if routed.submission.update is not None:
             self._pushed.setdefault(job.id, routed.submission.update)
         if job.id in self._pushed:
@@ -253,9 +256,9 @@ class Runner:
             job.vendor_cost_usd = update.cost_usd
         match update.state:
             case JobState.QUEUED | JobState.RUNNING:
-                await self.delivery.progress(
-                    job, JobPhase.RUNNING, messages.running(elapsed, update.progress), percent=update.progress
-                )
+                usual = self.route_times.usual(job.route)
+                text = messages.running(elapsed, update.progress, usual, job.cost)
+                await self.delivery.progress(job, JobPhase.RUNNING, text, percent=update.progress)
                 schedule = self._schedules.get(job.id) or self._schedule(job)
                 wait = (
                     self.config.webhook_poll_interval

@@ -450,6 +450,22 @@ class JobStore:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _decode(row) if row else None
 
+    async def queue_position(self, job_id: str) -> int:
+        """1-based place of a queued job among every queued job (oldest first), 0 when not queued."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs AS q, jobs AS me WHERE me.id = ? AND me.state = 'queued'"
+            " AND q.state = 'queued' AND (q.created < me.created OR (q.created = me.created AND q.rowid <= me.rowid))",
+            (job_id,),
+        )
+        return int(row["n"]) if row else 0
+
+    async def queue_positions(self) -> dict[str, int]:
+        """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""
+        rows = await self.db.fetchall(
+            "SELECT id, ROW_NUMBER() OVER (ORDER BY created, rowid) AS pos FROM jobs WHERE state = 'queued'"
+        )
+        return {r["id"]: int(r["pos"]) for r in rows}
+
     async def by_request_key(self, key: str) -> JobRecord | None:
         """The job a platform request already created, if any."""
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE request_key = ?", (key,))

@@ -79,7 +79,7 @@ async def test_imagine_delivers_an_image_with_buttons_in_one_status_message(
     ix = await fake.slash("imagine", {"prompt": "a red fox --ar 16:9", "seed": 7})
     msg = await wait_result(fake, ix)
 
-    assert msg.history[0].endswith(messages.queued(1))
+    assert msg.history[0].endswith(messages.queued(1, 10))
     assert any("Generating" in h for h in msg.history)
     assert "1024×576" in msg.content and "seed 7" in msg.content
     [image] = msg.files

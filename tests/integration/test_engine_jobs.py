@@ -190,7 +190,7 @@ async def test_bounded_queue_reports_positions_then_refuses(tmp_path: Path) -> N
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a"), RecordingReply())
         t2 = await app.engine.submit(MEMBER, ImagineCommand(prompt="b"), RecordingReply())
         assert (t1.position, t2.position) == (1, 2)
-        assert "position 2" in t2.text
+        assert "2nd in line" in t2.text
         with pytest.raises(QueueFullError):
             await app.engine.submit(MEMBER, ImagineCommand(prompt="c"), RecordingReply())
 
