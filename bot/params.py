@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict
 
 from bot import messages
-from bot.catalog import MAX_RATIO, SEED_MAX, Catalog
+from bot.catalog import MAX_RATIO, SEED_MAX, Catalog, Limits
 from bot.commands import EditCommand, ImagineCommand, Model3DCommand
 from bot.errors import InvalidInputError
 from providers.base import Kind
@@ -213,6 +213,22 @@ def size_for_aspect(w: int, h: int, long_side: int = 1024) -> tuple[int, int]:
     return max(8, round(long_side * w / h / 8) * 8), long_side
 
 
+def _size_and_aspect(
+    size_raw: str | None, aspect_raw: str | None, limits: Limits
+) -> tuple[int, int, str | None]:
+    """(width, height, aspect) from --size or --ar (never both); 1024×1024 and no aspect if neither."""
+    if size_raw and aspect_raw:
+        raise InvalidInputError(messages.flags_conflict("ar", "size"))
+    if size_raw:
+        width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
+        return width, height, _ratio(width, height)
+    if aspect_raw:
+        aw, ah = _parse_aspect(aspect_raw)
+        width, height = size_for_aspect(aw, ah)
+        return width, height, f"{aw}:{ah}"
+    return 1024, 1024, None
+
+
 def _merge(structured: object | None, inline: str | None) -> str | None:
     # Structured platform options win over inline flags.
     if structured is not None and structured != "":
@@ -235,17 +251,7 @@ def parse_imagine(cmd: ImagineCommand, catalog: Catalog) -> JobSpec:
     negative = _merge(cmd.negative, v.get("negative"))
     model = _merge(cmd.model, v.get("model"))
 
-    if size_raw and aspect_raw:
-        raise InvalidInputError(messages.flags_conflict("ar", "size"))
-    if size_raw:
-        width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
-        aspect = _ratio(width, height)
-    elif aspect_raw:
-        aw, ah = _parse_aspect(aspect_raw)
-        width, height = size_for_aspect(aw, ah)
-        aspect = f"{aw}:{ah}"
-    else:
-        width, height, aspect = 1024, 1024, None
+    width, height, aspect = _size_and_aspect(size_raw, aspect_raw, limits)
 
     count = 1
     if count_raw is not None:
@@ -328,14 +334,7 @@ def parse_edit(cmd: EditCommand, catalog: Catalog) -> JobSpec:
     model = _check_model(_merge(cmd.model, flags.values.get("model")), Kind.EDIT, catalog)
     # An explicit --size or --ar wins; otherwise `fit_to_input` follows the input image once
     # the engine has read it (aspect stays None until then).
-    width, height, aspect = 1024, 1024, None
-    if size_raw := flags.values.get("size"):
-        width, height = _parse_size(size_raw, limits.min_side, limits.max_side)
-        aspect = _ratio(width, height)
-    elif aspect_raw := flags.values.get("aspect"):
-        aw, ah = _parse_aspect(aspect_raw)
-        width, height = size_for_aspect(aw, ah)
-        aspect = f"{aw}:{ah}"
+    width, height, aspect = _size_and_aspect(flags.values.get("size"), flags.values.get("aspect"), limits)
     spec = JobSpec(
         kind=Kind.EDIT,
         prompt=instruction,

@@ -185,3 +185,11 @@ def test_a_repeated_flag_is_refused_with_one_message(text: str) -> None:
 def test_aspect_and_size_together_are_refused(text: str, kw: dict[str, str]) -> None:
     with pytest.raises(InvalidInputError, match=r"`--ar` and `--size`.*Use one"):
         imagine(text, **kw)
+
+
+def test_an_edit_with_both_ar_and_size_gets_the_same_clear_message() -> None:
+    command = EditCommand(
+        image=ImageRef(url="https://example.com/a.png"), instruction="night --ar 16:9 --size 1024x576"
+    )
+    with pytest.raises(InvalidInputError, match=r"`--ar` and `--size`.*Use one"):
+        parse_edit(command, CATALOG)
