@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import sys
@@ -21,10 +20,10 @@ from bot.db import Database
 from bot.ledger import CreditLedger
 from providers.sandbox.common import Fault, FaultPlan, VendorEmulator
 from providers.sandbox.server import Sandbox
+from tests.chaos.env import ROOT, bot_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = 1000
 KILLS = 3
 FAULT_SHARE = 0.2
@@ -72,16 +71,10 @@ async def chaos_sandbox() -> AsyncIterator[Sandbox]:
 
 
 def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        APIINONE_API_KEY="sandbox-key",
-        APIINONE_BASE_URL=sandbox.base_url("apiinone"),
-        PIXAZO_API_KEY="sandbox-key",
-        PIXAZO_BASE_URL=sandbox.base_url("pixazo"),
+    return bot_env(
+        tmp_path,
+        sandbox,
         ROUTE_ORDER="apiinone,pixazo",
-        POLL_INITIAL="0.2",
-        POLL_MAX="0.5",
         WORKERS="128",
         QUEUE_SIZE="5000",
         MAX_JOBS_PER_USER="20",
@@ -89,13 +82,8 @@ def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
         JOB_TIMEOUT="40",
         VENDOR_TIMEOUT="5",
         BREAKER_RESET_SECONDS="1",
-        MEDIA_ALLOW_PRIVATE="true",
-        HTTP_HOST="127.0.0.1",  # a test listens on loopback only, on a port the kernel picks
-        HTTP_PORT="0",
         LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
     )
-    return env
 
 
 async def _start(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:

@@ -5,7 +5,6 @@ balanced."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,10 +17,9 @@ from bot.db import Database
 from bot.ledger import CreditLedger
 from providers.sandbox.common import Fault
 from providers.sandbox.server import Sandbox
+from tests.chaos.env import ROOT, bot_env
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -32,22 +30,7 @@ async def slow_sandbox() -> AsyncIterator[Sandbox]:
 
 
 def _env(tmp_path: Path, sandbox: Sandbox) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        APIINONE_API_KEY="sandbox-key",
-        APIINONE_BASE_URL=sandbox.base_url("apiinone"),
-        PIXAZO_API_KEY="sandbox-key",
-        PIXAZO_BASE_URL=sandbox.base_url("pixazo"),
-        ROUTE_ORDER="apiinone",
-        POLL_INITIAL="0.2",
-        POLL_MAX="0.5",
-        MEDIA_ALLOW_PRIVATE="true",
-        HTTP_HOST="127.0.0.1",  # a test listens on loopback only, on a port the kernel picks
-        HTTP_PORT="0",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
+    return bot_env(tmp_path, sandbox, ROUTE_ORDER="apiinone")
 
 
 async def _spawn(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
