@@ -4,3 +4,13 @@
 # compiling it that late can raise "AST constructor recursion depth mismatch" (a CPython bug).
 # Importing it at collection time, in a clean state, avoids that.
 import hypothesis  # noqa: F401
+
+import pytest  # noqa: E402
+
+from tests.support.postgres import pg_server_url  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The PostgreSQL server URL for this session (skips, or fails under CI=true, without one)."""
+    yield from pg_server_url()
