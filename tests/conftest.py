@@ -4,10 +4,9 @@
 # compiling it that late can raise "AST constructor recursion depth mismatch" (a CPython bug).
 # Importing it at collection time, in a clean state, avoids that.
 import hypothesis  # noqa: F401
+import pytest
 
-import pytest  # noqa: E402
-
-from tests.support.postgres import pg_server_url  # noqa: E402
+from tests.support.postgres import pg_server_url
 
 
 @pytest.fixture(scope="session")
