@@ -34,6 +34,7 @@ from bot.store import new_job_id
 
 __all__ = [
     "CONFIRM_TTL",
+    "EXPIRE_EVERY",
     "ConfirmState",
     "ConfirmStore",
     "Confirmations",
@@ -46,6 +47,8 @@ _log = logging.getLogger(__name__)
 #: seconds a request waits for Confirm. Under Discord's 15-minute interaction token (less its
 #: one-minute margin), so the prompt itself turns into the job's status message.
 CONFIRM_TTL = 10 * 60.0
+#: how often unanswered prompts past their expiry lose their buttons
+EXPIRE_EVERY = 30.0
 
 
 def confirm_request_key(request_id: str) -> str:
@@ -178,6 +181,15 @@ class ConfirmStore:
             (tenant, user_id, now),
         )
         return _decode(row) if row is not None else None
+
+    async def due(self, now: float, limit: int = 100) -> list[PendingRequest]:
+        """Requests still waiting whose offer ran out by `now`, oldest first."""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM confirmations WHERE state = 'pending' AND expires <= ?"
+            " ORDER BY expires LIMIT ?",
+            (now, limit),
+        )
+        return [_decode(r) for r in rows]
 
     async def move(self, request_id: str, to: ConfirmState) -> bool:
         """pending → `to`, compare-and-set: False when the request was no longer pending."""
@@ -363,6 +375,23 @@ class Confirmations:
                 raise UserError(messages.confirm_declined())
             case ConfirmState.PENDING | ConfirmState.CONFIRMED:
                 return
+
+    async def expire_due(self) -> int:
+        """Expire the waiting requests whose offer ran out and take the buttons off their
+        prompts (a prompt nobody answered must not look clickable forever); how many."""
+        expired = 0
+        for request in await self.store.due(self.clock()):
+            async with self.guard(request.id):
+                if not await self.store.move(request.id, ConfirmState.EXPIRED):
+                    continue  # answered meanwhile
+                expired += 1
+                await self._show(
+                    request, self.reply_for(request), Failure(request.id, messages.confirm_expired())
+                )
+                self.forget(request.id)
+        if expired:
+            _log.info("confirmations expired count=%d", expired)
+        return expired
 
     async def confirmed(self, request: PendingRequest) -> bool:
         """Record the Confirm after the job was admitted; False if a Cancel won meanwhile."""

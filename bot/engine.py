@@ -30,7 +30,7 @@ from bot.actions import ResultActions
 from bot.admission import Admission
 from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
-from bot.confirm import Confirmations, ConfirmStore
+from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, EngineConfig, LogReply, ModResult, Ticket
@@ -156,6 +156,7 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run(), name="engine-scheduler")
             group.create_task(self._save_route_times(), name="engine-route-times")
+            group.create_task(self._expire_confirmations(), name="engine-confirmations")
             if self.metrics is not None:
                 group.create_task(self._gauges(), name="engine-gauges")
 
@@ -235,6 +236,14 @@ class Engine:
                 await self.store.save_route_times(self.route_times.snapshot())
             except Exception:  # the schedule is a warm start, not data: never stop for it
                 _log.exception("saving the learned poll schedule failed")
+
+    async def _expire_confirmations(self) -> None:
+        while True:
+            await self._sleep(EXPIRE_EVERY)
+            try:
+                await self.confirmations.expire_due()
+            except Exception:  # a prompt keeps its buttons a little longer; a click still checks
+                _log.exception("expiring confirmation prompts failed")
 
     # --- the API adapters call -------------------------------------------------------------
 

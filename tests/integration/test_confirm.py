@@ -265,3 +265,21 @@ async def test_the_settings_view_shows_the_threshold(tmp_path: Path) -> None:
             await app.engine.moderate(MEMBER, parse_mod("confirm-above 5"))
         with pytest.raises(UserError):
             await _threshold(app, "-3")
+
+
+async def test_an_unanswered_prompt_loses_its_buttons_when_it_expires(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        await _threshold(app, "15")
+        old, fresh = RecordingReply(), RecordingReply()
+        stale = await _ask(app, old)
+        confirmations = app.engine.confirmations
+        asked_at = confirmations.clock()
+        confirmations.clock = lambda: asked_at + CONFIRM_TTL - 5
+        await _ask(app, fresh, "two owls --n 2")
+        confirmations.clock = lambda: asked_at + CONFIRM_TTL + 1
+
+        assert await confirmations.expire_due() == 1
+
+        assert [f.text for f in old.failures] == [messages.confirm_expired()] and fresh.failures == []
+        assert (await confirmations.store.get(stale)).state.value == "expired"  # type: ignore[union-attr]
+        assert await confirmations.expire_due() == 0
