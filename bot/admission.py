@@ -244,6 +244,8 @@ class Admission:
         if request is None:
             raise NotFoundError(messages.job_not_found(request_id or ""))
         async with self.confirms.guard(request.id):
+            # Read again under the guard: a click that waited for another one sees its outcome.
+            request = await self.confirms.store.get(request.id) or request
             await self.confirms.check_open(request)
             key = confirm_request_key(request.id)
             if request.state is ConfirmState.CONFIRMED:
@@ -261,7 +263,11 @@ class Admission:
                 confirmed_cost=request.cost,
             )
             if ticket.awaiting_confirmation:
-                return ticket  # the price rose since: a new prompt asks again
+                # The price rose since it was shown: the same message now asks again with the
+                # new cost (a new request), and this one is done with.
+                await self.confirms.store.move(request.id, ConfirmState.CANCELLED)
+                self.confirms.forget(request.id)
+                return ticket
             if not await self.confirms.confirmed(request):
                 fresh = await self.confirms.store.get(request.id)
                 if fresh is not None and fresh.state is ConfirmState.CANCELLED:

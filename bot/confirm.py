@@ -223,8 +223,9 @@ class ConfirmStore:
 class Confirmations:
     """Asking, and what Confirm / Cancel find: ownership, expiry, the prompt's reply.
 
-    Admission calls `ask` when a request costs more than the threshold and `claim` when its
-    Confirm arrives; the engine calls `decline` for a Cancel on a waiting request.
+    Admission calls `ask` when a request costs more than the threshold, and `find`,
+    `check_open` and `confirmed` around the admission when its Confirm arrives; the engine calls
+    `decline` for a Cancel on a waiting request, and `expire_due` now and then.
     """
 
     def __init__(
@@ -408,6 +409,7 @@ class Confirmations:
         if request is None or request.state is ConfirmState.CONFIRMED:
             return None
         async with self.guard(request.id):
+            request = await self.store.get(request.id) or request  # a Confirm may have just won
             await self.check_open(request)
             if request.state is ConfirmState.CONFIRMED or not await self.store.move(
                 request.id, ConfirmState.CANCELLED

@@ -259,7 +259,9 @@ class Engine:
         """Validate, check policy, hold credits, persist and queue a job.
 
         `request_key` (an interaction id, a Slack trigger id) makes a retried delivery of the
-        same platform request return the first job's ticket instead of starting another.
+        same platform request return the first job's ticket instead of starting another. Above
+        the server's confirmation threshold nothing is held: the ticket is
+        `awaiting_confirmation` and `reply` shows the cost with Confirm / Cancel.
         """
         return await self.admission.submit(
             actor, command, reply, request_key=request_key, parent_id=parent_id

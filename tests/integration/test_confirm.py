@@ -283,3 +283,24 @@ async def test_an_unanswered_prompt_loses_its_buttons_when_it_expires(tmp_path: 
         assert [f.text for f in old.failures] == [messages.confirm_expired()] and fresh.failures == []
         assert (await confirmations.store.get(stale)).state.value == "expired"  # type: ignore[union-attr]
         assert await confirmations.expire_due() == 0
+
+
+async def test_a_price_that_rose_before_confirm_asks_again_on_the_same_reply(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        await _threshold(app, "15")
+        reply = RecordingReply()
+        request = await _ask(app, reply)  # 2 images × 10
+        await app.engine.moderate(MODERATOR, parse_mod("cost image 12"))
+
+        again = await app.engine.confirm(MEMBER, request)
+
+        assert again.awaiting_confirmation and again.cost == 24 and again.job_id != request
+        assert reply.progress_updates[-1].text == messages.confirm_prompt(
+            24, 100, 15, again.job_id, "console"
+        )
+        assert await _holds(app) == (0, 0, 0)
+        with pytest.raises(UserError):
+            await app.engine.confirm(MEMBER, request)  # the old offer is gone
+        await app.engine.confirm(MEMBER, again.job_id)
+        await reply.wait()
+        assert await _balance(app) == 76
