@@ -224,12 +224,16 @@ async def test_a_request_the_member_cannot_pay_is_refused_without_asking(tmp_pat
 
 async def test_a_3d_job_asks_with_the_3d_cost(tmp_path: Path) -> None:
     async with running_app(tmp_path) as app:
-        await _threshold(app, "20")
+        unit = await app.ledger.cost_for(MEMBER.tenant, "model3d")
+        await _threshold(app, str(unit - 1))
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, Model3DCommand(prompt="a chair"), reply)
-        unit = await app.ledger.cost_for(MEMBER.tenant, "model3d")
-        assert ticket.awaiting_confirmation == (unit > 20) and ticket.cost == unit
+        assert ticket.awaiting_confirmation and ticket.cost == unit
         assert await _holds(app) == (0, 0, 0)
+        await _threshold(app, str(unit))  # not above: at once
+        assert not (
+            await app.engine.submit(MEMBER, Model3DCommand(prompt="a stool"), RecordingReply())
+        ).awaiting_confirmation
 
 
 async def test_reroll_asks_too_and_a_second_click_waits_for_the_first(tmp_path: Path) -> None:
@@ -304,3 +308,16 @@ async def test_a_price_that_rose_before_confirm_asks_again_on_the_same_reply(tmp
         await app.engine.confirm(MEMBER, again.job_id)
         await reply.wait()
         assert await _balance(app) == 76
+
+
+async def test_a_retried_platform_request_asks_once(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as app:
+        await _threshold(app, "15")
+        first, retry = RecordingReply(), RecordingReply()
+        command = ImagineCommand(prompt="two foxes --n 2")
+        a = await app.engine.submit(MEMBER, command, first, request_key="slack:cmd:T1:trigger-1")
+        b = await app.engine.submit(MEMBER, command, retry, request_key="slack:cmd:T1:trigger-1")
+
+        assert a.job_id == b.job_id and b.awaiting_confirmation
+        assert len(first.progress_updates) == 1 and retry.progress_updates == []
+        assert len(await app.db.fetchall("SELECT id FROM confirmations")) == 1
