@@ -198,6 +198,8 @@ class ConsoleAdapter:
         self._strict = strict  # the one-job CLI exits 1 when its job or command failed
         self._errors = 0
         self._pending: list[ConsoleReply] = []
+        # Prompts waiting for `/confirm`: request id -> the reply that becomes the job's.
+        self._asking: dict[str, ConsoleReply] = {}
         self._interrupted = asyncio.Event()
         # Both local platforms print here: the chat console and the one-job CLI.
         for platform in ("console", "cli"):
@@ -303,6 +305,15 @@ class ConsoleAdapter:
                     await ConsoleReply(self._out).result(result)
                 case "cancel":
                     self._out.write(await self.engine.cancel(self.actor, parsed.arg))
+                    self._asking.pop(parsed.arg, None)
+                case "confirm":
+                    ticket = await self.engine.confirm(self.actor, parsed.arg or None)
+                    if not ticket.awaiting_confirmation:
+                        # The prompt's reply now carries the job: wait for it at end of input.
+                        # (A prompt from an earlier run was restored into `_pending` already.)
+                        asked = self._asking.pop(ticket.job_id, None)
+                        if asked is not None and asked not in self._pending:
+                            self._pending.append(asked)
                 case _:
                     command = parsed.command
                     if isinstance(command, CreditsCommand):
@@ -313,10 +324,14 @@ class ConsoleAdapter:
                         reply = ConsoleReply(self._out)
                         self._pending.append(reply)
                         try:
-                            await self.engine.submit(self.actor, command, reply)
+                            ticket = await self.engine.submit(self.actor, command, reply)
                         except BaseException:
                             self._pending.remove(reply)
                             raise
+                        if ticket.awaiting_confirmation:
+                            # No job until `/confirm`: end of input must not wait for this one.
+                            self._pending.remove(reply)
+                            self._asking[ticket.job_id] = reply
         except InsufficientCreditsError as err:
             self._errors += 1
             text = str(err)

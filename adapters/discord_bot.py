@@ -619,6 +619,7 @@ class DiscordAdapter:
             reply = self.reply_for(interaction)
             await self.engine.press(self.actor(interaction), action, job_id, index, reply, request_key=key)
 
-        # Cancel edits the job's own status message; the others answer with a new one.
-        defer = "update" if action is ButtonAction.CANCEL else "public"
+        # Cancel edits the job's own status message and Confirm turns its prompt into the job's
+        # status; the others answer with a new one.
+        defer = "update" if action in (ButtonAction.CANCEL, ButtonAction.CONFIRM) else "public"
         await self._handle(interaction, f"{action.value} button", press, defer=defer)

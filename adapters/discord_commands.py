@@ -477,6 +477,18 @@ def _quota_group(adapter: CommandHandler | None) -> app_commands.Group:
     ) -> None:
         await run(interaction, mod_command(ModOp.BUDGET, amount=amount))
 
+    @quota.command(name="confirm-above", description=messages.command_description("quota confirm-above"))
+    @app_commands.describe(**messages.option_descriptions("quota confirm-above"))
+    async def confirm_above(
+        interaction: discord.Interaction, amount: app_commands.Range[int, 0, _MAX_AMOUNT]
+    ) -> None:
+        await run(interaction, mod_command(ModOp.CONFIRM_ABOVE, amount=amount))
+
+    @quota.command(name="settings", description=messages.command_description("quota settings"))
+    @app_commands.describe(**messages.option_descriptions("quota settings"))
+    async def settings(interaction: discord.Interaction) -> None:
+        await run(interaction, mod_command(ModOp.SETTINGS))
+
     @quota.command(name="history", description=messages.command_description("quota history"))
     @app_commands.describe(**messages.option_descriptions("quota history"))
     async def history(interaction: discord.Interaction, member: discord.User) -> None:

@@ -167,6 +167,7 @@ def _view(buttons: Sequence[Button]) -> discord.ui.View | None:
                 ButtonAction.CANCEL: discord.ButtonStyle.danger,
                 ButtonAction.DELETE: discord.ButtonStyle.danger,
                 ButtonAction.SINGLE: discord.ButtonStyle.primary,
+                ButtonAction.CONFIRM: discord.ButtonStyle.success,
             }.get(b.action, discord.ButtonStyle.secondary)
             view.add_item(discord.ui.Button(label=b.label, custom_id=b.custom_id, style=style, row=row))
     return view

@@ -69,6 +69,8 @@ def _button(button: Button, files: Sequence[str]) -> dict[str, Any]:
     }
     if button.action in (ButtonAction.CANCEL, ButtonAction.DELETE):
         element["style"] = "danger"
+    elif button.action is ButtonAction.CONFIRM:
+        element["style"] = "primary"
     return element
 
 

@@ -4,6 +4,9 @@ Parameters, policy and input media are checked first, so bad input never costs c
 leaves a job behind. Then one store transaction holds the credits and inserts the job —
 idempotent by the platform's request key, with the per-user cap counted in the same
 transaction — and the job is queued for a worker.
+
+A request that costs more than the server's threshold stops before the hold: it waits for its
+requester's Confirm (`bot.confirm`), then comes back through `confirm` and the same steps.
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from typing import Any
 from bot import messages
 from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, Model3DCommand
+from bot.confirm import Confirmations, ConfirmState, confirm_request_key
 from bot.delivery import Delivery
-from bot.errors import BannedError, FrozenError, QueueFullError
+from bot.errors import (
+    BannedError,
+    FrozenError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    NotFoundError,
+    QueueFullError,
+)
 from bot.jobs import EngineConfig, Ticket
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
@@ -73,9 +84,11 @@ class Admission:
         config: EngineConfig,
         delivery: Delivery,
         scheduler: Scheduler,
+        confirms: Confirmations,
         clock: Callable[[], float],
     ) -> None:
         self.store = store
+        self.confirms = confirms
         self.ledger = ledger
         self.media = media
         self.catalog = catalog
@@ -120,8 +133,14 @@ class Admission:
         image: ImageRef | None = None,
         request_key: str | None = None,
         parent_id: str | None = None,
+        job_id: str | None = None,
+        confirmed_cost: int | None = None,
     ) -> Ticket:
-        """Check policy, fetch the input image, hold the credits and queue the job."""
+        """Check policy, fetch the input image, hold the credits and queue the job.
+
+        Above the server's threshold nothing is held: the request waits for Confirm and the
+        ticket says so. `confirmed_cost` is what the requester confirmed (asked again only if
+        the price rose since); `job_id` the id the job takes (the confirmed request's)."""
         tenant = actor.tenant
         has_input = image is not None and bool(image.url or image.path or image.data)
         if has_input:
@@ -144,16 +163,23 @@ class Admission:
             (tenant, "cost", spec.kind.value, spec.model or "*"),
             lambda: self.ledger.cost_for(tenant, spec.kind.value, spec.model),
         )
+        cost = unit * spec.count
+        if confirmed_cost is None or cost > confirmed_cost:
+            above = await self.tenants.get(
+                (tenant, "confirm-above"), lambda: self.confirms.store.threshold(tenant)
+            )
+            if above is not None and cost > above:
+                return await self._ask(actor, spec, reply, cost, above, request_key, parent_id)
         now = time.time()
         job = JobRecord(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             created=now,
             updated=now,
             actor=actor,
             spec=spec,
             state=JobPhase.QUEUED,
             reply_ref=reply.ref(),
-            cost=unit * spec.count,
+            cost=cost,
             parent_id=parent_id,
             request_key=request_key,
         )
@@ -177,6 +203,81 @@ class Admission:
         self._waiting[job.id] = (job, position)
         self.scheduler.enqueue(job.id)
         return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
+
+    async def _ask(
+        self,
+        actor: Actor,
+        spec: JobSpec,
+        reply: Reply,
+        cost: int,
+        above: int,
+        request_key: str | None,
+        parent_id: str | None,
+    ) -> Ticket:
+        # Asking is pointless when the member could not pay or may not generate: say so now.
+        account = await self.ledger.account(actor.tenant, actor.user_id)
+        if account.banned:
+            raise BannedError(messages.banned())
+        if account.frozen:
+            raise FrozenError(messages.frozen())
+        if account.balance < cost:
+            raise InsufficientCreditsError(
+                messages.insufficient_credits(account.balance, cost), balance=account.balance, cost=cost
+            )
+        return await self.confirms.ask(
+            actor,
+            spec,
+            reply,
+            cost=cost,
+            balance=account.balance,
+            threshold=above,
+            request_key=request_key,
+            parent_id=parent_id,
+        )
+
+    async def confirm(self, actor: Actor, request_id: str | None) -> Ticket:
+        """Confirm a request that waited for it (the actor's newest when `request_id` is None):
+        admitted like any other, so the hold, caps and policy are checked now. A second Confirm
+        returns the first one's job; a request of another member, an expired or a cancelled
+        one is refused with a UserError."""
+        request = await self.confirms.find(actor, request_id)
+        if request is None:
+            raise NotFoundError(messages.job_not_found(request_id or ""))
+        async with self.confirms.guard(request.id):
+            # Read again under the guard: a click that waited for another one sees its outcome.
+            request = await self.confirms.store.get(request.id) or request
+            await self.confirms.check_open(request)
+            key = confirm_request_key(request.id)
+            if request.state is ConfirmState.CONFIRMED:
+                job = await self.store.by_request_key(key)
+                if job is not None:
+                    return self.ticket(job)
+            reply = self.confirms.reply_for(request)
+            ticket = await self.admit(
+                actor,
+                request.spec,
+                reply,
+                request_key=key,
+                parent_id=request.parent_id,
+                job_id=request.id,
+                confirmed_cost=request.cost,
+            )
+            if ticket.awaiting_confirmation:
+                # The price rose since it was shown: the same message now asks again with the
+                # new cost (a new request), and this one is done with.
+                await self.confirms.store.move(request.id, ConfirmState.CANCELLED)
+                self.confirms.forget(request.id)
+                return ticket
+            if not await self.confirms.confirmed(request):
+                fresh = await self.confirms.store.get(request.id)
+                if fresh is not None and fresh.state is ConfirmState.CANCELLED:
+                    # Another process took its Cancel between our check and the admission:
+                    # the Cancel stands, and the job just admitted is released at once.
+                    await self.store.cancel(ticket.job_id, messages.confirm_declined())
+                    await self.delivery.send_pending(ticket.job_id)
+                    raise InvalidInputError(messages.confirm_declined())
+            _log.info("confirmation accepted request=%s job=%s", request.id, ticket.job_id)
+            return ticket
 
     async def refresh_positions(self) -> None:
         """A job left the queue: show the jobs waiting behind it their new place in line.

@@ -151,6 +151,8 @@ class ModOp(StrEnum):
     ALLOWANCE = "allowance"
     COST = "cost"
     BUDGET = "budget"
+    CONFIRM_ABOVE = "confirm-above"  # jobs costing more wait for their requester's Confirm
+    SETTINGS = "settings"
     BLOCK_ADD = "blocklist-add"
     BLOCK_REMOVE = "blocklist-remove"
     BLOCK_LIST = "blocklist-list"
@@ -161,7 +163,7 @@ class ModOp(StrEnum):
     @property
     def changes_state(self) -> bool:
         """False for the read-only operations (nothing to audit or post to a moderation log)."""
-        return self not in (ModOp.BLOCK_LIST, ModOp.HISTORY, ModOp.TOP, ModOp.SPEND)
+        return self not in (ModOp.BLOCK_LIST, ModOp.HISTORY, ModOp.TOP, ModOp.SPEND, ModOp.SETTINGS)
 
 
 class ModCommand(_Frozen):

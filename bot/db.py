@@ -170,6 +170,34 @@ MIGRATIONS: list[str] = [
     INSERT INTO budget_used (tenant, day, used)
         SELECT tenant, day, SUM(amount) FROM holds WHERE state != 'released' GROUP BY tenant, day
     """,
+    # 4: expensive jobs ask first (bot/confirm.py): a server's threshold, and the requests
+    # waiting for their requester's Confirm (nothing is held for them).
+    """
+    CREATE TABLE confirm_settings (
+        tenant      TEXT PRIMARY KEY,
+        above       INTEGER CHECK (above IS NULL OR above > 0),  -- NULL: never ask
+        updated     REAL NOT NULL,
+        updated_by  TEXT NOT NULL,          -- platform:user of the moderator
+        reason      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE confirmations (
+        id          TEXT PRIMARY KEY,       -- also the id of the job a Confirm starts
+        created     REAL NOT NULL,
+        expires     REAL NOT NULL,
+        tenant      TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        actor       TEXT NOT NULL,          -- the Actor (JSON)
+        spec        TEXT NOT NULL,          -- the validated job spec (JSON)
+        reply_ref   TEXT NOT NULL,          -- where the prompt was shown (JSON)
+        cost        INTEGER NOT NULL,       -- the credits the prompt showed
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'cancelled', 'expired')),
+        parent_id   TEXT,
+        request_key TEXT UNIQUE             -- the platform request that asked
+    );
+    CREATE INDEX confirmations_open ON confirmations(tenant, user_id, created) WHERE state = 'pending';
+    CREATE INDEX confirmations_expires ON confirmations(expires)
+    """,
 ]
 
 

@@ -4,6 +4,7 @@ A job is a row moved through the state machine of `bot.store` (queued → submit
 → done | failed | cancelled), one transaction per step. The parts:
 
 - `bot.admission` — parameters, policy, caps, hold + insert, queueing;
+- `bot.confirm` — requests above the server's threshold, waiting for Confirm (nothing held);
 - `bot.scheduler` — the workers that claim queued jobs and one due-time heap for every poll;
 - `bot.runner` — submit through the router, follow the vendor job, end it;
 - `bot.delivery` — progress, result downloads, the outbox of user messages;
@@ -29,6 +30,7 @@ from bot.actions import ResultActions
 from bot.admission import Admission
 from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
+from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, EngineConfig, LogReply, ModResult, Ticket
@@ -108,6 +110,7 @@ class Engine:
             step=self.runner.step,
         )
         self.runner.scheduler = self.scheduler
+        self.confirmations = Confirmations(store=ConfirmStore(store.db), restorers=self.delivery.restorers)
         self.admission = Admission(
             store=store,
             ledger=ledger,
@@ -116,13 +119,16 @@ class Engine:
             config=self.config,
             delivery=self.delivery,
             scheduler=self.scheduler,
+            confirms=self.confirmations,
             clock=clock,
         )
         self.runner.claimed = self.admission.refresh_positions
         self.actions = ResultActions(
             store=store, catalog=router.catalog, admission=self.admission, delivery=self.delivery
         )
-        self.moderation = Moderation(ledger=ledger, store=store, tenants=self.admission.tenants)
+        self.moderation = Moderation(
+            ledger=ledger, store=store, tenants=self.admission.tenants, confirms=self.confirmations.store
+        )
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -150,6 +156,7 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.scheduler.run(), name="engine-scheduler")
             group.create_task(self._save_route_times(), name="engine-route-times")
+            group.create_task(self._expire_confirmations(), name="engine-confirmations")
             if self.metrics is not None:
                 group.create_task(self._gauges(), name="engine-gauges")
 
@@ -230,6 +237,14 @@ class Engine:
             except Exception:  # the schedule is a warm start, not data: never stop for it
                 _log.exception("saving the learned poll schedule failed")
 
+    async def _expire_confirmations(self) -> None:
+        while True:
+            await self._sleep(EXPIRE_EVERY)
+            try:
+                await self.confirmations.expire_due()
+            except Exception:  # a prompt keeps its buttons a little longer; a click still checks
+                _log.exception("expiring confirmation prompts failed")
+
     # --- the API adapters call -------------------------------------------------------------
 
     async def submit(
@@ -244,11 +259,18 @@ class Engine:
         """Validate, check policy, hold credits, persist and queue a job.
 
         `request_key` (an interaction id, a Slack trigger id) makes a retried delivery of the
-        same platform request return the first job's ticket instead of starting another.
+        same platform request return the first job's ticket instead of starting another. Above
+        the server's confirmation threshold nothing is held: the ticket is
+        `awaiting_confirmation` and `reply` shows the cost with Confirm / Cancel.
         """
         return await self.admission.submit(
             actor, command, reply, request_key=request_key, parent_id=parent_id
         )
+
+    async def confirm(self, actor: Actor, request_id: str | None = None) -> Ticket:
+        """Start a request that waited for its cost to be confirmed (the actor's newest one when
+        `request_id` is None); only its requester may. The prompt becomes the job's status."""
+        return await self.admission.confirm(actor, request_id)
 
     async def reroll(
         self, actor: Actor, job_id: str, reply: Reply, *, request_key: str | None = None
@@ -295,7 +317,7 @@ class Engine:
         *,
         request_key: str | None = None,
     ) -> None:
-        """A result or status button (Reroll, Make 3D, Vary, one image, Cancel), answered on `reply`.
+        """A result or status button (Reroll, Make 3D, Vary, one image, Cancel, Confirm), answered on `reply`.
         Edit is not a press: it needs an instruction first (`edit_result`)."""
         match action:
             case ButtonAction.REROLL:
@@ -307,8 +329,11 @@ class Engine:
             case ButtonAction.SINGLE:
                 await reply.result(await self.single(actor, job_id, index or 0))
             case ButtonAction.CANCEL:
-                # The job's own status message turns into "Cancelled" through its reply.
+                # The job's own status message (or the request's prompt) turns into "Cancelled".
                 await self.cancel(actor, job_id)
+            case ButtonAction.CONFIRM:
+                # The prompt's own reply becomes the job's status message.
+                await self.confirm(actor, job_id)
             case ButtonAction.EDIT:
                 raise ValueError("Edit needs an instruction: call edit_result")
             case ButtonAction.DELETE:
@@ -329,7 +354,10 @@ class Engine:
         """Cancel an unfinished job (owner or moderator) and release its hold; the answer.
 
         One transaction decides: if the job finished first (its result not yet posted),
-        nothing changes and the answer is "too late, your result is on its way"."""
+        nothing changes and the answer is "too late, your result is on its way". A request
+        still waiting for Confirm is dropped (nothing was held)."""
+        if (declined := await self.confirmations.decline(actor, job_id)) is not None:
+            return declined
         job = await self.actions.own_job(actor, job_id)
         if job.state is JobPhase.DONE and await self.store.unsent(job.id):
             return messages.too_late_to_cancel()  # finished, its result not yet posted

@@ -35,6 +35,7 @@ class Ticket:
     position: int
     cost: int
     text: str  # rendered acknowledgement, e.g. "Queued — 2nd in line · 10 credits held."
+    awaiting_confirmation: bool = False  # no job yet: `job_id` names a request waiting for Confirm
 
 
 @dataclass(frozen=True, slots=True)

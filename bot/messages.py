@@ -107,6 +107,90 @@ def already_running() -> str:
     return "That's already running. I'll post the result here when it's done."
 
 
+# --- expensive jobs ask first (bot/confirm.py) -----------------------------------------------
+
+
+def confirm_prompt(
+    cost: int, balance: int, threshold: int, request_id: str, platform: str, *, minutes: int = 10
+) -> str:
+    """A request above the server's threshold: its cost, the balance, and how to go on."""
+    text = (
+        f"This will cost **{credits_word(cost)}** (you have {credits_word(balance)}). This server asks "
+        f"before jobs over {credits_word(threshold)}; nothing is held until you confirm. "
+        f"The offer stands for {minutes} minutes."
+    )
+    if platform in _TERMINALS:
+        return text + f" Type `/confirm {request_id}` to start it, or `/cancel {request_id}`."
+    return text + " Press **Confirm** to start it, or **Cancel**."
+
+
+def confirm_button() -> str:
+    """The label of the button that starts a confirmed request."""
+    return "Confirm"
+
+
+def confirm_cancel_button() -> str:
+    """The label of the button that drops a request waiting for Confirm."""
+    return "Cancel"
+
+
+def confirm_declined() -> str:
+    """Cancel on a request that waited for Confirm."""
+    return "Cancelled. Nothing was charged."
+
+
+def confirm_expired() -> str:
+    """Confirm (or Cancel) after the request's offer ran out."""
+    return "This request expired before it was confirmed; nothing was charged. Run the command again to start it."
+
+
+def confirm_not_yours() -> str:
+    """Someone else pressed Confirm or Cancel on a member's request."""
+    return "Only the person who asked for this job can confirm or cancel it."
+
+
+def confirm_already_waiting() -> str:
+    """A second click on a result button while the first one's cost still waits for Confirm."""
+    return "That's already waiting for your confirmation: press Confirm on the message above."
+
+
+def confirm_nothing_waiting() -> str:
+    """A bare `/confirm` with nothing waiting."""
+    return "Nothing is waiting for your confirmation."
+
+
+def mod_confirm_above(amount: int | None) -> str:
+    """After setting or turning off the confirmation threshold."""
+    if amount is None:
+        return "Jobs start without asking now, whatever they cost."
+    return f"Jobs over {credits_word(amount)} now ask their requester to confirm the cost first."
+
+
+def settings_view(
+    allowance: int,
+    budget: int | None,
+    budget_used: int,
+    costs: dict[str, int],
+    blocked: int,
+    confirm_above: int | None,
+) -> str:
+    """/quota settings: the server's ledger settings in one view."""
+    prices = ", ".join(f"{kind} {credits_word(n)}" for kind, n in costs.items())
+    lines = [
+        "**Server settings**",
+        f"Daily allowance: {credits_word(allowance)} per member",
+        f"Daily budget: {credits_word(budget)} ({credits_word(budget_used)} used today)"
+        if budget is not None
+        else "Daily budget: none",
+        f"Costs: {prices}",
+        f"Ask before jobs over: {credits_word(confirm_above)}"
+        if confirm_above is not None
+        else "Ask before jobs over: off",
+        f"Blocked words: {blocked}",
+    ]
+    return "\n".join(lines)
+
+
 # --- validation ----------------------------------------------------------------------------
 
 
@@ -630,8 +714,8 @@ def slack_help(flags_help: str) -> str:
         "• `/model3d <prompt>` or `/model3d <image link>` — a 3D model (.glb); or press **Make 3D** on a "
         "result\n"
         "• `/credits` — your balance and recent jobs\n"
-        "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, blocklist, "
-        "history, top\n" + flags_help
+        "• `/quota …` — moderators: grant, take, set, freeze, ban, allowance, cost, budget, "
+        "confirm-above, settings, blocklist, history, top\n" + flags_help
     )
 
 
@@ -731,6 +815,11 @@ _COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         "Server-wide daily credit cap (0 removes it)",
         {"amount": "Credits the whole server may spend per day (0 removes the cap)"},
     ),
+    "quota confirm-above": (
+        "Ask members to confirm jobs that cost more than this (0 turns it off)",
+        {"amount": "Credits above which a job waits for Confirm (0: never ask)"},
+    ),
+    "quota settings": ("The server's allowance, budget, costs and confirmation threshold", {}),
     "quota history": ("A member's credit history", {"member": "The member whose history to show"}),
     "quota top": ("Who spent the most credits", {}),
     "quota spend": ("What generation cost at the vendors", {}),
@@ -764,7 +853,8 @@ def console_help(flags_help: str) -> str:
         "  /imagine <prompt> [--ar W:H] [--seed N] [--no words] [--n 1-4] [--model NAME] [--size WxH]\n"
         "  /edit <image path or URL> <instruction>\n"
         "  /model3d <prompt>   or   /model3d <image path or URL>\n"
-        "  /credits   /show <job id>   /cancel <job id>   /quota …   /help   /quit\n" + flags_help
+        "  /credits   /show <job id>   /cancel <job id>   /confirm [request id]   /quota …   /help   /quit\n"
+        + flags_help
     )
 
 

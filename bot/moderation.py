@@ -7,6 +7,7 @@ import logging
 from bot import messages
 from bot.admission import TenantCache
 from bot.commands import Actor, ModCommand, ModOp
+from bot.confirm import ConfirmStore
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, ModResult
 from bot.ledger import CreditLedger
@@ -23,10 +24,13 @@ _log = logging.getLogger(__name__)
 class Moderation:
     """/credits for members; /quota operations for moderators (every change audited)."""
 
-    def __init__(self, *, ledger: CreditLedger, store: JobStore, tenants: TenantCache) -> None:
+    def __init__(
+        self, *, ledger: CreditLedger, store: JobStore, tenants: TenantCache, confirms: ConfirmStore
+    ) -> None:
         self.ledger = ledger
         self.store = store
         self.tenants = tenants
+        self.confirms = confirms
 
     async def credits(self, actor: Actor) -> CreditsView:
         """The actor's balance, allowance, next refill and recent jobs."""
@@ -121,6 +125,28 @@ class Moderation:
             case ModOp.BUDGET:
                 await led.set_budget(t, command.amount or None, actor=who, reason=why)
                 text = messages.mod_budget(command.amount or None)
+            case ModOp.CONFIRM_ABOVE:
+                if command.amount is not None and command.amount < 0:
+                    raise InvalidInputError(
+                        messages.invalid(
+                            f"`{command.amount}` is below zero.",
+                            "Give credits, or `off`: `/quota confirm-above 50`.",
+                        )
+                    )
+                above = command.amount or None  # 0 and `off` both turn it off
+                await self.confirms.set_threshold(t, above, actor=who, reason=why)
+                text = messages.mod_confirm_above(above)
+            case ModOp.SETTINGS:
+                settings = await led.tenant_settings(t)
+                costs = {kind: await led.cost_for(t, kind) for kind in led.default_costs}
+                text = messages.settings_view(
+                    settings.daily_allowance,
+                    settings.budget,
+                    settings.budget_used_today,
+                    costs,
+                    len(settings.blocklist),
+                    await self.confirms.threshold(t),
+                )
             case ModOp.BLOCK_ADD | ModOp.BLOCK_REMOVE:
                 words = split_words(command.words or "")
                 if not words:

@@ -59,6 +59,7 @@ class ButtonAction(StrEnum):
     VARY = "vary"  # a variation of one image: an instruction edit from it (`ResultActions.vary`)
     CANCEL = "cancel"
     DELETE = "delete"  # remove the result's messages (requester or moderator; `Engine.may_delete`)
+    CONFIRM = "confirm"  # start a request that waited for its cost to be confirmed (`bot.confirm`)
 
     @property
     def spends(self) -> bool:

@@ -30,7 +30,7 @@ _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp")
 
 @dataclass(frozen=True, slots=True)
 class TextCommand:
-    """A parsed line: the command model, or a meta command (help, show, cancel)."""
+    """A parsed line: the command model, or a meta command (help, show, cancel, confirm)."""
 
     name: str
     command: ImagineCommand | EditCommand | Model3DCommand | CreditsCommand | ModCommand | None = None
@@ -68,6 +68,7 @@ def split_image_arg(text: str) -> tuple[ImageRef | None, str]:
 _MOD_USAGE = (
     "Use `/quota grant|take|set @user N [reason]`, `/quota freeze|unfreeze|ban|unban @user [reason]`, "
     "`/quota allowance N`, `/quota cost image|edit|model3d N`, `/quota budget N|off`, "
+    "`/quota confirm-above N|off`, `/quota settings`, "
     "`/quota blocklist add|remove|list words`, `/quota history @user`, `/quota top`."
 )
 
@@ -123,6 +124,15 @@ def parse_mod(text: str) -> ModCommand:
             amount=None if off else amount(rest[0] if rest else None),
             reason=" ".join(rest[1:]),
         )
+    if sub == "confirm-above":
+        off = bool(rest) and rest[0].lower() in ("off", "none", "0")
+        return ModCommand(
+            op=ModOp.CONFIRM_ABOVE,
+            amount=None if off else amount(rest[0] if rest else None),
+            reason=" ".join(rest[1:]),
+        )
+    if sub == "settings":
+        return ModCommand(op=ModOp.SETTINGS)
     if sub == "blocklist":
         action = rest[0].lower() if rest else "list"
         ops = {"add": ModOp.BLOCK_ADD, "remove": ModOp.BLOCK_REMOVE, "list": ModOp.BLOCK_LIST}
@@ -161,6 +171,9 @@ def parse_text(line: str) -> TextCommand:
             return TextCommand(name, CreditsCommand())
         case "quota":
             return TextCommand(name, parse_mod(rest))
+        case "confirm":
+            # Without an id: the member's newest request waiting for Confirm.
+            return TextCommand(name, arg=rest.split()[0] if rest else "")
         case "show" | "cancel":
             if not rest:
                 raise InvalidInputError(messages.invalid("Which job?", f"Give its id: `/{name} 3f9a1c02de`."))
@@ -169,6 +182,7 @@ def parse_text(line: str) -> TextCommand:
             return TextCommand(name)
     raise InvalidInputError(
         messages.invalid(
-            f"I don't know `/{name}`.", "Try /imagine, /edit, /model3d, /credits, /show, /cancel or /quota."
+            f"I don't know `/{name}`.",
+            "Try /imagine, /edit, /model3d, /credits, /show, /cancel, /confirm or /quota.",
         )
     )

@@ -6,7 +6,7 @@ import pytest
 
 from bot.commands import CreditsCommand, EditCommand, ImagineCommand, ModCommand, Model3DCommand, ModOp
 from bot.errors import InvalidInputError
-from bot.textcommands import mention_id, parse_mod, parse_text
+from bot.textcommands import TextCommand, mention_id, parse_mod, parse_text
 
 
 def test_imagine_keeps_inline_flags_for_the_core_parser() -> None:
@@ -90,3 +90,20 @@ def test_quota_unknown_subcommand_shows_usage() -> None:
 def test_unknown_slash_command_lists_the_known_ones() -> None:
     with pytest.raises(InvalidInputError, match="/imagine, /edit"):
         parse_text("/dream big")
+
+
+def test_quota_confirm_above_and_off_and_settings() -> None:
+    assert parse_mod("confirm-above 30 big jobs") == ModCommand(
+        op=ModOp.CONFIRM_ABOVE, amount=30, reason="big jobs"
+    )
+    for off in ("off", "0", "none"):
+        assert parse_mod(f"confirm-above {off}") == ModCommand(op=ModOp.CONFIRM_ABOVE, amount=None)
+    with pytest.raises(InvalidInputError):
+        parse_mod("confirm-above")
+    assert parse_mod("settings") == ModCommand(op=ModOp.SETTINGS)
+    assert not ModOp.SETTINGS.changes_state and ModOp.CONFIRM_ABOVE.changes_state
+
+
+def test_confirm_with_or_without_a_request_id() -> None:
+    assert parse_text("/confirm 3f9a1c02de") == TextCommand("confirm", arg="3f9a1c02de")
+    assert parse_text("/confirm") == TextCommand("confirm", arg="")
