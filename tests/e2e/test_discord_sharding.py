@@ -4,18 +4,25 @@ the loopback fake, which routes each guild's events to shard `(guild_id >> 22) %
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 
+import aiohttp
 import discord
 import pytest
 
 from adapters.discord_bot import DiscordAdapter
+from bot.adapter import AdapterContext
 from bot.app import BotApp
-from tests.e2e.discord_harness import discord_bot, wait_result
+from bot.config import Settings
+from tests.e2e.discord_harness import discord_bot, discord_settings, wait_result
 from tests.fakes.discord_fake import ALICE, DiscordFake, shard_of
-from tests.support.core import fast_sandbox
+from tests.support.core import core_settings, fast_sandbox
+from tests.support.postgres import fresh_pg_url
 
 pytestmark = pytest.mark.slow
+
+SHARED_KEY = "a-shared-secret-key-for-all-replicas"
 
 
 @pytest.fixture
@@ -143,3 +150,59 @@ def test_the_fake_routes_a_guild_to_the_shard_discord_would() -> None:
     # Discord's formula (developers/events/gateway, "Sharding"): (guild_id >> 22) % num_shards.
     assert shard_of("41771983423143937", 2) == (41771983423143937 >> 22) % 2
     assert shard_of(None, 4) == 0
+
+
+# --- several replicas on one PostgreSQL: one command sync --------------------------------------
+
+
+@asynccontextmanager
+async def _replica(app: BotApp, settings: Settings) -> AsyncIterator[DiscordAdapter]:
+    """A Discord adapter with `settings` (PostgreSQL's DATABASE_URL) on `app`'s engine."""
+    async with aiohttp.ClientSession() as session:
+        ctx = AdapterContext(
+            engine=app.engine,
+            settings=settings,
+            web=app.web,
+            session=session,
+            media=app.media,
+            readiness=app.readiness,
+        )
+        adapter = DiscordAdapter(ctx)
+        await adapter.start()
+        try:
+            yield adapter
+        finally:
+            await adapter.stop()
+
+
+async def test_of_two_replicas_on_one_postgresql_only_one_syncs_commands(
+    tmp_path: Path, fake: DiscordFake, sandbox: object, pg_server: str
+) -> None:
+    async with (
+        fresh_pg_url(pg_server) as url,
+        BotApp(core_settings(tmp_path / "a"), platforms=[], sandbox=nullcontext(sandbox)) as app_a,
+        BotApp(core_settings(tmp_path / "b"), platforms=[], sandbox=nullcontext(sandbox)) as app_b,
+    ):
+
+        def replica_settings(name: str, shard: str) -> Settings:
+            # Each replica has its own DATA_DIR (so its own command digest): only the lock stops
+            # the second one from syncing too.
+            return discord_settings(
+                tmp_path / name,
+                fake,
+                database_url=url,
+                secret_key=SHARED_KEY,
+                discord_shard_count=2,
+                discord_shard_ids=shard,
+            )
+
+        async with _replica(app_a, replica_settings("a", "0")) as a:
+            async with _replica(app_b, replica_settings("b", "1")) as b:
+                assert (a.command_sync_leader, b.command_sync_leader) == (True, False)
+                assert fake.command_puts == 1
+                assert sorted(fake.identified) == [(0, 2), (1, 2)]
+            assert fake.command_puts == 1
+        # The leader is gone: the next replica to start takes the lock and syncs.
+        async with _replica(app_b, replica_settings("c", "0,1")) as c:
+            assert c.command_sync_leader
+            assert fake.command_puts == 2
