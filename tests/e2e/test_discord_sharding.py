@@ -99,6 +99,10 @@ async def test_two_replicas_split_the_shards_and_each_serves_its_own_guilds(
         assert sorted(fake.identified) == [(0, 2), (1, 2)]
         await _imagine_in(fake, on_0, "a red fox")
         await _imagine_in(fake, on_1, "a blue whale")
+        # Discord sends DMs to shard 0: the replica running it answers.
+        dm = await fake.slash("imagine", {"prompt": "a quiet pond"}, dm=True)
+        assert (await wait_result(fake, dm)).files
+        assert (await _balance(a, f"dm:{ALICE.id}"), await _balance(b, f"dm:{ALICE.id}")) == (90, 100)
         # Each replica charged only the guild whose shard it runs (each has its own ledger here).
         assert (await _balance(a, on_0), await _balance(a, on_1)) == (90, 100)
         assert (await _balance(b, on_0), await _balance(b, on_1)) == (100, 90)
@@ -125,11 +129,12 @@ async def test_a_dropped_shard_resumes_and_keeps_serving(
 async def test_shard_count_zero_takes_discords_recommended_count(
     tmp_path: Path, fake: DiscordFake, sandbox: object
 ) -> None:
-    fake.recommended_shards = 1
+    fake.recommended_shards = 2
     async with discord_bot(tmp_path, fake, sandbox, discord_shard_count=0) as app:  # type: ignore[arg-type]
         client = _adapter(app).client
-        assert isinstance(client, discord.AutoShardedClient) and client.shard_count == 1
-        assert fake.identified == [(0, 1)]
+        assert isinstance(client, discord.AutoShardedClient) and client.shard_count == 2
+        assert sorted(fake.identified) == [(0, 2), (1, 2)]
+        assert _adapter(app).shards_up == {0, 1}
         await _imagine_in(fake, fake.guild_id, "a kite")
     assert [r.path for r in fake.requests if r.path.endswith("/gateway/bot")] == ["/api/v10/gateway/bot"]
 
