@@ -1,5 +1,6 @@
 # imagine-bot: one process serving Discord and/or Slack, the HTTP server (health, metrics,
-# vendor webhooks, Slack events, media links) and the engine. SQLite lives on the /data volume.
+# vendor webhooks, Slack events, media links) and the engine. SQLite lives on the /data volume;
+# several replicas (docker-compose.scale.yml) share PostgreSQL and a volume at /media (MEDIA_ROOT).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +17,7 @@ COPY adapters ./adapters
 COPY providers ./providers
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /data imagine \
-    && mkdir -p /data && chown imagine /data
+    && mkdir -p /data /media && chown imagine /data /media
 
 USER imagine
 VOLUME ["/data"]

@@ -8,7 +8,11 @@ buttons carry `ib:<action>:<job id>[:<index>]` custom ids and are handled by one
 image" message menu is the exception: it keeps the picture in memory until its modal comes back,
 so a dialog opened before a restart asks to be opened again). Command sync
 is not done on every start: only when the command payload's hash changed (or on demand through
-`sync_commands`, the CLI's `imagine-bot discord sync`).
+`sync_commands`, the CLI's `imagine-bot discord sync`), and of several replicas on one PostgreSQL
+database only the one holding the command-sync lock (bot/leader.py) does it.
+
+With DISCORD_SHARD_COUNT set the client is discord.py's `AutoShardedClient`, running the shards
+DISCORD_SHARD_IDS names (all of them by default), so replicas split the shards between them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, ModComman
 from bot.config import Settings
 from bot.engine import LogReply
 from bot.errors import ConfigError, InvalidInputError, UserError
+from bot.leader import command_sync_lock
 from bot.reply import ButtonAction, Reply, parse_custom_id
 
 __all__ = [
@@ -63,6 +68,8 @@ _DEFAULT_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 #: how long stop() lets running handlers finish before cancelling them
 _STOP_GRACE = 5.0
 _CONNECT_TIMEOUT = 60.0
+#: discord.py waits this long before each IDENTIFY after a replica's first shard (Discord's limit)
+_IDENTIFY_SPACING = 5.0
 #: the "Edit image" modal's custom id prefix (then the menu interaction's id)
 _MESSAGE_EDIT = "ib-menu-edit:"
 #: how long an opened "Edit image" modal is remembered (Discord's modal timeout)
@@ -163,25 +170,54 @@ async def sync_commands(settings: Settings, guild_id: str | None) -> int:
 # --- the adapter -------------------------------------------------------------------------------
 
 
+def _client_options() -> dict[str, Any]:
+    intents = discord.Intents.none()
+    intents.guilds = True  # channels and roles in the cache (moderator role by name)
+    # The bot has no voice: skip discord.py's warnings about voice libraries.
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+    return {"intents": intents, "allowed_mentions": discord.AllowedMentions.none()}
+
+
 class _Client(discord.Client):
+    """One gateway connection (no DISCORD_SHARD_COUNT): what the bot always ran."""
+
     def __init__(self, adapter: DiscordAdapter) -> None:
-        intents = discord.Intents.none()
-        intents.guilds = True  # channels and roles in the cache (moderator role by name)
-        # The bot has no voice: skip discord.py's warnings about voice libraries.
-        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        super().__init__(**_client_options())
         self.adapter = adapter
 
     async def on_connect(self) -> None:  # discord.py dispatches it on READY
-        self.adapter.connected.set()
-        self.adapter.health.connected()
+        self.adapter.shard_up(None)
 
     async def on_resumed(self) -> None:
-        self.adapter.health.connected()
+        self.adapter.shard_up(None)
 
     async def on_disconnect(self) -> None:
-        if not self.adapter.stopping:  # our own close is not a lost connection
-            self.adapter.health.disconnected()
+        self.adapter.shard_down(None)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        await self.adapter.on_interaction(interaction)
+
+
+class _ShardedClient(discord.AutoShardedClient):
+    """The shards of DISCORD_SHARD_IDS out of DISCORD_SHARD_COUNT (0: Discord's recommended
+    count, from GET /gateway/bot), each on its own gateway connection."""
+
+    def __init__(self, adapter: DiscordAdapter, count: int | None, ids: list[int] | None) -> None:
+        super().__init__(shard_count=count or None, shard_ids=ids, **_client_options())
+        self.adapter = adapter
+
+    def expected_shards(self) -> set[int]:
+        """The shard ids this client runs (known once the count is, i.e. after login/launch)."""
+        return set(self.shard_ids or range(self.shard_count or 0))
+
+    async def on_shard_connect(self, shard_id: int) -> None:  # READY of that shard
+        self.adapter.shard_up(shard_id)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self.adapter.shard_up(shard_id)
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self.adapter.shard_down(shard_id)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         await self.adapter.on_interaction(interaction)
@@ -221,7 +257,10 @@ class DiscordAdapter:
         self.connected = asyncio.Event()
         self.health = ctx.readiness.platform(self.name)
         self.stopping = False
-        self.client: _Client | None = None
+        self.client: _Client | _ShardedClient | None = None
+        self.shards_up: set[int | None] = set()  # shard ids whose gateway is connected (None: unsharded)
+        self.command_sync_leader = False  # whether this replica holds the command-sync lock
+        self._leader = contextlib.AsyncExitStack()
         self._gateway: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         # "Edit image" menus waiting for their modal: interaction id -> (image, monotonic time)
@@ -266,28 +305,48 @@ class DiscordAdapter:
         decode_json_leniently()
         token = _token(self.settings)
         self.stopping = False
-        client = self.client = _Client(self)
+        self.shards_up.clear()
+        s = self.settings
+        client: _Client | _ShardedClient
+        if s.discord_sharded:
+            client = _ShardedClient(self, s.discord_shard_count, s.discord_shard_id_list)
+        else:
+            client = _Client(self)
+        self.client = client
         try:
             await self._connect(client, token)
         except BaseException:
             await self.stop()
             raise
-        _log.info("discord connected as %s", client.user)
+        _log.info("discord connected as %s%s", client.user, self._shard_text())
 
-    async def _connect(self, client: _Client, token: str) -> None:
+    def _shard_text(self) -> str:
+        client = self.client
+        if not isinstance(client, _ShardedClient):
+            return ""
+        return f" (shards {sorted(client.expected_shards())} of {client.shard_count})"
+
+    async def _connect(self, client: _Client | _ShardedClient, token: str) -> None:
         tree = build_tree(client, self)
         try:
             await client.login(token)
         except discord.LoginFailure:
             raise ConfigError("DISCORD_TOKEN was refused by Discord; check the bot token") from None
-        await self._sync_if_changed(tree)
+        self.command_sync_leader = await self._leader.enter_async_context(
+            command_sync_lock(self.settings.postgres_url)
+        )
+        if self.command_sync_leader:
+            await self._sync_if_changed(tree)
+        else:
+            _log.info("another replica holds the discord command-sync lock; not syncing commands")
         gateway = self._gateway = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
         gateway.add_done_callback(self._gateway_ended)
         ready = asyncio.create_task(self.connected.wait(), name="discord-ready")
+        # discord.py identifies a replica's shards one after another, _IDENTIFY_SPACING apart.
+        shards = len(self.settings.discord_shard_id_list or ()) or (self.settings.discord_shard_count or 1)
+        timeout = _CONNECT_TIMEOUT + _IDENTIFY_SPACING * (shards - 1)
         try:
-            done, _ = await asyncio.wait(
-                {gateway, ready}, timeout=_CONNECT_TIMEOUT, return_when="FIRST_COMPLETED"
-            )
+            done, _ = await asyncio.wait({gateway, ready}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
             ready.cancel()
         if gateway in done:
@@ -298,7 +357,25 @@ class DiscordAdapter:
                 raise exc
             raise ConfigError("the Discord gateway closed before READY")
         if not done:
-            raise ConfigError(f"no READY from the Discord gateway within {_CONNECT_TIMEOUT:.0f}s")
+            raise ConfigError(f"no READY from the Discord gateway within {timeout:.0f}s")
+
+    def shard_up(self, shard_id: int | None) -> None:
+        """A gateway connection got READY or RESUMED; the platform is connected once every
+        shard of this replica is."""
+        self.shards_up.add(shard_id)
+        client = self.client
+        expected: set[int | None] = (
+            set(client.expected_shards()) if isinstance(client, _ShardedClient) else {None}
+        )
+        if expected <= self.shards_up:
+            self.connected.set()
+            self.health.connected()
+
+    def shard_down(self, shard_id: int | None) -> None:
+        """A gateway connection dropped (discord.py reconnects it by itself)."""
+        self.shards_up.discard(shard_id)
+        if not self.stopping:  # our own close is not a lost connection
+            self.health.disconnected()
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
         # discord.py reconnects by itself; it only gives up for good (bad token, intents):
@@ -324,6 +401,8 @@ class DiscordAdapter:
         if self._gateway is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gateway
+        await self._leader.aclose()  # another replica may sync commands from now on
+        self.command_sync_leader = False
         self.connected.clear()
 
     async def _sync_if_changed(self, tree: app_commands.CommandTree[Any]) -> None:

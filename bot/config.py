@@ -9,13 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LOG_LEVELS", "VENDOR_DEFAULT_URLS", "Settings", "settings_problems"]
+from bot.errors import ConfigError
+
+__all__ = ["LOG_LEVELS", "VENDOR_DEFAULT_URLS", "DatabaseKind", "Settings", "settings_problems"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+DatabaseKind = Literal["sqlite", "postgresql"]
+
+_SQLITE_SCHEME = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: the shortest SECRET_KEY accepted where replicas must share it (bot/signing.py warns below it)
+_MIN_SHARED_KEY = 16
 
 #: production base URLs; the vendor clients append their documented paths
 VENDOR_DEFAULT_URLS: dict[str, str] = {
@@ -36,12 +44,23 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         env_ignore_empty=True,  # a blank line in .env means "use the default"
+        populate_by_name=True,  # MEDIA_ROOT by its name, or by its old one (OUTPUT_DIR)
     )
 
     # --- storage and process ------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Where the SQLite database and files live.")
     database_path: Path | None = Field(None, description="SQLite file; default DATA_DIR/imagine-bot.sqlite3.")
-    output_dir: Path | None = Field(None, description="Delivered files; default DATA_DIR/output.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="sqlite:///PATH (relative; sqlite:////PATH absolute) or postgresql://USER:PASS@HOST/DB "
+        "for several replicas; default the SQLite file. Not together with DATABASE_PATH.",
+    )
+    media_root: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("media_root", "output_dir"),
+        description="Result and input files (OUTPUT_DIR is its old name); default DATA_DIR/output. "
+        "One shared volume for several replicas.",
+    )
     log_level: LogLevel = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line (json)."
@@ -49,7 +68,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None,
         description="HMAC key for webhook tokens and media links; default: generated once "
-        "and kept in DATA_DIR/secret.key.",
+        "and kept in DATA_DIR/secret.key. Required (16+ characters, the same on every replica) "
+        "with PostgreSQL.",
     )
 
     # --- HTTP server ---------------------------------------------------------------------
@@ -173,6 +193,18 @@ class Settings(BaseSettings):
     discord_moderator_role: str | None = Field(None, description="Role name or id that counts as moderator.")
     discord_modlog_channel: str | None = Field(None, description="Channel id for the moderation log.")
     discord_dev_guild: str | None = Field(None, description="Guild id to sync commands to while developing.")
+    discord_shard_count: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="Shards across all replicas (sharded client); 0: the count Discord recommends "
+        "(one process only); unset: unsharded.",
+    )
+    discord_shard_ids: str = Field(
+        "",
+        description="Comma-separated shard ids this replica runs (each below DISCORD_SHARD_COUNT); "
+        "empty: all of them.",
+    )
 
     # --- Slack ---------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(None, description="Slack bot token (xoxb-…); enables Slack.")
@@ -206,12 +238,57 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the URL: it may carry a password.
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if url.startswith(_SQLITE_SCHEME):
+            if not url.removeprefix(_SQLITE_SCHEME):
+                raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///data/imagine-bot.sqlite3")
+        elif not url.startswith(_POSTGRES_SCHEMES) or url.partition("://")[2] == "":
+            raise ValueError("must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        return value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError("must be comma-separated shard numbers, e.g. 0,1")
+        ids = [int(p) for p in parts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("names a shard twice")
+        return ",".join(str(i) for i in ids)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.poll_max < self.poll_initial:
             raise ValueError("POLL_MAX must not be below POLL_INITIAL")
         if self.platform_give_up_seconds < self.platform_grace_seconds:
             raise ValueError("PLATFORM_GIVE_UP_SECONDS must not be below PLATFORM_GRACE_SECONDS")
+        if self.database_url is not None and self.database_path is not None:
+            raise ValueError(
+                "DATABASE_PATH and DATABASE_URL are both set: keep one (DATABASE_URL=sqlite:///PATH "
+                "names a SQLite file too)"
+            )
+        if self.database_kind == "postgresql":
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if len(key) < _MIN_SHARED_KEY:
+                raise ValueError(
+                    f"SECRET_KEY must be set, at least {_MIN_SHARED_KEY} characters and the same on every "
+                    "replica, when DATABASE_URL is PostgreSQL (a generated key would differ per replica)"
+                )
+        ids = self.discord_shard_id_list
+        if ids is not None:
+            if not self.discord_shard_count:
+                raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total, at least 1)")
+            if max(ids) >= self.discord_shard_count:
+                raise ValueError(
+                    f"DISCORD_SHARD_IDS must be below DISCORD_SHARD_COUNT ({self.discord_shard_count})"
+                )
         return self
 
     @field_validator("route_order", "slack_moderators")
@@ -220,14 +297,46 @@ class Settings(BaseSettings):
         return ",".join(p.strip() for p in value.split(",") if p.strip())
 
     @property
+    def database_kind(self) -> DatabaseKind:
+        """Which database DATABASE_URL names: the embedded SQLite file or a PostgreSQL server."""
+        url = self.database_url.get_secret_value() if self.database_url else ""
+        return "postgresql" if url.startswith(_POSTGRES_SCHEMES) else "sqlite"
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL DSN (for asyncpg; it may hold a password: never log it), or None on SQLite."""
+        if self.database_kind != "postgresql" or self.database_url is None:
+            return None
+        return self.database_url.get_secret_value()
+
+    @property
     def db_path(self) -> Path:
-        """The SQLite file."""
+        """The SQLite file: DATABASE_URL's path, else DATABASE_PATH, else under DATA_DIR.
+        ConfigError when DATABASE_URL is PostgreSQL (there is no file)."""
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            if not url.startswith(_SQLITE_SCHEME):
+                raise ConfigError(
+                    "DATABASE_URL is PostgreSQL, but this needs the SQLite database (set DATABASE_URL="
+                    "sqlite:///PATH or leave it unset)"
+                )
+            return Path(url.removeprefix(_SQLITE_SCHEME))
         return self.database_path or self.data_dir / "imagine-bot.sqlite3"
 
     @property
     def files_dir(self) -> Path:
-        """Where delivered files are written."""
-        return self.output_dir or self.data_dir / "output"
+        """Where result and input files live (MEDIA_ROOT)."""
+        return self.media_root or self.data_dir / "output"
+
+    @property
+    def discord_shard_id_list(self) -> list[int] | None:
+        """The shard ids this replica runs, or None for all of DISCORD_SHARD_COUNT."""
+        return [int(p) for p in self.discord_shard_ids.split(",")] if self.discord_shard_ids else None
+
+    @property
+    def discord_sharded(self) -> bool:
+        """Whether Discord runs a sharded client (DISCORD_SHARD_COUNT set)."""
+        return self.discord_shard_count is not None
 
     def vendor_key(self, vendor: str) -> SecretStr | None:
         """The configured key of a vendor, or None."""

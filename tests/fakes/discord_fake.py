@@ -13,6 +13,11 @@ content over 2000 chars, too many/too long embeds or bad components → 400/5003
 queues 429s (with the `Via` header discord.py requires to retry) or 5xx answers. `forbid()` takes
 the bot's permission to post in a channel (403/50013) and `refuse_dms()` makes a user refuse the
 bot's DMs (403/50007); `POST /users/@me/channels` opens a DM, whose messages `dm_messages()` reads.
+
+Sharding: `GET /gateway/bot` recommends `recommended_shards`; each IDENTIFY may carry
+`shard: [id, count]` and gets its own session, READY (with `shard`) and the GUILD_CREATEs of its
+guilds; events go to the connection of shard `(guild_id >> 22) % count`, DMs to shard 0, as
+Discord routes them. `add_guild(shard=…)` makes a guild that lands on a given shard.
 """
 
 from __future__ import annotations
@@ -61,6 +66,23 @@ LOADING = 1 << 7
 PONG, MESSAGE, DEFERRED, DEFERRED_UPDATE, UPDATE, AUTOCOMPLETE, MODAL = 1, 4, 5, 6, 7, 8, 9
 
 _NAME = re.compile(r"^[-_\w]{1,32}$")
+
+
+@dataclass(slots=True)
+class _Conn:
+    """One identified gateway connection (one shard of the bot)."""
+
+    ws: web.WebSocketResponse
+    shard_id: int
+    shard_count: int
+    session_id: str
+    sharded: bool  # IDENTIFY carried `shard` (then READY does too)
+    seq: int = 0
+
+
+def shard_of(guild_id: str | None, count: int) -> int:
+    """The shard Discord sends a guild's events to (DMs: shard 0)."""
+    return 0 if guild_id is None else (int(guild_id) >> 22) % count
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +338,7 @@ class DiscordFake:
         }
         self.guild_id = self.snowflake()
         self.channel_id = self.snowflake()
+        self.guild_channels: dict[str, str] = {self.guild_id: self.channel_id}  # guild -> #general
         self.modlog_channel_id = self.snowflake()
         self.moderator_role_id = ROLE_MOD_ROLE_ID
         self.dm_channels: dict[str, str] = {}  # user id -> DM channel id
@@ -329,13 +352,14 @@ class DiscordFake:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> payload
         self.command_puts = 0
         self.identifies = 0
+        self.identified: list[tuple[int, int]] = []  # (shard id, shard count) of every IDENTIFY
+        self.recommended_shards = 1  # what GET /gateway/bot answers
         self.resumes = 0
         self.gateway_refused = False  # while set, new gateway connections get HTTP 503
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self._faults: list[_Fault] = []
-        self._ws: web.WebSocketResponse | None = None
-        self._seq = 0
-        self._session_id = "fake-session"
+        self._conns: dict[int, _Conn] = {}  # shard id -> its open connection
+        self._ended: dict[str, _Conn] = {}  # session id -> a closed connection, for RESUME
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -350,6 +374,7 @@ class DiscordFake:
         r.add_get("/attachments/{file_id}/{filename}", self._attachment)
         api = "/api/v10"
         r.add_get(api + "/users/@me", self._me)
+        r.add_get(api + "/gateway/bot", self._gateway_bot)
         r.add_post(api + "/users/@me/channels", self._open_dm)
         r.add_get(api + "/oauth2/applications/@me", self._application)
         r.add_put(api + "/applications/{app}/commands", self._put_commands)
@@ -369,8 +394,9 @@ class DiscordFake:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._ws is not None and not self._ws.closed:
-            await self._ws.close()
+        for conn in list(self._conns.values()):
+            if not conn.ws.closed:
+                await conn.ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -479,6 +505,7 @@ class DiscordFake:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        conn: _Conn | None = None
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 continue
@@ -490,26 +517,61 @@ class DiscordFake:
                 if data["d"].get("token") != self.token:
                     await ws.close(code=4004, message=b"Authentication failed.")
                     break
+                sharded = "shard" in data["d"]
+                shard_id, count = data["d"]["shard"] if sharded else (0, 1)
+                if not 0 <= shard_id < count:
+                    await ws.close(code=4010, message=b"Invalid shard.")
+                    break
                 self.identifies += 1
-                self._ws = ws
-                self._seq = 0
-                await self._send(ws, "READY", self._ready_payload())
-                await self._send(ws, "GUILD_CREATE", self._guild_payload())
+                self.identified.append((shard_id, count))
+                # The unsharded session keeps its old id; each shard gets one of its own.
+                session = f"fake-session-{shard_id}" if sharded else "fake-session"
+                conn = self._conns[shard_id] = _Conn(ws, shard_id, count, session, sharded)
+                await self._send(conn, "READY", self._ready_payload(conn))
+                for guild_id in self._guilds_of(conn):
+                    await self._send(conn, "GUILD_CREATE", self._guild_payload(guild_id))
                 await self._notify()
             elif op == 6:
-                if data["d"].get("session_id") != self._session_id:
+                old = next(
+                    (c for c in self._all_sessions() if c.session_id == data["d"].get("session_id")), None
+                )
+                if old is None:
                     await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
                     continue
                 self.resumes += 1
-                self._ws = ws
-                await self._send(ws, "RESUMED", {})
+                conn = self._conns[old.shard_id] = _Conn(
+                    ws, old.shard_id, old.shard_count, old.session_id, old.sharded, old.seq
+                )
+                await self._send(conn, "RESUMED", {})
                 await self._notify()
-        if self._ws is ws:
-            self._ws = None
+        if conn is not None and self._conns.get(conn.shard_id) is conn:
+            del self._conns[conn.shard_id]
+            self._ended[conn.session_id] = conn  # may be resumed
         return ws
 
-    async def _send(self, ws: web.WebSocketResponse, event: str, data: Any) -> None:
-        self._seq += 1
+    def _all_sessions(self) -> Iterator[_Conn]:
+        yield from self._conns.values()
+        yield from self._ended.values()
+
+    async def _gateway_bot(self, request: web.Request) -> web.Response:
+        # Only AutoShardedClient without a shard count asks (platforms.md §1.2).
+        self._record(request)
+        self._require_bot(request)
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": self.recommended_shards,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        )
+
+    async def _send(self, conn: _Conn, event: str, data: Any) -> None:
+        conn.seq += 1
         raws: list[str] = []
 
         def placeholder(value: Any) -> str:
@@ -518,37 +580,75 @@ class DiscordFake:
             raws.append(value.text)
             return f"\x00raw{len(raws) - 1}\x00"
 
-        frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}, default=placeholder)
+        frame = json.dumps({"op": 0, "t": event, "s": conn.seq, "d": data}, default=placeholder)
         for i, text in enumerate(raws):
             frame = frame.replace(json.dumps(f"\x00raw{i}\x00"), text)
-        await ws.send_str(frame)
+        await conn.ws.send_str(frame)
 
     @property
     def connected(self) -> bool:
-        """Whether the bot's gateway websocket is open."""
-        return self._ws is not None and not self._ws.closed
+        """Whether a gateway websocket of the bot is open (any shard)."""
+        return any(not c.ws.closed for c in self._conns.values())
 
-    async def drop_connection(self, code: int = 4000) -> None:
-        """Close the gateway socket the way Discord does before a resume."""
-        if self._ws is not None:
-            await self._ws.close(code=code)
-            self._ws = None
+    def shard_connected(self, shard_id: int) -> bool:
+        """Whether the connection of `shard_id` is open."""
+        conn = self._conns.get(shard_id)
+        return conn is not None and not conn.ws.closed
 
-    def _ready_payload(self) -> dict[str, Any]:
-        return {
+    @property
+    def shard_count(self) -> int:
+        """The shard count the bot identified with (1 unsharded or before any IDENTIFY)."""
+        return next(iter(self._conns.values())).shard_count if self._conns else 1
+
+    async def drop_connection(self, code: int = 4000, shard_id: int | None = None) -> None:
+        """Close the gateway socket(s) the way Discord does before a resume (all shards, or one)."""
+        for conn in list(self._conns.values()):
+            if shard_id is None or conn.shard_id == shard_id:
+                await conn.ws.close(code=code)
+                if self._conns.get(conn.shard_id) is conn:
+                    del self._conns[conn.shard_id]
+                    self._ended[conn.session_id] = conn
+
+    def add_guild(self, shard: tuple[int, int] | None = None) -> str:
+        """Another guild with its #general; `shard=(id, count)` makes one whose events go to that
+        shard. Connections identified before see it only after they reconnect."""
+        guild_id = self.snowflake()
+        if shard is not None:
+            shard_id, count = shard
+            # The shard comes from the snowflake's timestamp: move it on a few milliseconds.
+            ahead = (shard_id - shard_of(guild_id, count)) % count
+            guild_id = str(int(guild_id) + (ahead << 22))
+        self.guild_channels[guild_id] = self.snowflake()
+        return guild_id
+
+    def _guilds_of(self, conn: _Conn) -> list[str]:
+        return [g for g in self.guild_channels if shard_of(g, conn.shard_count) == conn.shard_id]
+
+    def _ready_payload(self, conn: _Conn) -> dict[str, Any]:
+        ready: dict[str, Any] = {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": self.guild_id, "unavailable": True}],
-            "session_id": self._session_id,
+            "guilds": [{"id": g, "unavailable": True} for g in self._guilds_of(conn)],
+            "session_id": conn.session_id,
             # Must be loopback: discord.py resumes to this URL (platforms.md §1.2).
             "resume_gateway_url": self.gateway_url,
             "application": {"id": self.app_id, "flags": 0},
         }
+        if conn.sharded:
+            ready["shard"] = [conn.shard_id, conn.shard_count]
+        return ready
 
-    def _guild_payload(self) -> dict[str, Any]:
+    def _guild_payload(self, guild_id: str) -> dict[str, Any]:
         role = {"position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False}
+        if guild_id != self.guild_id:  # an added guild: one channel, no mod-log
+            channels = [self._channel_payload(self.guild_channels[guild_id], "general", guild_id)]
+        else:
+            channels = [
+                self._channel_payload(self.channel_id, "general"),
+                self._channel_payload(self.modlog_channel_id, "mod-log"),
+            ]
         return {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "Test Guild",
             "unavailable": False,
             "owner_id": MOD.id,
@@ -557,13 +657,10 @@ class DiscordFake:
             "emojis": [],
             "stickers": [],
             "roles": [
-                {"id": self.guild_id, "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS), **role},
+                {"id": guild_id, "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS), **role},
                 {"id": self.moderator_role_id, "name": "Moderators", "permissions": "0", **role},
             ],
-            "channels": [
-                self._channel_payload(self.channel_id, "general"),
-                self._channel_payload(self.modlog_channel_id, "mod-log"),
-            ],
+            "channels": channels,
             "threads": [],
             "members": [],
             "voice_states": [],
@@ -573,21 +670,26 @@ class DiscordFake:
             "soundboard_sounds": [],
         }
 
-    def _channel_payload(self, channel_id: str, name: str) -> dict[str, Any]:
+    def _channel_payload(self, channel_id: str, name: str, guild_id: str | None = None) -> dict[str, Any]:
         return {
             "id": channel_id,
             "type": 0,
             "name": name,
             "position": 0,
-            "guild_id": self.guild_id,
+            "guild_id": guild_id or self.guild_id,
             "permission_overwrites": [],
         }
 
     async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        if self._ws is None or self._ws.closed:
-            await self.wait_for(lambda: self.connected, timeout=10)
-        assert self._ws is not None
-        await self._send(self._ws, event, data)
+        # To the shard Discord would pick; waits (10 s) for that shard to be connected.
+        def conn() -> _Conn | None:
+            if not self._conns:
+                return None
+            target = self._conns.get(shard_of(data.get("guild_id"), self.shard_count))
+            return target if target is not None and not target.ws.closed else None
+
+        target: _Conn = await self.wait_for(conn, timeout=10)
+        await self._send(target, event, data)
 
     # --- the test API: what users do -------------------------------------------------------
 
@@ -615,15 +717,24 @@ class DiscordFake:
         return self.dm_channels[user.id]
 
     def _new_interaction(
-        self, type_: int, user: FakeUser, *, dm: bool, limit: int | None, **extra: Any
+        self,
+        type_: int,
+        user: FakeUser,
+        *,
+        dm: bool,
+        limit: int | None,
+        guild_id: str | None = None,
+        **extra: Any,
     ) -> tuple[FakeInteraction, dict[str, Any]]:
+        guild_id = guild_id or self.guild_id
+        channel_id = self.guild_channels[guild_id]
         ix = FakeInteraction(
             id=self.snowflake(),
             token=f"itok-{self.snowflake()}",
             type=type_,
             user=user,
-            channel_id=self.dm_channel(user) if dm else self.channel_id,
-            guild_id=None if dm else self.guild_id,
+            channel_id=self.dm_channel(user) if dm else channel_id,
+            guild_id=None if dm else guild_id,
             issued=self.now(),
             dispatched_mono=time.monotonic(),
             attachment_size_limit=limit or self.attachment_size_limit,
@@ -651,10 +762,10 @@ class DiscordFake:
             }
         else:
             payload |= {
-                "guild_id": self.guild_id,
+                "guild_id": guild_id,
                 "guild_locale": "en-US",
-                "channel_id": self.channel_id,
-                "channel": self._channel_payload(self.channel_id, "general"),
+                "channel_id": channel_id,
+                "channel": self._channel_payload(channel_id, "general", guild_id),
                 "member": {
                     "user": user.payload(),
                     "roles": list(user.roles),
@@ -665,7 +776,7 @@ class DiscordFake:
                     "mute": False,
                 },
                 "context": 0,
-                "authorizing_integration_owners": {"0": self.guild_id},
+                "authorizing_integration_owners": {"0": guild_id},
             }
         return ix, payload
 
@@ -716,8 +827,10 @@ class DiscordFake:
         user: FakeUser = ALICE,
         dm: bool = False,
         attachment_size_limit: int | None = None,
+        guild_id: str | None = None,
     ) -> FakeInteraction:
-        """Run `/name` (`name` may be "quota grant" or "quota blocklist add")."""
+        """Run `/name` (`name` may be "quota grant" or "quota blocklist add"); in `guild_id`
+        (one from `add_guild`) instead of the test guild if given."""
         parts = name.split()
         schema = self._command_schema(parts[0])
         resolved: dict[str, Any] = {}
@@ -737,7 +850,9 @@ class DiscordFake:
             data["resolved"] = resolved
         if schema.get("guild_id"):
             data["guild_id"] = schema["guild_id"]
-        ix, payload = self._new_interaction(2, user, dm=dm, limit=attachment_size_limit, name=name)
+        ix, payload = self._new_interaction(
+            2, user, dm=dm, limit=attachment_size_limit, guild_id=guild_id, name=name
+        )
         payload["data"] = data
         await self._dispatch("INTERACTION_CREATE", payload)
         return ix
