@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, TypeVar
 
@@ -29,7 +29,6 @@ __all__ = [
     "Tx",
     "open_database",
     "qmark",
-    "rows_as_dicts",
     "run_sync",
     "sqlite_path",
 ]
@@ -68,7 +67,7 @@ class Tx(Protocol):
 
 
 #: A transaction body: given the transaction, returns its result.
-Step = Callable[[Tx], Awaitable[T]]
+Step = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
 class SqlDatabase(Protocol):
@@ -186,8 +185,3 @@ def open_database(url: str | Path, **options: Any) -> SqlDatabase:
     from bot.db import Database
 
     return Database(path, **options)
-
-
-def rows_as_dicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Rows of either backend as plain dicts (for tests and reports)."""
-    return [{k: r[k] for k in r.keys()} for r in rows]
