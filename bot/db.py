@@ -376,6 +376,10 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def schema_version(self) -> int:
+        """The last migration applied (PRAGMA user_version)."""
+        return int(await self.fetchval("PRAGMA user_version") or 0)
+
     async def fetch(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
         """One read with `$1`-style parameters (the `bot.sql.SqlDatabase` surface)."""
         return await self.fetchall(qmark(sql), args)

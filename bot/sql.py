@@ -26,6 +26,7 @@ __all__ = [
     "SqlDatabase",
     "SqliteTx",
     "Step",
+    "StepSuspendedError",
     "Tx",
     "open_database",
     "qmark",
@@ -82,6 +83,10 @@ class SqlDatabase(Protocol):
         must have no effect outside the transaction. `snapshot`: all its reads see one
         consistent state (PostgreSQL: repeatable read; SQLite transactions always do).
         """
+        ...
+
+    async def schema_version(self) -> int:
+        """The last migration applied."""
         ...
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
