@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # --- storage and process ------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Where the SQLite database and files live.")
     database_path: Path | None = Field(None, description="SQLite file; default DATA_DIR/imagine-bot.sqlite3.")
+    database_url: str | None = Field(
+        None, description="postgresql://… to keep the database in PostgreSQL; unset: SQLite at DATABASE_PATH."
+    )
     output_dir: Path | None = Field(None, description="Delivered files; default DATA_DIR/output.")
     log_level: LogLevel = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
@@ -223,6 +226,11 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """The SQLite file."""
         return self.database_path or self.data_dir / "imagine-bot.sqlite3"
+
+    @property
+    def db_url(self) -> str:
+        """What `bot.sql.open_database` opens: DATABASE_URL, else the SQLite file."""
+        return self.database_url or f"sqlite:///{self.db_path}"
 
     @property
     def files_dir(self) -> Path:
