@@ -166,6 +166,15 @@ PG_MIGRATIONS: list[str] = [
 ]
 
 
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection released without asyncpg's reset query (one round trip fewer per
+    transaction): our transactions leave no session state behind — no SET, no cursors, no
+    LISTEN (a listener takes a connection of its own), only transaction-scoped advisory locks."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PgTx:
     """A `bot.sql.Tx` over an asyncpg connection inside a transaction."""
 
@@ -231,6 +240,7 @@ class PgDatabase:
             self.url,
             min_size=self._min,
             max_size=self._max,
+            connection_class=_Connection,
             # A row lock held by a stuck transaction fails a statement, never stalls it forever.
             server_settings={"lock_timeout": f"{int(self.lock_wait * 1000)}ms"},
         )
