@@ -166,7 +166,7 @@ PG_MIGRATIONS: list[str] = [
 ]
 
 
-class _Connection(asyncpg.Connection):  # type: ignore[misc]
+class _Connection(asyncpg.Connection):
     """A pooled connection released without asyncpg's reset query (one round trip fewer per
     transaction): our transactions leave no session state behind — no SET, no cursors, no
     LISTEN (a listener takes a connection of its own), only transaction-scoped advisory locks."""
