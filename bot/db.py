@@ -328,10 +328,14 @@ class Database:
         except sqlite3.OperationalError as exc:
             if _locked(exc):
                 return False
-            for call in live:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+            _fail(live, exc)
             return True
+        except Exception as exc:  # BEGIN or COMMIT itself failed: nothing of the group stands
+            _fail(live, exc)
+            return True
+        except BaseException as exc:  # e.g. KeyboardInterrupt in a fn: no caller waits forever
+            _fail(live, RuntimeError(f"database thread interrupted: {exc!r}"))
+            raise
         for call, (ok, value) in zip(live, outcomes, strict=True):
             if call.future.done():  # its caller was cancelled meanwhile; the writes stand
                 continue
@@ -472,6 +476,12 @@ def _run_group(
             conn.execute("RELEASE call")
             outcomes.append((True, value))
     return outcomes
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(exc)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -224,3 +224,35 @@ async def test_a_row_locked_too_long_on_postgresql_is_the_same_friendly_busy_err
         finally:
             await other.close()
         assert [r["n"] for r in await db.fetch("SELECT n FROM pair ORDER BY id")] == [0, 7]
+
+
+async def test_a_group_with_failing_calls_commits_every_other_call_once(tmp_path: Path) -> None:
+    # A group first runs without savepoints; a failure rolls it back and runs it again, so a
+    # call may run twice, but only one run of each is committed.
+    async with Database(tmp_path / "t.sqlite3", migrations=["CREATE TABLE t (x INTEGER UNIQUE)"]) as db:
+
+        def write(x: int) -> Callable[[sqlite3.Connection], int]:
+            def fn(conn: sqlite3.Connection) -> int:
+                conn.execute("INSERT INTO t VALUES (?)", (x,))
+                if x in (3, 7):
+                    raise ValueError(x)
+                return x
+
+            return fn
+
+        results = await asyncio.gather(*(db.run(write(i)) for i in range(10)), return_exceptions=True)
+        assert [r if isinstance(r, int) else "failed" for r in results] == [
+            0, 1, 2, "failed", 4, 5, 6, "failed", 8, 9,
+        ]  # fmt: skip
+        assert [r["x"] for r in await db.fetch("SELECT x FROM t ORDER BY x")] == [0, 1, 2, 4, 5, 6, 8, 9]
+        assert not db.conn.in_transaction
+
+
+def test_the_database_url_setting_picks_the_backend(tmp_path: Path) -> None:
+    from bot.config import Settings
+
+    sqlite = open_database(Settings(_env_file=None, data_dir=tmp_path).db_url)  # type: ignore[call-arg]
+    assert isinstance(sqlite, Database) and sqlite.path == str(tmp_path / "imagine-bot.sqlite3")
+    url = "postgresql://bot@127.0.0.1:5432/imagine"
+    pg = open_database(Settings(_env_file=None, database_url=url).db_url)  # type: ignore[call-arg]
+    assert isinstance(pg, PgDatabase) and pg.url == url
