@@ -74,7 +74,7 @@ async def main() -> None:
         help="sqlite:///PATH or postgresql://… (default: a SQLite WAL file in a temp directory)",
     )
     parser.add_argument(
-        "--pool-size", type=int, default=16, help="PostgreSQL: connections in the pool (default 16)"
+        "--pool-size", type=int, default=4, help="PostgreSQL: connections in the pool (default 4)"
     )
     args = parser.parse_args()
 
