@@ -260,7 +260,9 @@ class PgDatabase:
     async def _migrate(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             # Held until this transaction commits: a second replica starting at the same time
-            # waits here, then finds every version applied.
+            # waits here (however long a migration takes: no lock_timeout for this wait), then
+            # finds every version applied.
+            await conn.execute("SET LOCAL lock_timeout = 0")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("

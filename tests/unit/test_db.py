@@ -161,12 +161,13 @@ async def test_a_step_on_sqlite_runs_on_the_database_thread_and_may_not_suspend(
 
 
 async def test_two_replicas_starting_together_apply_the_migrations_once(pg_server: str) -> None:
-    # The first migration sleeps, so without the advisory lock both openers would run it.
-    migrations = ["CREATE TABLE a (x INTEGER); SELECT pg_sleep(0.3)", "CREATE TABLE b (y INTEGER)"]
+    # The first migration sleeps, so without the advisory lock both openers would run it; it
+    # also outlasts lock_wait, which bounds row-lock waits but not the wait for migrations.
+    migrations = ["CREATE TABLE a (x INTEGER); SELECT pg_sleep(0.5)", "CREATE TABLE b (y INTEGER)"]
     async with fresh_pg_url(pg_server) as url:
 
         async def start() -> int:
-            async with PgDatabase(url, migrations=migrations) as db:
+            async with PgDatabase(url, migrations=migrations, lock_wait=0.2) as db:
                 return await db.schema_version()
 
         assert await asyncio.gather(start(), start()) == [2, 2]
