@@ -627,3 +627,32 @@ async def test_two_connections_on_one_database_never_overdraw(
         assert await balance(ledgers[1]) == 10
         assert await ledgers[0].check_invariants() == []
         assert await ledgers[1].check_invariants() == []
+
+
+# --- the steps a job store composes into its own transaction ----------------------------------
+
+
+async def test_a_hold_step_commits_and_rolls_back_with_the_callers_transaction(
+    ledger: CreditLedger, db: SqlDatabase
+) -> None:
+    # What a store's admission does on either database: the hold and the job row in one
+    # transaction, so a failure after the hold leaves no hold behind (no orphan).
+    async def admit(tx: Tx, job: str, fail: bool) -> int:
+        balance = await ledger.hold_tx(tx, T, U, job, 10, kind="image")
+        await tx.execute(_OLD_JOB, job, "queued")
+        if fail:
+            raise RuntimeError("crash after the hold")
+        return balance
+
+    assert await db.transact(lambda tx: admit(tx, "kept", False)) == 90
+    with pytest.raises(RuntimeError):
+        await db.transact(lambda tx: admit(tx, "lost", True))
+    assert await ledger.hold_state("lost") is None
+    assert await db.fetchval("SELECT COUNT(*) FROM jobs") == 1
+
+    async def finish(tx: Tx) -> tuple[bool, bool]:
+        return await ledger.settle_tx(tx, "kept"), await ledger.release_tx(tx, "kept", reason="late")
+
+    assert await db.transact(finish) == (True, False)
+    assert await balance(ledger) == 90
+    assert await ledger.check_invariants() == []
