@@ -324,6 +324,11 @@ class Settings(BaseSettings):
         return self.database_path or self.data_dir / "imagine-bot.sqlite3"
 
     @property
+    def db_url(self) -> str:
+        """What `bot.sql.open_database` opens: DATABASE_URL, else the SQLite file."""
+        return self.postgres_url or f"sqlite:///{self.db_path}"
+
+    @property
     def files_dir(self) -> Path:
         """Where result and input files live (MEDIA_ROOT)."""
         return self.media_root or self.data_dir / "output"

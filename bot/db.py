@@ -2,9 +2,12 @@
 
 Writes go through `Database.run(fn)`: `fn` is a plain function on the raw `sqlite3` connection
 that runs on aiosqlite's worker thread inside `BEGIN IMMEDIATE … COMMIT`, so one transaction
-costs one thread hop however many statements it has. `Database.transaction()` (one hop per
-statement) remains for code not yet written that way. Both hold an asyncio lock, so
-coroutines sharing the connection never interleave inside one another's transaction.
+costs one thread hop however many statements it has, and calls that arrive together share one
+transaction (group commit, driven by one drainer task). `Database.transact(step)` runs a
+`bot.sql` step the same way, so code written once also runs on PostgreSQL (`bot.pg`).
+`Database.transaction()` (one hop per statement) remains for code not yet written that way.
+All of them hold an asyncio lock, so coroutines sharing the connection never interleave
+inside one another's transaction.
 
 Another process holding the write lock never blocks the worker thread for long: sqlite waits
 `busy_timeout` per attempt, `run` retries with async backoff up to `lock_wait` seconds, then
@@ -29,6 +32,7 @@ import aiosqlite
 
 from bot import messages
 from bot.errors import UserError
+from bot.sql import Dialect, SqliteTx, Step, qmark, run_sync
 
 __all__ = ["MIGRATIONS", "Database", "DatabaseBusyError"]
 
@@ -36,6 +40,8 @@ T = TypeVar("T")
 
 #: milliseconds sqlite itself waits for a lock per attempt (on the worker thread)
 _BUSY_MS = 100
+#: WAL pages (4 KiB) after which a commit checkpoints the WAL back into the database file
+_CHECKPOINT_PAGES = 4000
 
 
 class DatabaseBusyError(UserError):
@@ -204,6 +210,8 @@ MIGRATIONS: list[str] = [
 class Database:
     """An open SQLite database with the migrations applied; use as an async context manager."""
 
+    dialect: Dialect = "sqlite"
+
     def __init__(
         self, path: str | Path, *, migrations: Sequence[str] | None = None, lock_wait: float = 10.0
     ) -> None:
@@ -212,6 +220,7 @@ class Database:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[_Call] = []
+        self._drainer: asyncio.Task[None] | None = None
         #: transactions run by `run` (fewer than its calls when they are committed in groups)
         self.hops = 0
         #: seconds a transaction keeps retrying for the write lock before DatabaseBusyError
@@ -228,16 +237,25 @@ class Database:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, sqlite3 adds nothing.
-        self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30.0)
+        self._conn = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=30.0, cached_statements=512
+        )
         self._conn.row_factory = aiosqlite.Row
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA synchronous=NORMAL")
         await self._conn.execute("PRAGMA foreign_keys=ON")
         await self._conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        # Savepoint journals and RETURNING's scratch tables in memory, not in temp files.
+        await self._conn.execute("PRAGMA temp_store=MEMORY")
+        # Checkpoint every ~16 MB of WAL rather than 4 MB: hot pages (accounts, index
+        # leaves) are copied back once per checkpoint, so fewer checkpoints copy less.
+        await self._conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         await self._migrate()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer])
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -276,39 +294,57 @@ class Database:
 
         `fn` is plain sync code; an exception in it undoes its writes and propagates. Calls
         that arrive while a transaction is running are committed together in the next one
-        (group commit: one thread hop and one COMMIT for the lot, each call in a savepoint
-        of its own so one failing call undoes only its own writes); a call returns only once
-        its writes are committed. A caller cancelled while its batch runs waits for the hop
-        to finish, so the lock never passes on mid-transaction. Raises DatabaseBusyError when
-        another writer holds the file for longer than `lock_wait`.
+        (group commit: one thread hop and one COMMIT for the lot); a call returns only once
+        its writes are committed. When a call of a group fails, the group is rolled back and
+        run again with that call in a savepoint of its own, so `fn` may run more than once
+        and must have no effect outside `conn`. A caller cancelled before its group started
+        never runs; once started, the group commits without it waiting. Raises
+        DatabaseBusyError when another writer holds the file for longer than `lock_wait`.
         """
-        call = _Call(fn, asyncio.get_running_loop().create_future(), time.monotonic() + self.lock_wait)
+        loop = asyncio.get_running_loop()
+        call = _Call(fn, loop.create_future(), time.monotonic() + self.lock_wait)
         self._pending.append(call)
+        if self._drainer is None or self._drainer.done():
+            # One task drains the queue for everyone: a caller awaits its own future only,
+            # instead of every caller taking the lock in turn.
+            self._drainer = loop.create_task(self._drain())
+        result: T = await call.future  # cancelling the caller cancels the future: skipped
+        return result
+
+    async def transact(self, step: Step[T], *, snapshot: bool = False) -> T:
+        """Run the coroutine step `step(tx)` in one transaction (see `bot.sql.SqlDatabase`).
+
+        On SQLite the step runs on the database thread through `run`, driven synchronously:
+        its awaits on the `Tx` never suspend. `snapshot` changes nothing here (a SQLite
+        transaction always reads one state)."""
+        return await self.run(lambda conn: run_sync(step(SqliteTx(conn))))
+
+    async def _drain(self) -> None:
         delay = 0.01
         try:
-            while not call.future.done():
+            while self._pending:
                 async with self._lock:
-                    if call.future.done():
-                        break
-                    batch, self._pending = self._pending, []
+                    batch = [c for c in self._pending if not c.future.done()]
+                    self._pending = []
                     if await _finish(self._commit(batch)):
+                        delay = 0.01
                         continue
                     self._pending[:0] = [c for c in batch if not c.future.done()]
-                # Another process holds the write lock: wait outside our lock, then retry.
+                # Another process holds the write lock: wait, then retry the lot.
                 await asyncio.sleep(delay)
                 delay = min(0.2, delay * 2)
-        except asyncio.CancelledError:
-            if call in self._pending:  # not started: it never runs
-                self._pending.remove(call)
+        except BaseException as exc:  # cancelled with the loop, or a bug: nobody waits forever
+            for call in self._pending:
+                if not call.future.done():
+                    call.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            self._pending = []
             raise
-        result: T = call.future.result()
-        return result
 
     async def _commit(self, batch: list[_Call]) -> bool:
         """One hop for the batch; False when the write lock could not be had (nothing ran)."""
         now = time.monotonic()
         for call in batch:
-            if now >= call.deadline:
+            if now >= call.deadline and not call.future.done():
                 _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
                 call.future.set_exception(DatabaseBusyError(messages.database_busy()))
         live = [c for c in batch if not c.future.done()]
@@ -320,10 +356,17 @@ class Database:
         except sqlite3.OperationalError as exc:
             if _locked(exc):
                 return False
-            for call in live:
-                call.future.set_exception(exc)
+            _fail(live, exc)
             return True
+        except Exception as exc:  # BEGIN or COMMIT itself failed: nothing of the group stands
+            _fail(live, exc)
+            return True
+        except BaseException as exc:  # e.g. KeyboardInterrupt in a fn: no caller waits forever
+            _fail(live, RuntimeError(f"database thread interrupted: {exc!r}"))
+            raise
         for call, (ok, value) in zip(live, outcomes, strict=True):
+            if call.future.done():  # its caller was cancelled meanwhile; the writes stand
+                continue
             if ok:
                 call.future.set_result(value)
             elif isinstance(value, sqlite3.OperationalError) and _locked(value):
@@ -365,6 +408,23 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def schema_version(self) -> int:
+        """The last migration applied (PRAGMA user_version)."""
+        return int(await self.fetchval("PRAGMA user_version") or 0)
+
+    async def fetch(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
+        """One read with `$1`-style parameters (the `bot.sql.SqlDatabase` surface)."""
+        return await self.fetchall(qmark(sql), args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> aiosqlite.Row | None:
+        """One read with `$1`-style parameters, its first row or None."""
+        return await self.fetchone(qmark(sql), args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """One read with `$1`-style parameters, the first column of its first row or None."""
+        row = await self.fetchone(qmark(sql), args)
+        return None if row is None else row[0]
+
 
 @dataclass(slots=True, eq=False)
 class _Call:
@@ -375,38 +435,88 @@ class _Call:
     deadline: float  # monotonic time after which it fails with DatabaseBusyError
 
 
+class _Redo(Exception):
+    """A call outside a savepoint failed: the group is rolled back and run again."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 def _in_batch(
     conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[tuple[bool, Any]]:
-    """On the worker thread: every fn in one transaction, each in its own savepoint."""
-    conn.execute("BEGIN IMMEDIATE")
-    outcomes: list[tuple[bool, Any]] = []
-    try:
-        if len(fns) == 1:  # alone: the transaction itself is its savepoint
-            try:
-                outcomes.append((True, fns[0](conn)))
-            except Exception as exc:
-                conn.execute("ROLLBACK")
-                return [(False, exc)]
-            conn.execute("COMMIT")
-            return outcomes
-        for fn in fns:
-            conn.execute("SAVEPOINT call")
-            try:
-                value = fn(conn)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO call")
-                conn.execute("RELEASE call")
-                outcomes.append((False, exc))
-            else:
-                conn.execute("RELEASE call")
-                outcomes.append((True, value))
+    """On the worker thread: every fn in one transaction.
+
+    Savepoints are not free in SQLite (the first change of each page after one copies the
+    page aside), so a group first runs without them. If a call fails, the group is rolled
+    back and run again: the calls before it as they were (they succeeded on that very
+    state), it and the rest each in a savepoint. Should a call before it now fail (a step
+    that is not deterministic), the third run gives every call a savepoint.
+    """
+    if len(fns) == 1:  # alone: the transaction itself is its savepoint
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fns[0](conn)
+        except Exception as exc:
+            _rollback(conn)
+            return [(False, exc)]
+        except BaseException:
+            _rollback(conn)
+            raise
         conn.execute("COMMIT")
-    except BaseException:
+        return [(True, value)]
+    guarded_from = len(fns)
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = _run_group(conn, fns, guarded_from)
+        except _Redo as redo:
+            _rollback(conn)
+            guarded_from = redo.index if guarded_from == len(fns) else 0
+            continue
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
+        return outcomes
+
+
+def _run_group(
+    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], guarded_from: int
+) -> list[tuple[bool, Any]]:
+    outcomes: list[tuple[bool, Any]] = []
+    for i, fn in enumerate(fns):
+        if i < guarded_from:
+            try:
+                outcomes.append((True, fn(conn)))
+            except Exception as exc:
+                raise _Redo(i) from exc
+            continue
+        conn.execute("SAVEPOINT call")
+        try:
+            value = fn(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO call")
+            conn.execute("RELEASE call")
+            outcomes.append((False, exc))
+        else:
+            conn.execute("RELEASE call")
+            outcomes.append((True, value))
+    return outcomes
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(exc)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # Some errors (a full disk) end the transaction themselves; then there is nothing to undo.
+    if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        raise
-    return outcomes
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

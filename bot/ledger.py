@@ -1,9 +1,14 @@
-"""The credit ledger: integer credits in SQLite, every change an append-only, audited entry.
+"""The credit ledger: integer credits, every change an append-only, audited entry.
 
 A job *holds* its cost before it is submitted (the balance drops at once), then *settles* on
 success or *releases* on failure, timeout or cancel (the credits come back). Each step runs in
-one `BEGIN IMMEDIATE` transaction and happens exactly once per job id, so retries and races
-(two coroutines, two processes on one file) can neither charge nor refund twice.
+one transaction and happens exactly once per job id, so retries and races (two coroutines, two
+processes or replicas on one database) can neither charge nor refund twice.
+
+The rules are written once, as steps on a `bot.sql.Tx`, and run on SQLite (`bot.db`) or
+PostgreSQL (`bot.pg`). On PostgreSQL several transactions run at once, so a step locks the
+account row before it reads a balance it writes back; the lock order is always hold, account,
+budget counter, which keeps two transactions from waiting on each other.
 
 Daily allowances are lazy: the first touch of an account on a new UTC day tops its balance up
 to the tenant's allowance, inside the transaction of whatever touched it. Tenants may cap the
@@ -21,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bot import messages
-from bot.db import Database
 from bot.errors import (
     BannedError,
     FrozenError,
@@ -29,6 +33,7 @@ from bot.errors import (
     InvalidInputError,
     TenantBudgetError,
 )
+from bot.sql import Row, SqlDatabase, SqliteTx, Tx, run_sync
 
 __all__ = [
     "DEFAULT_COSTS",
@@ -111,13 +116,16 @@ class TenantSettings:
 class CreditLedger:
     """Holds, settles and releases job credits; grants, takes and settings for moderators.
 
-    Every public method is a coroutine that runs in one transaction of `db`; `clock` (unix
-    seconds) decides the UTC day for allowances and budgets, so tests can move days.
+    Every public method is a coroutine that runs in one transaction of `db` (SQLite or
+    PostgreSQL); `clock` (unix seconds) decides the UTC day for allowances and budgets, so
+    tests can move days. `hold_tx`, `settle_tx` and `release_tx` are the job steps a store
+    composes into its own transaction; `hold_in`, `settle_in` and `release_in` run the same
+    steps on a raw `sqlite3` connection.
     """
 
     def __init__(
         self,
-        db: Database,
+        db: SqlDatabase,
         *,
         default_allowance: int = 100,
         default_costs: Mapping[str, int] | None = None,
@@ -135,89 +143,109 @@ class CreditLedger:
 
     # --- jobs: the steps a job transition composes into its own transaction -------------------
 
-    def hold_in(
-        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
-    ) -> int:
-        """`hold` inside the caller's transaction on `conn` (the job store's admission)."""
+    async def hold_tx(self, tx: Tx, tenant: str, user: str, job_id: str, amount: int, *, kind: str) -> int:
+        """`hold` as a step inside the caller's transaction; the balance after it."""
         _check_hold_amount(amount)
         now = self._clock()
         day = _utc_day(now)
-        existing = _one(conn, "SELECT * FROM holds WHERE job_id = ?", (job_id,))
-        if existing is not None:
-            if (existing["tenant"], existing["user_id"], existing["amount"]) != (tenant, user, amount):
-                raise ValueError(f"job {job_id} already holds credits for another account or amount")
-            return _balance(conn, tenant, user)
-        account = self._touch(conn, tenant, user, now)
-        if account["banned"]:
-            raise BannedError(messages.banned())
-        if account["frozen"]:
-            raise FrozenError(messages.frozen())
-        # The debit is one conditional statement: whoever commits first wins the credits.
-        debited = _one(
-            conn,
-            "UPDATE accounts SET balance = balance - :cost WHERE tenant = :t AND user_id = :u"
-            " AND balance >= :cost AND frozen = 0 AND banned = 0 RETURNING balance",
-            {"cost": amount, "t": tenant, "u": user},
-        )
-        if debited is None:
-            balance = account["balance"]
-            raise InsufficientCreditsError(
-                messages.insufficient_credits(balance, amount), balance=balance, cost=amount
-            )
-        balance = int(debited["balance"])
-        # The day's use is one counter row, so a budget check never scans the day's holds; an
-        # over-budget hold raises and the caller's transaction (or savepoint) undoes it all.
-        used = _one(
-            conn,
-            "INSERT INTO budget_used (tenant, day, used) VALUES (?, ?, ?)"
-            " ON CONFLICT (tenant, day) DO UPDATE SET used = used + excluded.used RETURNING used",
-            (tenant, day, amount),
-        )
-        settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
-        budget = settings["budget"] if settings else None
-        if budget is not None and used is not None and used["used"] > budget:
-            raise TenantBudgetError(messages.budget_exhausted(budget, float((day + 1) * _DAY)))
-        conn.execute(
+        # The job id is the idempotency key: the hold row goes in first, or is found.
+        if not await tx.execute(
             "INSERT INTO holds (job_id, tenant, user_id, amount, kind, state, created, day)"
-            " VALUES (?, ?, ?, ?, ?, 'held', ?, ?)",
-            (job_id, tenant, user, amount, kind, now, day),
+            " VALUES ($1, $2, $3, $4, $5, 'held', $6, $7) ON CONFLICT (job_id) DO NOTHING",
+            job_id,
+            tenant,
+            user,
+            amount,
+            kind,
+            now,
+            day,
+        ):
+            return await self._held_already(tx, tenant, user, job_id, amount)
+        # The common case is one conditional statement: the account exists, is topped up
+        # today, may hold and has the credits. Whoever commits first wins the credits.
+        balance = await tx.fetchval(
+            _DEBIT + " AND refill_day >= $4 RETURNING balance", tenant, user, amount, day
         )
-        _entry(conn, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
-        return balance
+        if balance is None:
+            account = await self._touch(tx, tenant, user, now)
+            if account["banned"]:
+                raise BannedError(messages.banned())
+            if account["frozen"]:
+                raise FrozenError(messages.frozen())
+            balance = await tx.fetchval(_DEBIT + " RETURNING balance", tenant, user, amount)
+            if balance is None:
+                have = int(account["balance"])
+                raise InsufficientCreditsError(
+                    messages.insufficient_credits(have, amount), balance=have, cost=amount
+                )
+        # The day's use is one counter row, so a budget check never scans the day's holds;
+        # the counter moves only while it stays within the tenant's budget (if any).
+        if not await tx.execute(_BUDGET, tenant, day, amount):
+            budget = await tx.fetchval("SELECT budget FROM tenant_settings WHERE tenant = $1", tenant)
+            raise TenantBudgetError(messages.budget_exhausted(int(budget), float((day + 1) * _DAY)))
+        await _entry(tx, now, tenant, user, -amount, "hold", balance, job_id=job_id, reason=kind)
+        return int(balance)
 
-    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
-        """`settle` inside the caller's transaction; True only for the call that settled."""
+    async def settle_tx(self, tx: Tx, job_id: str) -> bool:
+        """`settle` as a step inside the caller's transaction; True only for the call that settled."""
         now = self._clock()
-        hold = _resolve(conn, job_id, "settled", now)
+        # Only an open hold moves, so of any number of settle/release calls exactly one wins.
+        hold = await tx.fetchrow(
+            "UPDATE holds SET state = 'settled', resolved = $2 WHERE job_id = $1 AND state = 'held'"
+            " RETURNING tenant, user_id",
+            job_id,
+            now,
+        )
         if hold is None:
             return False
-        balance = _balance(conn, hold["tenant"], hold["user_id"])
-        _entry(conn, now, hold["tenant"], hold["user_id"], 0, "settle", balance, job_id=job_id)
-        return True
-
-    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
-        """`release` inside the caller's transaction; True only for the call that released."""
-        now = self._clock()
-        hold = _resolve(conn, job_id, "released", now)
-        if hold is None:
-            return False
-        conn.execute(
-            "UPDATE budget_used SET used = MAX(0, used - ?) WHERE tenant = ? AND day = ?",
-            (hold["amount"], hold["tenant"], hold["day"]),
-        )
-        balance = _add(conn, hold["tenant"], hold["user_id"], hold["amount"])
-        _entry(
-            conn,
+        # The entry carries the balance as it stands (a settle moves no credits).
+        await tx.execute(
+            "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id, reason, balance_after)"
+            " SELECT $1, tenant, user_id, 0, 'settle', $4, '', balance FROM accounts"
+            " WHERE tenant = $2 AND user_id = $3" + tx.for_update,
             now,
             hold["tenant"],
             hold["user_id"],
-            hold["amount"],
-            "release",
-            balance,
-            job_id=job_id,
-            reason=_text(reason),
+            job_id,
         )
         return True
+
+    async def release_tx(self, tx: Tx, job_id: str, *, reason: str) -> bool:
+        """`release` as a step inside the caller's transaction; True only for the call that released."""
+        now = self._clock()
+        hold = await tx.fetchrow(
+            "UPDATE holds SET state = 'released', resolved = $2 WHERE job_id = $1 AND state = 'held'"
+            " RETURNING tenant, user_id, amount, day",
+            job_id,
+            now,
+        )
+        if hold is None:
+            return False
+        tenant, user, amount = hold["tenant"], hold["user_id"], int(hold["amount"])
+        balance = await _add(tx, tenant, user, amount)
+        await tx.execute(
+            "UPDATE budget_used SET used = CASE WHEN used > $1 THEN used - $1 ELSE 0 END"
+            " WHERE tenant = $2 AND day = $3",
+            amount,
+            tenant,
+            hold["day"],
+        )
+        await _entry(tx, now, tenant, user, amount, "release", balance, job_id=job_id, reason=_text(reason))
+        return True
+
+    def hold_in(
+        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
+    ) -> int:
+        """`hold_tx` inside the caller's transaction on a raw SQLite connection."""
+        return run_sync(self.hold_tx(SqliteTx(conn), tenant, user, job_id, amount, kind=kind))
+
+    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
+        """`settle_tx` inside the caller's transaction on a raw SQLite connection."""
+        return run_sync(self.settle_tx(SqliteTx(conn), job_id))
+
+    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
+        """`release_tx` inside the caller's transaction on a raw SQLite connection."""
+        return run_sync(self.release_tx(SqliteTx(conn), job_id, reason=reason))
 
     async def hold(self, tenant: str, user: str, job_id: str, amount: int, *, kind: str) -> int:
         """Reserve `amount` credits for `job_id` and return the new balance.
@@ -226,26 +254,28 @@ class CreditLedger:
         current balance. Raises BannedError, FrozenError, InsufficientCreditsError or
         TenantBudgetError; a refused hold changes nothing.
         """
-        balance = await self._db.run(lambda c: self.hold_in(c, tenant, user, job_id, amount, kind=kind))
+        balance = await self._db.transact(
+            lambda tx: self.hold_tx(tx, tenant, user, job_id, amount, kind=kind)
+        )
         _log.debug("hold job=%s tenant=%s user=%s amount=%d", job_id, tenant, user, amount)
         return balance
 
     async def settle(self, job_id: str) -> bool:
         """The job succeeded: keep its credits. True only for the call that settled it."""
-        return await self._db.run(lambda c: self.settle_in(c, job_id))
+        return await self._db.transact(lambda tx: self.settle_tx(tx, job_id))
 
     async def release(self, job_id: str, *, reason: str) -> bool:
         """The job failed or was cancelled: give its credits back. True only for the call that did."""
-        return await self._db.run(lambda c: self.release_in(c, job_id, reason=reason))
+        return await self._db.transact(lambda tx: self.release_tx(tx, job_id, reason=reason))
 
     async def hold_state(self, job_id: str) -> HoldState | None:
         """'held', 'settled', 'released', or None when the job never held credits."""
-        row = await self._db.fetchone("SELECT state FROM holds WHERE job_id = ?", (job_id,))
-        return None if row is None else row["state"]
+        state: HoldState | None = await self._db.fetchval("SELECT state FROM holds WHERE job_id = $1", job_id)
+        return state
 
     async def open_holds(self) -> list[Hold]:
         """Every hold still waiting to be settled or released, oldest first."""
-        rows = await self._db.fetchall("SELECT * FROM holds WHERE state = 'held' ORDER BY created, job_id")
+        rows = await self._db.fetch("SELECT * FROM holds WHERE state = 'held' ORDER BY created, job_id")
         return [_hold(r) for r in rows]
 
     # --- reading ---------------------------------------------------------------------------
@@ -254,34 +284,36 @@ class CreditLedger:
         """The member's account, created and topped up to today's allowance if due."""
         now = self._clock()
 
-        def read(conn: sqlite3.Connection) -> Account:
-            row = self._touch(conn, tenant, user, now)
-            held = _one(
-                conn,
-                "SELECT COALESCE(SUM(amount), 0) AS held FROM holds"
-                " WHERE tenant = ? AND user_id = ? AND state = 'held'",
-                (tenant, user),
+        async def read(tx: Tx) -> Account:
+            row = await self._touch(tx, tenant, user, now)
+            held = await tx.fetchval(
+                "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = $1 AND user_id = $2 AND state = 'held'",
+                tenant,
+                user,
             )
             return Account(
                 tenant=tenant,
                 user=user,
-                balance=row["balance"],
-                held=held["held"] if held else 0,
+                balance=int(row["balance"]),
+                held=int(held or 0),
                 frozen=bool(row["frozen"]),
                 banned=bool(row["banned"]),
-                allowance=self._allowance(conn, tenant),
+                allowance=await self._allowance(tx, tenant),
                 next_refill=float((row["refill_day"] + 1) * _DAY),
             )
 
-        return await self._db.run(read)
+        return await self._db.transact(read)
 
     async def cost_for(self, tenant: str, kind: str, model: str | None = None) -> int:
         """Credits per unit of `kind` on `model`: the tenant's model price, its '*' price, or the default."""
         if kind not in self.default_costs:
             raise ValueError(f"unknown command kind {kind!r}")
-        rows = await self._db.fetchall(
-            "SELECT model, amount FROM costs WHERE tenant = ? AND kind = ? AND model IN (?, ?)",
-            (tenant, kind, model or ANY_MODEL, ANY_MODEL),
+        rows = await self._db.fetch(
+            "SELECT model, amount FROM costs WHERE tenant = $1 AND kind = $2 AND model IN ($3, $4)",
+            tenant,
+            kind,
+            model or ANY_MODEL,
+            ANY_MODEL,
         )
         prices = {r["model"]: r["amount"] for r in rows}
         if model and model in prices:
@@ -294,33 +326,37 @@ class CreditLedger:
         """Allowance, budget (and what today's holds used of it), cost overrides and blocklist."""
         day = _utc_day(self._clock())
 
-        def read(conn: sqlite3.Connection) -> TenantSettings:
-            settings = _one(conn, "SELECT budget FROM tenant_settings WHERE tenant = ?", (tenant,))
-            used = _one(conn, "SELECT used FROM budget_used WHERE tenant = ? AND day = ?", (tenant, day))
-            costs = conn.execute(
-                "SELECT kind, model, amount FROM costs WHERE tenant = ? ORDER BY kind, model", (tenant,)
-            ).fetchall()
+        async def read(tx: Tx) -> TenantSettings:
+            budget = await tx.fetchval("SELECT budget FROM tenant_settings WHERE tenant = $1", tenant)
+            used = await tx.fetchval(
+                "SELECT used FROM budget_used WHERE tenant = $1 AND day = $2", tenant, day
+            )
+            costs = await tx.fetch(
+                "SELECT kind, model, amount FROM costs WHERE tenant = $1 ORDER BY kind, model", tenant
+            )
             return TenantSettings(
                 tenant=tenant,
-                daily_allowance=self._allowance(conn, tenant),
-                budget=settings["budget"] if settings else None,
-                budget_used_today=used["used"] if used else 0,
-                costs={(r["kind"], r["model"]): r["amount"] for r in costs},
-                blocklist=_blocklist(conn, tenant),
+                daily_allowance=await self._allowance(tx, tenant),
+                budget=None if budget is None else int(budget),
+                budget_used_today=int(used or 0),
+                costs={(r["kind"], r["model"]): int(r["amount"]) for r in costs},
+                blocklist=await _blocklist(tx, tenant),
             )
 
-        return await self._db.run(read)
+        return await self._db.transact(read, snapshot=True)
 
     async def blocklist(self, tenant: str) -> tuple[str, ...]:
         """The tenant's blocked words and phrases, sorted."""
-        rows = await self._db.fetchall("SELECT word FROM blocklist WHERE tenant = ? ORDER BY word", (tenant,))
+        rows = await self._db.fetch("SELECT word FROM blocklist WHERE tenant = $1 ORDER BY word", tenant)
         return tuple(r["word"] for r in rows)
 
     async def history(self, tenant: str, user: str, limit: int = 20) -> list[Entry]:
         """The member's entries, newest first."""
-        rows = await self._db.fetchall(
-            "SELECT * FROM entries WHERE tenant = ? AND user_id = ? ORDER BY id DESC LIMIT ?",
-            (tenant, user, max(1, min(limit, 1000))),
+        rows = await self._db.fetch(
+            "SELECT * FROM entries WHERE tenant = $1 AND user_id = $2 ORDER BY id DESC LIMIT $3",
+            tenant,
+            user,
+            max(1, min(limit, 1000)),
         )
         return [_entry_of(r) for r in rows]
 
@@ -328,11 +364,13 @@ class CreditLedger:
         self, tenant: str, limit: int = 10, since: float | None = None
     ) -> list[tuple[str, int]]:
         """(user, credits spent) by settled holds resolved at or after `since`, biggest first."""
-        rows = await self._db.fetchall(
+        rows = await self._db.fetch(
             "SELECT user_id, SUM(amount) AS spent FROM holds"
-            " WHERE tenant = :t AND state = 'settled' AND (:since IS NULL OR resolved >= :since)"
-            " GROUP BY user_id HAVING spent > 0 ORDER BY spent DESC, user_id LIMIT :limit",
-            {"t": tenant, "since": since, "limit": max(1, min(limit, 1000))},
+            " WHERE tenant = $1 AND state = 'settled' AND resolved >= $2"
+            " GROUP BY user_id HAVING SUM(amount) > 0 ORDER BY spent DESC, user_id LIMIT $3",
+            tenant,
+            float("-inf") if since is None else float(since),
+            max(1, min(limit, 1000)),
         )
         return [(r["user_id"], int(r["spent"])) for r in rows]
 
@@ -343,13 +381,13 @@ class CreditLedger:
         self._check_amount(amount, low=1)
         now = self._clock()
 
-        def write(conn: sqlite3.Connection) -> int:
-            self._touch(conn, tenant, user, now)
-            balance = _add(conn, tenant, user, amount)
-            _entry(conn, now, tenant, user, amount, "grant", balance, actor=actor, reason=reason)
+        async def write(tx: Tx) -> int:
+            await self._touch(tx, tenant, user, now)
+            balance = await _add(tx, tenant, user, amount)
+            await _entry(tx, now, tenant, user, amount, "grant", balance, actor=actor, reason=reason)
             return balance
 
-        balance = await self._db.run(write)
+        balance = await self._db.transact(write)
         _log.info("grant tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return balance
 
@@ -358,26 +396,27 @@ class CreditLedger:
         self._check_amount(amount, low=1)
         now = self._clock()
 
-        def write(conn: sqlite3.Connection) -> int:
-            account = self._touch(conn, tenant, user, now)
-            cursor = conn.execute(
-                "UPDATE accounts SET balance = balance - :n"
-                " WHERE tenant = :t AND user_id = :u AND balance >= :n",
-                {"n": amount, "t": tenant, "u": user},
+        async def write(tx: Tx) -> int:
+            account = await self._touch(tx, tenant, user, now)
+            balance = await tx.fetchval(
+                "UPDATE accounts SET balance = balance - $3"
+                " WHERE tenant = $1 AND user_id = $2 AND balance >= $3 RETURNING balance",
+                tenant,
+                user,
+                amount,
             )
-            if cursor.rowcount != 1:
-                have = account["balance"]
+            if balance is None:
+                have = int(account["balance"])
                 raise InvalidInputError(
                     messages.invalid(
                         f"{messages.mention(user)} has only {messages.credits_word(have)}, so you can't take {amount}.",
                         f"Take at most {have}.",
                     )
                 )
-            balance = _balance(conn, tenant, user)
-            _entry(conn, now, tenant, user, -amount, "take", balance, actor=actor, reason=reason)
-            return balance
+            await _entry(tx, now, tenant, user, -amount, "take", balance, actor=actor, reason=reason)
+            return int(balance)
 
-        balance = await self._db.run(write)
+        balance = await self._db.transact(write)
         _log.info("take tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return balance
 
@@ -386,14 +425,14 @@ class CreditLedger:
         self._check_amount(amount, low=0)
         now = self._clock()
 
-        def write(conn: sqlite3.Connection) -> None:
-            before = self._touch(conn, tenant, user, now)["balance"]
-            conn.execute(
-                "UPDATE accounts SET balance = ? WHERE tenant = ? AND user_id = ?", (amount, tenant, user)
+        async def write(tx: Tx) -> None:
+            before = int((await self._touch(tx, tenant, user, now))["balance"])
+            await tx.execute(
+                "UPDATE accounts SET balance = $3 WHERE tenant = $1 AND user_id = $2", tenant, user, amount
             )
-            _entry(conn, now, tenant, user, amount - before, "set", amount, actor=actor, reason=reason)
+            await _entry(tx, now, tenant, user, amount - before, "set", amount, actor=actor, reason=reason)
 
-        await self._db.run(write)
+        await self._db.transact(write)
         _log.info("set tenant=%s user=%s amount=%d actor=%s", tenant, user, amount, actor)
         return amount
 
@@ -420,9 +459,9 @@ class CreditLedger:
         self._check_amount(amount, low=0)
         await self._setting(
             tenant,
-            "INSERT INTO tenant_settings (tenant, daily_allowance) VALUES (:t, :v)"
-            " ON CONFLICT (tenant) DO UPDATE SET daily_allowance = :v",
-            {"v": amount},
+            "INSERT INTO tenant_settings (tenant, daily_allowance) VALUES ($1, $2)"
+            " ON CONFLICT (tenant) DO UPDATE SET daily_allowance = excluded.daily_allowance",
+            (amount,),
             "allowance_set",
             str(amount),
             actor=actor,
@@ -443,9 +482,9 @@ class CreditLedger:
         model = model.strip() or ANY_MODEL
         await self._setting(
             tenant,
-            "INSERT INTO costs (tenant, kind, model, amount) VALUES (:t, :k, :m, :v)"
-            " ON CONFLICT (tenant, kind, model) DO UPDATE SET amount = :v",
-            {"k": kind, "m": model, "v": amount},
+            "INSERT INTO costs (tenant, kind, model, amount) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant, kind, model) DO UPDATE SET amount = excluded.amount",
+            (kind, model, amount),
             "cost_set",
             f"{kind}:{model} = {amount}",
             actor=actor,
@@ -458,9 +497,9 @@ class CreditLedger:
             self._check_amount(amount, low=1)
         await self._setting(
             tenant,
-            "INSERT INTO tenant_settings (tenant, budget) VALUES (:t, :v)"
-            " ON CONFLICT (tenant) DO UPDATE SET budget = :v",
-            {"v": amount},
+            "INSERT INTO tenant_settings (tenant, budget) VALUES ($1, CAST($2 AS BIGINT))"
+            " ON CONFLICT (tenant) DO UPDATE SET budget = excluded.budget",
+            (amount,),
             "budget_set",
             "none" if amount is None else str(amount),
             actor=actor,
@@ -472,8 +511,8 @@ class CreditLedger:
         word = _word(word)
         return await self._setting(
             tenant,
-            "INSERT OR IGNORE INTO blocklist (tenant, word) VALUES (:t, :w)",
-            {"w": word},
+            "INSERT INTO blocklist (tenant, word) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            (word,),
             "block_add",
             word,
             actor=actor,
@@ -485,8 +524,8 @@ class CreditLedger:
         word = _word(word)
         return await self._setting(
             tenant,
-            "DELETE FROM blocklist WHERE tenant = :t AND word = :w",
-            {"w": word},
+            "DELETE FROM blocklist WHERE tenant = $1 AND word = $2",
+            (word,),
             "block_remove",
             word,
             actor=actor,
@@ -497,48 +536,57 @@ class CreditLedger:
 
     async def check_invariants(self) -> list[str]:
         """Every broken ledger rule as one line; empty when the books balance."""
-        problems: list[str] = []
-        async with self._db.transaction() as conn:
-            for r in await conn.execute_fetchall(
-                "SELECT a.tenant, a.user_id, a.balance, COALESCE(SUM(e.delta), 0) AS total"
-                " FROM accounts a LEFT JOIN entries e ON e.tenant = a.tenant AND e.user_id = a.user_id"
-                " GROUP BY a.tenant, a.user_id HAVING a.balance != total OR a.balance < 0"
+
+        async def audit(tx: Tx) -> list[str]:
+            problems: list[str] = []
+            for r in await tx.fetch(
+                "SELECT tenant, user_id, balance, total FROM ("
+                "  SELECT a.tenant, a.user_id, a.balance, COALESCE(SUM(e.delta), 0) AS total"
+                "  FROM accounts a LEFT JOIN entries e ON e.tenant = a.tenant AND e.user_id = a.user_id"
+                "  GROUP BY a.tenant, a.user_id, a.balance) AS sums"
+                " WHERE balance != total OR balance < 0"
             ):
                 problems.append(
-                    f"account {r['tenant']}/{r['user_id']}: balance {r['balance']} but entries sum to {r['total']}"
+                    f"account {r['tenant']}/{r['user_id']}: balance {r['balance']} but entries sum to {int(r['total'])}"
                 )
-            for r in await conn.execute_fetchall(
+            for r in await tx.fetch(
                 "SELECT DISTINCT e.tenant, e.user_id FROM entries e LEFT JOIN accounts a"
                 " ON a.tenant = e.tenant AND a.user_id = e.user_id"
                 " WHERE e.user_id IS NOT NULL AND a.user_id IS NULL"
             ):
                 problems.append(f"entries for {r['tenant']}/{r['user_id']} without an account")
-            for r in await conn.execute_fetchall(
+            for r in await tx.fetch(
                 "SELECT id, tenant, user_id, balance_after, running FROM ("
                 "  SELECT id, tenant, user_id, balance_after, SUM(delta) OVER"
                 "    (PARTITION BY tenant, user_id ORDER BY id) AS running"
-                "  FROM entries WHERE user_id IS NOT NULL)"
-                " WHERE balance_after IS NOT running OR running < 0"
+                "  FROM entries WHERE user_id IS NOT NULL) AS runs"
+                " WHERE balance_after IS DISTINCT FROM running OR running < 0"
             ):
                 problems.append(
                     f"entry {r['id']} ({r['tenant']}/{r['user_id']}): balance_after {r['balance_after']}"
-                    f" but the running sum is {r['running']}"
+                    f" but the running sum is {int(r['running'])}"
                 )
-            for r in await conn.execute_fetchall(
+            for r in await tx.fetch(
                 "SELECT h.job_id, h.state, h.amount,"
-                " SUM(e.kind = 'hold') AS holds, SUM(e.kind = 'settle') AS settles,"
-                " SUM(e.kind = 'release') AS releases, COALESCE(SUM(e.delta), 0) AS net,"
+                " SUM(CASE WHEN e.kind = 'hold' THEN 1 ELSE 0 END) AS holds,"
+                " SUM(CASE WHEN e.kind = 'settle' THEN 1 ELSE 0 END) AS settles,"
+                " SUM(CASE WHEN e.kind = 'release' THEN 1 ELSE 0 END) AS releases,"
+                " COALESCE(SUM(e.delta), 0) AS net,"
                 " SUM(CASE WHEN e.kind = 'hold' THEN e.delta END) AS held,"
-                " SUM(e.tenant != h.tenant OR e.user_id != h.user_id) AS foreign_entries"
-                " FROM holds h LEFT JOIN entries e ON e.job_id = h.job_id GROUP BY h.job_id"
+                " SUM(CASE WHEN e.tenant != h.tenant OR e.user_id != h.user_id THEN 1 ELSE 0 END)"
+                "   AS foreign_entries"
+                " FROM holds h LEFT JOIN entries e ON e.job_id = h.job_id"
+                " GROUP BY h.job_id, h.state, h.amount"
             ):
                 problems.extend(_hold_problems(r))
-            for r in await conn.execute_fetchall(
+            for r in await tx.fetch(
                 "SELECT e.id, e.job_id FROM entries e LEFT JOIN holds h ON h.job_id = e.job_id"
                 " WHERE e.job_id IS NOT NULL AND h.job_id IS NULL"
             ):
                 problems.append(f"entry {r['id']} names job {r['job_id']}, which never held credits")
-        return problems
+            return problems
+
+        return await self._db.transact(audit, snapshot=True)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -546,93 +594,142 @@ class CreditLedger:
         if type(amount) is not int or not low <= amount <= self.max_amount:
             raise InvalidInputError(messages.invalid_amount(amount, self.max_amount))
 
-    def _allowance(self, conn: sqlite3.Connection, tenant: str) -> int:
-        row = _one(conn, "SELECT daily_allowance FROM tenant_settings WHERE tenant = ?", (tenant,))
-        value = row["daily_allowance"] if row else None
+    async def _allowance(self, tx: Tx, tenant: str) -> int:
+        value = await tx.fetchval("SELECT daily_allowance FROM tenant_settings WHERE tenant = $1", tenant)
         return self.default_allowance if value is None else int(value)
 
-    def _touch(self, conn: sqlite3.Connection, tenant: str, user: str, now: float) -> sqlite3.Row:
-        """Create the account if new and top it up to the allowance on a new UTC day; the row after."""
+    async def _held_already(self, tx: Tx, tenant: str, user: str, job_id: str, amount: int) -> int:
+        """A retried hold: same account and amount charges nothing; anything else is a bug."""
+        existing = await tx.fetchrow("SELECT tenant, user_id, amount FROM holds WHERE job_id = $1", job_id)
+        if existing is None or (existing["tenant"], existing["user_id"], existing["amount"]) != (
+            tenant,
+            user,
+            amount,
+        ):
+            raise ValueError(f"job {job_id} already holds credits for another account or amount")
+        balance = await tx.fetchval(
+            "SELECT balance FROM accounts WHERE tenant = $1 AND user_id = $2", tenant, user
+        )
+        if balance is None:
+            raise LookupError(f"no account {tenant}/{user}")
+        return int(balance)
+
+    async def _touch(self, tx: Tx, tenant: str, user: str, now: float) -> Row:
+        """Create the account if new and top it up to the allowance on a new UTC day; the row
+        after, locked until the transaction ends."""
         if not tenant or not user:
             raise ValueError("tenant and user must not be empty")
         day = _utc_day(now)
-        row = _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
+        row = await tx.fetchrow(_ACCOUNT + tx.for_update, tenant, user)
         if row is None:
-            conn.execute("INSERT INTO accounts (tenant, user_id, balance) VALUES (?, ?, 0)", (tenant, user))
-            row = _account_row(conn, tenant, user)
-        # Reading then writing is safe here: the caller's BEGIN IMMEDIATE holds the write lock.
-        if row["refill_day"] is not None and row["refill_day"] >= day:
-            return row
-        top_up = max(0, self._allowance(conn, tenant) - row["balance"])
-        conn.execute(
-            "UPDATE accounts SET balance = balance + ?, refill_day = ? WHERE tenant = ? AND user_id = ?",
-            (top_up, day, tenant, user),
-        )
-        if top_up:
-            _entry(
-                conn,
-                now,
+            await tx.execute(
+                "INSERT INTO accounts (tenant, user_id, balance) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
                 tenant,
                 user,
-                top_up,
-                "allowance",
-                row["balance"] + top_up,
-                reason="daily allowance",
             )
-        return _account_row(conn, tenant, user)
+            row = await tx.fetchrow(_ACCOUNT + tx.for_update, tenant, user)
+            if row is None:
+                raise LookupError(f"no account {tenant}/{user}")
+        # Reading then writing is safe: the row is locked (PostgreSQL) or the transaction
+        # holds the write lock (SQLite's BEGIN IMMEDIATE).
+        if row["refill_day"] is not None and row["refill_day"] >= day:
+            return row
+        top_up = max(0, await self._allowance(tx, tenant) - int(row["balance"]))
+        row = await tx.fetchrow(
+            "UPDATE accounts SET balance = balance + $3, refill_day = $4 WHERE tenant = $1 AND user_id = $2"
+            " RETURNING balance, frozen, banned, refill_day",
+            tenant,
+            user,
+            top_up,
+            day,
+        )
+        if row is None:
+            raise LookupError(f"no account {tenant}/{user}")
+        if top_up:
+            await _entry(
+                tx, now, tenant, user, top_up, "allowance", int(row["balance"]), reason="daily allowance"
+            )
+        return row
 
     async def _flag(
         self, tenant: str, user: str, column: str, on: bool, kind: str, *, actor: str, reason: str
     ) -> None:
         now = self._clock()
 
-        def write(conn: sqlite3.Connection) -> None:
-            self._touch(conn, tenant, user, now)
+        async def write(tx: Tx) -> None:
+            await self._touch(tx, tenant, user, now)
             # `column` is one of two literals from the methods above, never user input.
-            conn.execute(
-                f"UPDATE accounts SET {column} = ? WHERE tenant = ? AND user_id = ?", (int(on), tenant, user)
+            balance = await tx.fetchval(
+                f"UPDATE accounts SET {column} = $3 WHERE tenant = $1 AND user_id = $2 RETURNING balance",
+                tenant,
+                user,
+                int(on),
             )
-            balance = _balance(conn, tenant, user)
-            _entry(conn, now, tenant, user, 0, kind, balance, actor=actor, reason=reason)
+            await _entry(tx, now, tenant, user, 0, kind, balance, actor=actor, reason=reason)
 
-        await self._db.run(write)
+        await self._db.transact(write)
         _log.info("%s tenant=%s user=%s actor=%s", kind, tenant, user, actor)
 
     async def _setting(
         self,
         tenant: str,
         sql: str,
-        params: dict[str, Any],
+        params: tuple[Any, ...],
         kind: str,
         detail: str,
         *,
         actor: str,
         reason: str,
     ) -> bool:
+        """Run `sql` (tenant is $1, `params` follow) and audit it as a tenant-wide entry."""
         if not tenant:
             raise ValueError("tenant must not be empty")
         now = self._clock()
 
-        def write(conn: sqlite3.Connection) -> bool:
-            changed = conn.execute(sql, {"t": tenant, **params}).rowcount > 0
-            _entry(conn, now, tenant, None, 0, kind, None, actor=actor, reason=reason, detail=detail)
+        async def write(tx: Tx) -> bool:
+            changed = await tx.execute(sql, tenant, *params) > 0
+            await _entry(tx, now, tenant, None, 0, kind, None, actor=actor, reason=reason, detail=detail)
             return changed
 
-        changed = await self._db.run(write)
+        changed = await self._db.transact(write)
         _log.info("%s tenant=%s detail=%s actor=%s", kind, tenant, detail, actor)
         return changed
 
     async def known(self, tenant: str, user: str | None = None) -> bool:
         """Whether the ledger has seen `tenant` (and `user` there); reads only, unlike `account`."""
         if user is not None:
-            sql, params = "SELECT 1 FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user)
+            found = await self._db.fetchval(
+                "SELECT 1 FROM accounts WHERE tenant = $1 AND user_id = $2", tenant, user
+            )
         else:
-            sql = "SELECT 1 FROM accounts WHERE tenant = ? UNION ALL SELECT 1 FROM entries WHERE tenant = ?"
-            params = (tenant, tenant)
-        return await self._db.fetchone(sql + " LIMIT 1", params) is not None
+            found = await self._db.fetchval(
+                "SELECT 1 FROM accounts WHERE tenant = $1 UNION ALL SELECT 1 FROM entries WHERE tenant = $1 LIMIT 1",
+                tenant,
+            )
+        return found is not None
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+_ACCOUNT = "SELECT balance, frozen, banned, refill_day FROM accounts WHERE tenant = $1 AND user_id = $2"
+
+#: The debit: one conditional statement ($1 tenant, $2 user, $3 amount); callers add conditions.
+_DEBIT = (
+    "UPDATE accounts SET balance = balance - $3 WHERE tenant = $1 AND user_id = $2"
+    " AND balance >= $3 AND frozen = 0 AND banned = 0"
+)
+
+#: Add $3 to the tenant's ($1) counter for day $2, only while it stays within the budget (no
+#: budget: always). No row changed means the hold would exceed the budget.
+_BUDGET = (
+    "INSERT INTO budget_used (tenant, day, used)"
+    " SELECT $1, CAST($2 AS BIGINT), CAST($3 AS BIGINT)"
+    " WHERE $3 <= COALESCE((SELECT budget FROM tenant_settings WHERE tenant = $1), $3)"
+    " ON CONFLICT (tenant, day) DO UPDATE SET used = budget_used.used + excluded.used"
+    " WHERE budget_used.used + excluded.used <= COALESCE("
+    "   (SELECT budget FROM tenant_settings WHERE tenant = excluded.tenant),"
+    "   budget_used.used + excluded.used)"
+)
 
 
 def _utc_day(ts: float) -> int:
@@ -660,50 +757,25 @@ def _check_hold_amount(amount: int) -> None:
         raise ValueError(f"hold amount must be a non-negative int, not {amount!r}")
 
 
-def _one(conn: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
-    return row
-
-
-def _account_row(conn: sqlite3.Connection, tenant: str, user: str) -> sqlite3.Row:
-    row = _one(conn, "SELECT * FROM accounts WHERE tenant = ? AND user_id = ?", (tenant, user))
-    if row is None:
-        raise LookupError(f"no account {tenant}/{user}")
-    return row
-
-
-def _balance(conn: sqlite3.Connection, tenant: str, user: str) -> int:
-    return int(_account_row(conn, tenant, user)["balance"])
-
-
-def _add(conn: sqlite3.Connection, tenant: str, user: str, amount: int) -> int:
-    row = _one(
-        conn,
-        "UPDATE accounts SET balance = balance + ? WHERE tenant = ? AND user_id = ? RETURNING balance",
-        (amount, tenant, user),
+async def _add(tx: Tx, tenant: str, user: str, amount: int) -> int:
+    balance = await tx.fetchval(
+        "UPDATE accounts SET balance = balance + $3 WHERE tenant = $1 AND user_id = $2 RETURNING balance",
+        tenant,
+        user,
+        amount,
     )
-    if row is None:
+    if balance is None:
         raise LookupError(f"no account {tenant}/{user}")
-    return int(row["balance"])
+    return int(balance)
 
 
-def _resolve(conn: sqlite3.Connection, job_id: str, state: HoldState, now: float) -> sqlite3.Row | None:
-    # Only an open hold moves, so of any number of settle/release calls exactly one wins.
-    return _one(
-        conn,
-        "UPDATE holds SET state = ?, resolved = ? WHERE job_id = ? AND state = 'held'"
-        " RETURNING tenant, user_id, amount, day",
-        (state, now, job_id),
-    )
-
-
-def _blocklist(conn: sqlite3.Connection, tenant: str) -> tuple[str, ...]:
-    rows = conn.execute("SELECT word FROM blocklist WHERE tenant = ? ORDER BY word", (tenant,)).fetchall()
+async def _blocklist(tx: Tx, tenant: str) -> tuple[str, ...]:
+    rows = await tx.fetch("SELECT word FROM blocklist WHERE tenant = $1 ORDER BY word", tenant)
     return tuple(r["word"] for r in rows)
 
 
-def _entry(
-    conn: sqlite3.Connection,
+async def _entry(
+    tx: Tx,
     ts: float,
     tenant: str,
     user: str | None,
@@ -716,14 +788,23 @@ def _entry(
     reason: str = "",
     detail: str | None = None,
 ) -> None:
-    conn.execute(
+    await tx.execute(
         "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id, actor, reason, balance_after, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (ts, tenant, user, delta, kind, job_id, actor, _text(reason), balance_after, detail),
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        ts,
+        tenant,
+        user,
+        delta,
+        kind,
+        job_id,
+        actor,
+        _text(reason),
+        balance_after,
+        detail,
     )
 
 
-def _entry_of(r: sqlite3.Row) -> Entry:
+def _entry_of(r: Row) -> Entry:
     return Entry(
         id=r["id"],
         ts=r["ts"],
@@ -739,7 +820,7 @@ def _entry_of(r: sqlite3.Row) -> Entry:
     )
 
 
-def _hold(r: sqlite3.Row) -> Hold:
+def _hold(r: Row) -> Hold:
     return Hold(
         job_id=r["job_id"],
         tenant=r["tenant"],
@@ -752,21 +833,22 @@ def _hold(r: sqlite3.Row) -> Hold:
     )
 
 
-def _hold_problems(r: sqlite3.Row) -> list[str]:
-    job, state = r["job_id"], r["state"]
-    holds, settles, releases = r["holds"] or 0, r["settles"] or 0, r["releases"] or 0
+def _hold_problems(r: Row) -> list[str]:
+    job, state, amount = r["job_id"], r["state"], int(r["amount"])
+    holds, settles, releases = int(r["holds"] or 0), int(r["settles"] or 0), int(r["releases"] or 0)
+    net = int(r["net"])
     out: list[str] = []
     if holds != 1:
         out.append(f"hold {job}: {holds} hold entries, expected 1")
-    elif r["held"] != -r["amount"]:
-        out.append(f"hold {job}: hold entry took {-r['held']}, the hold is for {r['amount']}")
+    elif int(r["held"]) != -amount:
+        out.append(f"hold {job}: hold entry took {-int(r['held'])}, the hold is for {amount}")
     expected = {"held": (0, 0), "settled": (1, 0), "released": (0, 1)}[state]
     if (settles, releases) != expected:
         out.append(f"hold {job} is {state} but has {settles} settle and {releases} release entries")
-    if state == "released" and r["net"] != 0:
-        out.append(f"hold {job} was released but its entries net {r['net']:+d}")
-    if state != "released" and r["net"] != -r["amount"]:
-        out.append(f"hold {job} is {state} but its entries net {r['net']:+d}, not {-r['amount']:+d}")
+    if state == "released" and net != 0:
+        out.append(f"hold {job} was released but its entries net {net:+d}")
+    if state != "released" and net != -amount:
+        out.append(f"hold {job} is {state} but its entries net {net:+d}, not {-amount:+d}")
     if r["foreign_entries"]:
         out.append(f"hold {job} has entries on another account")
     return out

@@ -6,6 +6,7 @@
 import hypothesis  # noqa: F401
 import pytest
 
+from tests.support.databases import BACKENDS, DatabaseBackend, database_backend_for
 from tests.support.postgres import pg_server_url
 
 
@@ -13,3 +14,11 @@ from tests.support.postgres import pg_server_url
 def pg_server():
     """The PostgreSQL server URL for this session (skips, or fails under CI=true, without one)."""
     yield from pg_server_url()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> DatabaseBackend:
+    """Each test using it runs once on SQLite and once on PostgreSQL (tests/support/databases.py)."""
+    return database_backend_for(request, tmp_path_factory)

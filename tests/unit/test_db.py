@@ -1,4 +1,5 @@
-"""The database wrapper: migrations and transactions that survive cancellation."""
+"""The database wrappers: migrations and transactions that survive cancellation (SQLite), the
+shared step interface, and the PostgreSQL backend's migrations, retries and lock waits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from bot.db import Database, DatabaseBusyError
+from bot.pg import PgDatabase
+from bot.sql import Step, StepSuspendedError, Tx, open_database
+from tests.support.postgres import fresh_pg_url
 
 
 async def test_a_transaction_cancelled_at_begin_leaves_the_connection_usable(tmp_path: Path) -> None:
@@ -120,3 +124,160 @@ async def test_runs_cancelled_at_any_point_leave_the_database_consistent(tmp_pat
         assert committed <= count <= len(tasks)
         assert not db.conn.in_transaction
         await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+
+
+# --- the shared step interface and the PostgreSQL backend ------------------------------------
+
+
+def test_open_database_picks_the_backend_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_database(tmp_path / "a.sqlite3"), Database)
+    relative = open_database("sqlite:///data/bot.sqlite3")
+    assert isinstance(relative, Database) and relative.path == "data/bot.sqlite3"
+    absolute = open_database(f"sqlite:///{tmp_path}/b.sqlite3")
+    assert isinstance(absolute, Database) and absolute.path == f"{tmp_path}/b.sqlite3"
+    for url in ("postgresql://u@127.0.0.1:5432/db", "postgres://u@127.0.0.1/db"):
+        pg = open_database(url)
+        assert isinstance(pg, PgDatabase) and pg.url == url
+    with pytest.raises(ValueError, match="unsupported"):
+        open_database("mysql://127.0.0.1/db")
+
+
+async def test_a_step_on_sqlite_runs_on_the_database_thread_and_may_not_suspend(tmp_path: Path) -> None:
+    async with Database(tmp_path / "t.sqlite3", migrations=["CREATE TABLE t (x INTEGER)"]) as db:
+
+        async def insert(tx: Tx) -> int:
+            await tx.execute("INSERT INTO t VALUES ($1), ($2)", 1, 2)
+            return int(await tx.fetchval("SELECT SUM(x) FROM t WHERE x >= $1", 1))
+
+        assert await db.transact(insert) == 3
+
+        async def suspends(tx: Tx) -> None:
+            await tx.execute("INSERT INTO t VALUES (3)")
+            await asyncio.sleep(0)  # yields to a loop: this step cannot run synchronously
+
+        with pytest.raises(StepSuspendedError):
+            await db.transact(suspends)
+        assert [r["x"] for r in await db.fetch("SELECT x FROM t ORDER BY x")] == [1, 2]
+
+
+async def test_two_replicas_starting_together_apply_the_migrations_once(pg_server: str) -> None:
+    # The first migration sleeps, so without the advisory lock both openers would run it; it
+    # also outlasts lock_wait, which bounds row-lock waits but not the wait for migrations.
+    migrations = ["CREATE TABLE a (x INTEGER); SELECT pg_sleep(0.5)", "CREATE TABLE b (y INTEGER)"]
+    async with fresh_pg_url(pg_server) as url:
+
+        async def start() -> int:
+            async with PgDatabase(url, migrations=migrations, lock_wait=0.2) as db:
+                return await db.schema_version()
+
+        assert await asyncio.gather(start(), start()) == [2, 2]
+        async with PgDatabase(url, migrations=migrations) as db:
+            rows = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in rows] == [1, 2]
+            # An upgrade applies only what is new.
+        async with PgDatabase(url, migrations=[*migrations, "CREATE TABLE c (z INTEGER)"]) as db:
+            assert await db.schema_version() == 3
+
+
+async def test_both_databases_have_the_same_tables_and_columns_at_the_latest_version(
+    tmp_path: Path, pg_server: str
+) -> None:
+    # A SQLite migration appended without its PostgreSQL twin (or the other way) fails here.
+    async with Database(tmp_path / "t.sqlite3") as sqlite_db:
+        tables = await sqlite_db.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        sqlite_schema = {
+            t["name"]: {c["name"] for c in await sqlite_db.fetchall(f"PRAGMA table_info({t['name']})")}
+            for t in tables
+        }
+    async with fresh_pg_url(pg_server) as url, PgDatabase(url) as pg_db:
+        rows = await pg_db.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        )
+    pg_schema: dict[str, set[str]] = {}
+    for r in rows:
+        pg_schema.setdefault(r["table_name"], set()).add(r["column_name"])
+    pg_schema.pop("schema_migrations", None)  # PostgreSQL's version record (SQLite: user_version)
+    pg_schema["jobs"].discard("seq")  # PostgreSQL's stand-in for SQLite's rowid
+    assert pg_schema == sqlite_schema
+
+
+async def test_a_transaction_postgresql_aborts_as_a_deadlock_is_run_again(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, PgDatabase(url, migrations=[_PAIR]) as db:
+        first_locked, second_locked = asyncio.Event(), asyncio.Event()
+        runs = {"ab": 0, "ba": 0}
+
+        def crosswise(
+            name: str, mine: asyncio.Event, theirs: asyncio.Event, order: tuple[int, int]
+        ) -> Step[None]:
+            async def step(tx: Tx) -> None:
+                runs[name] += 1
+                await tx.execute("UPDATE pair SET n = n + 1 WHERE id = $1", order[0])
+                mine.set()
+                await theirs.wait()  # both hold one row and want the other's: a deadlock
+                await tx.execute("UPDATE pair SET n = n + 1 WHERE id = $1", order[1])
+
+            return step
+
+        await asyncio.gather(
+            db.transact(crosswise("ab", first_locked, second_locked, (1, 2))),
+            db.transact(crosswise("ba", second_locked, first_locked, (2, 1))),
+        )
+        assert db.retried == 1 and sorted(runs.values()) == [1, 2]
+        assert [r["n"] for r in await db.fetch("SELECT n FROM pair ORDER BY id")] == [2, 2]
+
+
+_PAIR = (
+    "CREATE TABLE pair (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO pair VALUES (1, 0), (2, 0)"
+)
+
+
+async def test_a_row_locked_too_long_on_postgresql_is_the_same_friendly_busy_error(pg_server: str) -> None:
+    import asyncpg
+
+    async with fresh_pg_url(pg_server) as url, PgDatabase(url, migrations=[_PAIR], lock_wait=0.3) as db:
+        other = await asyncpg.connect(url)
+        try:
+            async with other.transaction():
+                await other.execute("SELECT * FROM pair WHERE id = 1 FOR UPDATE")
+                with pytest.raises(DatabaseBusyError) as busy:
+                    await db.transact(lambda tx: tx.execute("UPDATE pair SET n = 5 WHERE id = 1"))
+                assert "lock" not in str(busy.value)
+                # Another row is not stuck behind it.
+                assert await db.transact(lambda tx: tx.execute("UPDATE pair SET n = 7 WHERE id = 2")) == 1
+        finally:
+            await other.close()
+        assert [r["n"] for r in await db.fetch("SELECT n FROM pair ORDER BY id")] == [0, 7]
+
+
+async def test_a_group_with_failing_calls_commits_every_other_call_once(tmp_path: Path) -> None:
+    # A group first runs without savepoints; a failure rolls it back and runs it again, so a
+    # call may run twice, but only one run of each is committed.
+    async with Database(tmp_path / "t.sqlite3", migrations=["CREATE TABLE t (x INTEGER UNIQUE)"]) as db:
+
+        def write(x: int) -> Callable[[sqlite3.Connection], int]:
+            def fn(conn: sqlite3.Connection) -> int:
+                conn.execute("INSERT INTO t VALUES (?)", (x,))
+                if x in (3, 7):
+                    raise ValueError(x)
+                return x
+
+            return fn
+
+        results = await asyncio.gather(*(db.run(write(i)) for i in range(10)), return_exceptions=True)
+        assert [r if isinstance(r, int) else "failed" for r in results] == [
+            0, 1, 2, "failed", 4, 5, 6, "failed", 8, 9,
+        ]  # fmt: skip
+        assert [r["x"] for r in await db.fetch("SELECT x FROM t ORDER BY x")] == [0, 1, 2, 4, 5, 6, 8, 9]
+        assert not db.conn.in_transaction
+
+
+def test_the_database_url_setting_picks_the_backend(tmp_path: Path) -> None:
+    from bot.config import Settings
+
+    sqlite = open_database(Settings(_env_file=None, data_dir=tmp_path).db_url)  # type: ignore[call-arg]
+    assert isinstance(sqlite, Database) and sqlite.path == str(tmp_path / "imagine-bot.sqlite3")
+    url = "postgresql://bot@127.0.0.1:5432/imagine"
+    pg = open_database(Settings(_env_file=None, database_url=url).db_url)  # type: ignore[call-arg]
+    assert isinstance(pg, PgDatabase) and pg.url == url

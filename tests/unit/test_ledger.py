@@ -1,15 +1,15 @@
 """The credit ledger: holds settle or release exactly once, allowances refill lazily, budgets and
-costs per tenant, audited moderator operations, and no overdraft under concurrency."""
+costs per tenant, audited moderator operations, and no overdraft under concurrency.
+
+Every test runs on SQLite and on PostgreSQL (the `database_backend` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from bot.db import MIGRATIONS, Database
 from bot.errors import (
     BannedError,
     FrozenError,
@@ -18,6 +18,8 @@ from bot.errors import (
     TenantBudgetError,
 )
 from bot.ledger import CreditLedger
+from bot.sql import SqlDatabase, Tx
+from tests.support.databases import DatabaseBackend
 
 DAY = 86_400
 NOON = 19_675 * DAY + 12 * 3600  # 2023-11-14 12:00 UTC
@@ -44,13 +46,19 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "ledger.db") as database:
+async def db_url(database_backend: DatabaseBackend) -> AsyncIterator[str]:
+    async with database_backend.fresh_url() as url:
+        yield url
+
+
+@pytest.fixture
+async def db(database_backend: DatabaseBackend, db_url: str) -> AsyncIterator[SqlDatabase]:
+    async with database_backend.open(db_url) as database:
         yield database
 
 
 @pytest.fixture
-def ledger(db: Database, clock: Clock) -> CreditLedger:
+def ledger(db: SqlDatabase, clock: Clock) -> CreditLedger:
     return CreditLedger(db, default_allowance=100, clock=clock)
 
 
@@ -328,7 +336,7 @@ async def test_costs_are_per_tenant_and_may_be_zero(ledger: CreditLedger) -> Non
     assert (await ledger.tenant_settings(T)).costs == {("edit", "*"): 0}
 
 
-async def test_constructor_defaults_set_the_fallback_costs(db: Database, clock: Clock) -> None:
+async def test_constructor_defaults_set_the_fallback_costs(db: SqlDatabase, clock: Clock) -> None:
     ledger = CreditLedger(db, default_costs={"image": 2, "edit": 3, "model3d": 5}, clock=clock)
     assert [await ledger.cost_for(T, k) for k in ("image", "edit", "model3d")] == [2, 3, 5]
 
@@ -376,15 +384,17 @@ async def test_member_operations_are_audited_with_actor_and_reason(ledger: Credi
     ]
 
 
-async def test_tenant_settings_are_audited_with_actor_and_reason(ledger: CreditLedger, db: Database) -> None:
+async def test_tenant_settings_are_audited_with_actor_and_reason(
+    ledger: CreditLedger, db: SqlDatabase
+) -> None:
     await ledger.set_allowance(T, 50, actor="m:1", reason="r1")
     await ledger.set_cost(T, "image", 3, model="pixazo", actor="m:2", reason="r2")
     await ledger.set_budget(T, 500, actor="m:3", reason="r3")
     await ledger.set_budget(T, None, actor="m:4", reason="r4")
     await ledger.block_add(T, "Gore", actor="m:5", reason="r5")
     await ledger.block_remove(T, "gore", actor="m:6", reason="r6")
-    rows = await db.fetchall(
-        "SELECT kind, actor, reason, detail, delta, user_id FROM entries WHERE tenant = ? ORDER BY id", (T,)
+    rows = await db.fetch(
+        "SELECT kind, actor, reason, detail, delta, user_id FROM entries WHERE tenant = $1 ORDER BY id", T
     )
     assert [tuple(r) for r in rows] == [
         ("allowance_set", "m:1", "r1", "50", 0, None),
@@ -423,7 +433,7 @@ async def test_set_allowance_and_cost_refuse_amounts_outside_zero_to_the_maximum
     assert await ledger.cost_for(T, "image") == 10
 
 
-async def test_the_maximum_amount_is_configurable(db: Database, clock: Clock) -> None:
+async def test_the_maximum_amount_is_configurable(db: SqlDatabase, clock: Clock) -> None:
     ledger = CreditLedger(db, max_amount=500, clock=clock)
     assert await ledger.grant(T, U, 500, **MOD) == 600
     with pytest.raises(InvalidInputError, match="500"):
@@ -480,80 +490,85 @@ async def test_top_spenders_count_only_settled_holds(ledger: CreditLedger, clock
 
 
 async def test_check_invariants_catches_a_balance_changed_behind_its_back(
-    ledger: CreditLedger, db: Database
+    ledger: CreditLedger, db: SqlDatabase
 ) -> None:
     await ledger.hold(T, U, "j1", 10, kind="image")
-    async with db.transaction() as conn:
-        await conn.execute("UPDATE accounts SET balance = balance + 5 WHERE user_id = ?", (U,))
+    await db.transact(
+        lambda tx: tx.execute("UPDATE accounts SET balance = balance + 5 WHERE user_id = $1", U)
+    )
     problems = await ledger.check_invariants()
     assert any("balance 95 but entries sum to 90" in p for p in problems)
 
 
 async def test_check_invariants_catches_a_refund_without_its_entry(
-    ledger: CreditLedger, db: Database
+    ledger: CreditLedger, db: SqlDatabase
 ) -> None:
     await ledger.hold(T, U, "j1", 10, kind="image")
     await ledger.release("j1", reason="failed")
-    async with db.transaction() as conn:
-        await conn.execute("DELETE FROM entries WHERE kind = 'release'")
+    await db.transact(lambda tx: tx.execute("DELETE FROM entries WHERE kind = 'release'"))
     problems = await ledger.check_invariants()
     assert any("released but has 0 settle and 0 release" in p for p in problems)
     assert any("was released but its entries net -10" in p for p in problems)
 
 
 async def test_the_database_refuses_a_second_resolution_entry_for_a_job(
-    ledger: CreditLedger, db: Database
+    ledger: CreditLedger, db: SqlDatabase
 ) -> None:
     await ledger.hold(T, U, "j1", 10, kind="image")
     await ledger.settle("j1")
-    with pytest.raises(Exception, match="UNIQUE"):
-        async with db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id) VALUES (0, ?, ?, 10, 'release', 'j1')",
-                (T, U),
+    # SQLite says "UNIQUE constraint failed", PostgreSQL "duplicate key … unique constraint".
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await db.transact(
+            lambda tx: tx.execute(
+                "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id) VALUES (0, $1, $2, 10, 'release', 'j1')",
+                T,
+                U,
             )
+        )
 
 
 async def test_migrations_are_versioned_and_reopening_does_not_rerun_them(
-    tmp_path: Path, clock: Clock
+    database_backend: DatabaseBackend, db_url: str, clock: Clock
 ) -> None:
-    path = tmp_path / "bot.db"
-    async with Database(path) as db:
+    async with database_backend.open(db_url) as db:
         await CreditLedger(db, clock=clock).hold(T, U, "j1", 10, kind="image")
-    async with Database(path) as db:
-        version = await db.fetchone("PRAGMA user_version")
-        assert version is not None and version[0] == len(MIGRATIONS)
+    async with database_backend.open(db_url) as db:
+        assert await db.schema_version() == len(database_backend.migrations)
         ledger = CreditLedger(db, clock=clock)
         assert await ledger.hold_state("j1") == "held"
         assert await balance(ledger) == 90
 
 
-async def test_a_version_1_database_is_upgraded_keeping_its_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
-    async with Database(path, migrations=MIGRATIONS[:1]) as db, db.transaction() as conn:
-        await conn.execute(
-            "INSERT INTO jobs (id, created, updated, platform, tenant, user_id, kind, state, spec,"
-            " actor, reply_ref, cost) VALUES ('old', 0, 0, 'cli', 't', 'u', 'image', 'done', '{}',"
-            " '{}', '{}', 10)"
-        )
-    async with Database(path) as db:
-        version = await db.fetchone("PRAGMA user_version")
-        assert version is not None and version[0] == len(MIGRATIONS)
-        assert await db.fetchone("SELECT id FROM jobs") is not None
-        assert await db.fetchall("SELECT * FROM entries") == []
+_OLD_JOB = (
+    "INSERT INTO jobs (id, created, updated, platform, tenant, user_id, kind, state, spec,"
+    " actor, reply_ref, cost) VALUES ($1, 0, 0, 'cli', 't', 'u', 'image', $2, '{}', '{}', '{}', 10)"
+)
 
 
-async def test_a_version_2_database_maps_old_job_states_onto_the_state_machine(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
-    async with Database(path, migrations=MIGRATIONS[:2]) as db, db.transaction() as conn:
-        for job, state in (("a", "submitted"), ("b", "delivering"), ("c", "done")):
-            await conn.execute(
-                "INSERT INTO jobs (id, created, updated, platform, tenant, user_id, kind, state, spec,"
-                " actor, reply_ref, cost) VALUES (?, 0, 0, 'cli', 't', 'u', 'image', ?, '{}', '{}', '{}', 10)",
-                (job, state),
-            )
-    async with Database(path) as db:
-        rows = await db.fetchall("SELECT id, state, version FROM jobs ORDER BY id")
+async def test_a_version_1_database_is_upgraded_keeping_its_jobs(
+    database_backend: DatabaseBackend, db_url: str
+) -> None:
+    migrations = database_backend.migrations
+    async with database_backend.open(db_url, migrations=migrations[:1]) as db:
+        await db.transact(lambda tx: tx.execute(_OLD_JOB, "old", "done"))
+    async with database_backend.open(db_url) as db:
+        assert await db.schema_version() == len(migrations)
+        assert await db.fetchrow("SELECT id FROM jobs") is not None
+        assert await db.fetch("SELECT * FROM entries") == []
+
+
+async def test_a_version_2_database_maps_old_job_states_onto_the_state_machine(
+    database_backend: DatabaseBackend, db_url: str
+) -> None:
+    async with database_backend.open(db_url, migrations=database_backend.migrations[:2]) as db:
+
+        async def insert(tx: Tx) -> None:
+            for job, state in (("a", "submitted"), ("b", "delivering"), ("c", "done")):
+                await tx.execute(_OLD_JOB, job, state)
+
+        await db.transact(insert)
+    async with database_backend.open(db_url) as db:
+        rows = await db.fetch("SELECT id, state, version FROM jobs ORDER BY id")
         assert [(r["id"], r["state"], r["version"]) for r in rows] == [
             ("a", "submitting", 0),
             ("b", "running", 0),
@@ -562,14 +577,14 @@ async def test_a_version_2_database_maps_old_job_states_onto_the_state_machine(t
 
 
 async def test_the_budget_is_checked_against_one_counter_row_per_tenant_and_day(
-    db: Database, clock: Clock
+    db: SqlDatabase, clock: Clock
 ) -> None:
     ledger = CreditLedger(db, default_allowance=100, clock=clock)
     await ledger.set_budget(T, 25, actor="mod", reason="")
     await ledger.hold(T, U, "j1", 10, kind="image")
     await ledger.hold(T, "other", "j2", 10, kind="image")
     await ledger.release("j1", reason="failed")
-    counter = await db.fetchall("SELECT tenant, used FROM budget_used")
+    counter = await db.fetch("SELECT tenant, used FROM budget_used")
     assert [(r["tenant"], r["used"]) for r in counter] == [(T, 10)]
     await ledger.hold(T, U, "j3", 15, kind="image")  # 10 + 15 fits the 25 again
     assert (await ledger.tenant_settings(T)).budget_used_today == 25
@@ -589,7 +604,7 @@ async def _try_hold(ledger: CreditLedger, job: str, amount: int = 1) -> bool:
     return True
 
 
-async def test_fifty_concurrent_holds_never_overdraw_a_balance_of_ten(db: Database, clock: Clock) -> None:
+async def test_fifty_concurrent_holds_never_overdraw_a_balance_of_ten(db: SqlDatabase, clock: Clock) -> None:
     ledger = CreditLedger(db, default_allowance=10, clock=clock)
     results = await asyncio.gather(*(_try_hold(ledger, f"j{i}") for i in range(50)))
     assert results.count(True) == 10
@@ -598,9 +613,11 @@ async def test_fifty_concurrent_holds_never_overdraw_a_balance_of_ten(db: Databa
     assert await ledger.check_invariants() == []
 
 
-async def test_two_connections_on_one_file_never_overdraw(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "shared.db"
-    async with Database(path) as first, Database(path) as second:
+async def test_two_connections_on_one_database_never_overdraw(
+    database_backend: DatabaseBackend, db_url: str, clock: Clock
+) -> None:
+    # As two processes (or two replicas) on one SQLite file or one PostgreSQL database would.
+    async with database_backend.open(db_url) as first, database_backend.open(db_url) as second:
         ledgers = [CreditLedger(d, default_allowance=10, clock=clock) for d in (first, second)]
         results = await asyncio.gather(*(_try_hold(ledgers[i % 2], f"j{i}", 1) for i in range(50)))
         assert results.count(True) == 10
@@ -610,3 +627,32 @@ async def test_two_connections_on_one_file_never_overdraw(tmp_path: Path, clock:
         assert await balance(ledgers[1]) == 10
         assert await ledgers[0].check_invariants() == []
         assert await ledgers[1].check_invariants() == []
+
+
+# --- the steps a job store composes into its own transaction ----------------------------------
+
+
+async def test_a_hold_step_commits_and_rolls_back_with_the_callers_transaction(
+    ledger: CreditLedger, db: SqlDatabase
+) -> None:
+    # What a store's admission does on either database: the hold and the job row in one
+    # transaction, so a failure after the hold leaves no hold behind (no orphan).
+    async def admit(tx: Tx, job: str, fail: bool) -> int:
+        balance = await ledger.hold_tx(tx, T, U, job, 10, kind="image")
+        await tx.execute(_OLD_JOB, job, "queued")
+        if fail:
+            raise RuntimeError("crash after the hold")
+        return balance
+
+    assert await db.transact(lambda tx: admit(tx, "kept", False)) == 90
+    with pytest.raises(RuntimeError):
+        await db.transact(lambda tx: admit(tx, "lost", True))
+    assert await ledger.hold_state("lost") is None
+    assert await db.fetchval("SELECT COUNT(*) FROM jobs") == 1
+
+    async def finish(tx: Tx) -> tuple[bool, bool]:
+        return await ledger.settle_tx(tx, "kept"), await ledger.release_tx(tx, "kept", reason="late")
+
+    assert await db.transact(finish) == (True, False)
+    assert await balance(ledger) == 90
+    assert await ledger.check_invariants() == []

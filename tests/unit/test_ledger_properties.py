@@ -1,8 +1,9 @@
 """Ledger properties under random interleavings of holds, settles, releases, grants and days.
 
 Each example runs a few random operation sequences concurrently (asyncio.gather), sometimes
-through two connections on one file as two processes would, on a fresh database file; then the
-books must balance, whatever order the operations happened to commit in.
+through two connections on one database as two processes would, on a fresh database; then the
+books must balance, whatever order the operations happened to commit in. Every property runs
+on SQLite and on PostgreSQL (the `database_backend` fixture).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.db import Database
 from bot.errors import InsufficientCreditsError, TenantBudgetError
 from bot.ledger import CreditLedger
+from bot.sql import SqlDatabase
+from tests.support.databases import DatabaseBackend
 
 T = "discord:guild"
 USERS = ("u0", "u1", "u2")
@@ -89,30 +90,30 @@ async def run_sequence(
                 clock.now += DAY / 3
 
 
-async def check_books(db: Database, ledger: CreditLedger, seen: Observed) -> dict[str, int]:
+async def check_books(db: SqlDatabase, ledger: CreditLedger, seen: Observed) -> dict[str, int]:
     """The properties every run must end with; returns each member's balance."""
     assert await ledger.check_invariants() == []
-    accounts = await db.fetchall("SELECT user_id, balance FROM accounts WHERE tenant = ?", (T,))
+    accounts = await db.fetch("SELECT user_id, balance FROM accounts WHERE tenant = $1", T)
     balances = {r["user_id"]: r["balance"] for r in accounts}
     assert all(b >= 0 for b in balances.values())
     for user, bal in balances.items():
-        total = await db.fetchone(
-            "SELECT COALESCE(SUM(delta), 0) FROM entries WHERE tenant = ? AND user_id = ?", (T, user)
+        total = await db.fetchval(
+            "SELECT COALESCE(SUM(delta), 0) FROM entries WHERE tenant = $1 AND user_id = $2", T, user
         )
-        assert total is not None and total[0] == bal
+        assert total == bal
     for job in range(JOBS):
         state = await ledger.hold_state(f"j{job}")
         wins = seen.settled[job] + seen.released[job]
         assert wins <= 1, f"j{job} resolved {wins} times"
         assert (state == "settled") == (seen.settled[job] == 1)
         assert (state == "released") == (seen.released[job] == 1)
-        resolutions = await db.fetchone(
-            "SELECT COUNT(*) FROM entries WHERE job_id = ? AND kind IN ('settle', 'release')", (f"j{job}",)
+        resolutions = await db.fetchval(
+            "SELECT COUNT(*) FROM entries WHERE job_id = $1 AND kind IN ('settle', 'release')", f"j{job}"
         )
-        assert resolutions is not None and resolutions[0] == wins
+        assert resolutions == wins
         if state == "released":
-            net = await db.fetchone("SELECT SUM(delta) FROM entries WHERE job_id = ?", (f"j{job}",))
-            assert net is not None and net[0] == 0, f"released j{job} cost {-net[0]}"
+            net = await db.fetchval("SELECT SUM(delta) FROM entries WHERE job_id = $1", f"j{job}")
+            assert net == 0, f"released j{job} cost {-net}"
     return balances
 
 
@@ -125,18 +126,22 @@ async def check_books(db: Database, ledger: CreditLedger, seen: Observed) -> dic
     two_connections=st.booleans(),
 )
 def test_interleaved_operations_keep_the_books_balanced(
-    tmp_path_factory: pytest.TempPathFactory,
+    database_backend: DatabaseBackend,
     plans: list[list[Op]],
     jobs: list[tuple[int, int]],
     allowance: int,
     budget: int | None,
     two_connections: bool,
 ) -> None:
-    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    backend = database_backend
 
     async def scenario() -> None:
         clock = Clock()
-        async with Database(path) as first, Database(path) as second:
+        async with (
+            backend.fresh_url() as url,
+            backend.open(url) as first,
+            backend.open(url) as second,
+        ):
             dbs = [first, second] if two_connections else [first]
             ledgers = [CreditLedger(d, default_allowance=allowance, clock=clock) for d in dbs]
             if budget is not None:
@@ -147,10 +152,10 @@ def test_interleaved_operations_keep_the_books_balanced(
             )
             balances = await check_books(first, ledgers[0], seen)
             if budget is not None:
-                used = await first.fetchone(
+                used = await first.fetchval(
                     "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE state != 'released'"
                 )
-                assert used is not None and used[0] <= budget
+                assert used <= budget
             # Independently of the entries: allowance + grants − every hold still standing.
             for u, user in enumerate(USERS):
                 if user not in balances:
@@ -175,21 +180,21 @@ def test_interleaved_operations_keep_the_books_balanced(
     allowance=st.integers(0, 60),
 )
 def test_daily_refills_amid_interleaved_operations_keep_the_books_balanced(
-    tmp_path_factory: pytest.TempPathFactory,
+    database_backend: DatabaseBackend,
     plans: list[list[Op]],
     jobs: list[tuple[int, int]],
     allowance: int,
 ) -> None:
-    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    backend = database_backend
 
     async def scenario() -> None:
         clock = Clock()
-        async with Database(path) as db:
+        async with backend.fresh_url() as url, backend.open(url) as db:
             ledger = CreditLedger(db, default_allowance=allowance, clock=clock)
             seen = Observed()
             await asyncio.gather(*(run_sequence(ledger, ops, jobs, seen, clock) for ops in plans))
             await check_books(db, ledger, seen)
-            refills = await db.fetchall(
+            refills = await db.fetch(
                 "SELECT user_id, delta, balance_after, ts FROM entries WHERE kind = 'allowance'"
             )
             for r in refills:
