@@ -279,5 +279,6 @@ def test_the_database_url_setting_picks_the_backend(tmp_path: Path) -> None:
     sqlite = open_database(Settings(_env_file=None, data_dir=tmp_path).db_url)  # type: ignore[call-arg]
     assert isinstance(sqlite, Database) and sqlite.path == str(tmp_path / "imagine-bot.sqlite3")
     url = "postgresql://bot@127.0.0.1:5432/imagine"
-    pg = open_database(Settings(_env_file=None, database_url=url).db_url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url, secret_key="k" * 32)  # type: ignore[call-arg]
+    pg = open_database(settings.db_url)
     assert isinstance(pg, PgDatabase) and pg.url == url
