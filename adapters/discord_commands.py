@@ -236,13 +236,27 @@ def modal_value(components: Sequence[dict[str, Any]], custom_id: str = INSTRUCTI
     return None
 
 
-def job_choices(jobs: Iterable[Any], current: str, *, running: bool) -> list[app_commands.Choice[str]]:
+def job_choices(
+    jobs: Iterable[Any], current: str, *, running: bool, waiting: Iterable[Any] = ()
+) -> list[app_commands.Choice[str]]:
     """Autocomplete for a job id from the user's recent jobs (`JobRecord`s, newest first):
     unfinished ones for /cancel (`running`), finished ones for /show, matching what was typed
-    (in the id or the prompt)."""
+    (in the id or the prompt). `waiting` requests (`PendingRequest`s the core still offers for
+    Confirm) come first."""
     typed = current.strip().lower()
     choices: list[app_commands.Choice[str]] = []
+    offered: set[str] = set()
+    for request in waiting:
+        if typed and typed not in request.id.lower() and typed not in request.spec.prompt.lower():
+            continue
+        label = messages.job_choice(
+            request.id, request.spec.kind.value, messages.confirm_waiting(), request.spec.prompt
+        )
+        choices.append(app_commands.Choice(name=label, value=request.id))
+        offered.add(request.id)
     for job in jobs:
+        if job.id in offered:  # confirmed this instant: one suggestion per id
+            continue
         usable = not job.state.terminal if running else job.state is JobPhase.DONE
         if not usable or (typed and typed not in job.id.lower() and typed not in job.spec.prompt.lower()):
             continue
@@ -290,7 +304,8 @@ def build_tree(client: discord.Client, adapter: CommandHandler | None) -> app_co
             except UserError:  # e.g. a display name with broken characters: nothing to offer
                 return []
             jobs = await adapter.engine.recent_jobs(actor)
-            return job_choices(jobs, current, running=running)
+            waiting = await adapter.engine.waiting_requests(actor) if running else []
+            return job_choices(jobs, current, running=running, waiting=waiting)
 
         return complete
 

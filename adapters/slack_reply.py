@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_blocks import TEXT_LIMIT, message_blocks, mrkdwn, plain
 from bot import messages
+from bot.logs import redact_urls
 from bot.reply import Button, Failure, JobResult, OutputFile, Progress
 
 __all__ = ["SlackAddress", "SlackReply", "slack_error"]
@@ -100,7 +101,9 @@ class SlackReply:
         try:
             await work
         except _PLATFORM_ERRORS as exc:
-            _log.warning("slack %s failed job=%s channel=%s: %s", what, job_id, self.address.channel, exc)
+            _log.warning(
+                "slack %s failed job=%s channel=%s: %s", what, job_id, self.address.channel, _describe(exc)
+            )
 
     async def _show(self, text: str, buttons: Iterable[Button], files: Sequence[str] = ()) -> None:
         blocks = message_blocks(text, tuple(buttons), files)
@@ -166,7 +169,12 @@ class SlackReply:
                 await self._in_reach(upload)
             except _PLATFORM_ERRORS as exc:
                 # Never lose a result to a failed upload: the card below carries links instead.
-                _log.warning("upload failed job=%s: %s", result.job_id, exc)
+                _log.warning(
+                    "slack upload failed job=%s channel=%s: %s",
+                    result.job_id,
+                    self.address.channel,
+                    _describe(exc),
+                )
                 links = [f.url for f in result.files if f.url] or links
         text = self._with_headline(result.text)
         if links:
@@ -180,6 +188,21 @@ def slack_error(exc: SlackApiError) -> str:
         return str(exc.response.get("error", ""))
     except AttributeError:
         return ""
+
+
+#: how much of an exception's text a log line keeps (slack_sdk quotes whole response bodies)
+_DESCRIBE_LIMIT = 300
+
+
+def _describe(exc: BaseException) -> str:
+    """A platform failure for the log: its type and text, without URL queries, upload tickets
+    or tokens (slack_sdk's upload errors quote the presigned URL's response body)."""
+    if isinstance(exc, SlackApiError) and (code := slack_error(exc)):
+        return f"{type(exc).__name__}: {code}"
+    text = redact_urls(str(exc))
+    if len(text) > _DESCRIBE_LIMIT:
+        text = text[: _DESCRIBE_LIMIT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _named(links: list[str], files: tuple[OutputFile, ...]) -> list[tuple[str, str]]:

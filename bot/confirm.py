@@ -182,6 +182,15 @@ class ConfirmStore:
         )
         return _decode(row) if row is not None else None
 
+    async def open_requests(self, tenant: str, user_id: str, now: float, limit: int) -> list[PendingRequest]:
+        """The member's requests still waiting and not expired by `now`, newest first."""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM confirmations WHERE tenant = ? AND user_id = ?"
+            " AND state = 'pending' AND expires > ? ORDER BY created DESC LIMIT ?",
+            (tenant, user_id, now, limit),
+        )
+        return [_decode(r) for r in rows]
+
     async def due(self, now: float, limit: int = 100) -> list[PendingRequest]:
         """Requests still waiting whose offer ran out by `now`, oldest first."""
         rows = await self.db.fetchall(
@@ -356,6 +365,10 @@ class Confirmations:
         if request.actor.user_id != actor.user_id:
             raise UserError(messages.confirm_not_yours())
         return request
+
+    async def waiting(self, actor: Actor, limit: int = 25) -> list[PendingRequest]:
+        """The actor's requests that can still be confirmed or cancelled, newest first."""
+        return await self.store.open_requests(actor.tenant, actor.user_id, self.clock(), limit)
 
     async def check_open(self, request: PendingRequest) -> None:
         """Raise a UserError unless the request can still be answered: an expired one says so

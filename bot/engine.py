@@ -30,7 +30,7 @@ from bot.actions import ResultActions
 from bot.admission import Admission
 from bot.catalog import Catalog
 from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3DCommand
-from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore
+from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore, PendingRequest
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, EngineConfig, LogReply, ModResult, Ticket
@@ -344,6 +344,11 @@ class Engine:
     async def recent_jobs(self, actor: Actor, limit: int = 25) -> list[JobRecord]:
         """The actor's own latest jobs here, newest first (job-id autocomplete)."""
         return await self.store.recent(actor.tenant, actor.user_id, limit)
+
+    async def waiting_requests(self, actor: Actor, limit: int = 25) -> list[PendingRequest]:
+        """The actor's requests still waiting for Confirm here, newest first (/cancel
+        autocomplete: cancelling one drops it)."""
+        return await self.confirmations.waiting(actor, limit)
 
     async def may_delete(self, actor: Actor, job_id: str) -> None:
         """Raise a UserError unless `actor` may delete the messages of `job_id`'s result:

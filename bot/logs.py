@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from bot.config import Settings
 
-__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "secrets_of", "setup_logging"]
+__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "redact_urls", "secrets_of", "setup_logging"]
 
 #: the structured fields a JSON line may carry
 FIELDS = ("job", "route", "tenant")
@@ -58,7 +58,34 @@ def secrets_of(settings: Settings) -> list[str]:
 _REPLY_ADDRESSES = (
     (re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/\s?#'\"]+"), r"\1***"),
     (re.compile(r"(https://hooks\.slack\.com/(?:commands|actions|services)/)[^\s'\"]+"), r"\1***"),
+    # Slack's presigned file upload URLs (files.getUploadURLExternal): the path is the ticket
+    (re.compile(r"(https://files\.slack\.com/upload/v\d+/)[^\s'\"<>?#]+"), r"\1***"),
 )
+#: a URL inside free text (an exception message, a response body quoted in one)
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+#: Slack tokens (bot, user, app-level, refresh, config) by their shape
+_SLACK_TOKEN = re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL cut to scheme, host and path (query, fragment and user info
+    dropped), reply addresses and upload tickets masked, and Slack tokens masked.
+
+    For text the code logs that came from elsewhere (exception messages quoting a request URL
+    or a response body), whose secrets are not all configured settings.
+    """
+    text = _URL.sub(_without_query, text)
+    for pattern, masked in _REPLY_ADDRESSES:
+        text = pattern.sub(masked, text)
+    return _SLACK_TOKEN.sub(r"\1-***", text)
+
+
+def _without_query(match: re.Match[str]) -> str:
+    url = match.group()
+    scheme, _, rest = url.partition("://")
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 class _Redactor:

@@ -154,6 +154,11 @@ def confirm_already_waiting() -> str:
     return "That's already waiting for your confirmation: press Confirm on the message above."
 
 
+def confirm_waiting() -> str:
+    """The state shown for a request waiting for Confirm (e.g. in the /cancel autocomplete)."""
+    return "waiting for confirmation"
+
+
 def confirm_nothing_waiting() -> str:
     """A bare `/confirm` with nothing waiting."""
     return "Nothing is waiting for your confirmation."

@@ -139,6 +139,16 @@ class Sandbox:
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession()
+        try:
+            await self._start()
+        except BaseException:
+            # A Ctrl-C (cancellation) or a failure half-way: __aexit__ never runs for a context
+            # that did not enter, so undo here, or the session is left unclosed.
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
         self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -156,7 +166,6 @@ class Sandbox:
             ", ".join(self.emulators),
             kept,
         )
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         for emu in self.emulators.values():

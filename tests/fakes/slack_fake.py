@@ -136,6 +136,7 @@ class SlackFake:
         self._response_issued: dict[str, float] = {}
         self._triggers: dict[str, float] = {}
         self._rate_limits: dict[str, list[float]] = {}
+        self._upload_failures: list[tuple[int, str]] = []
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self._sockets: list[web.WebSocketResponse] = []
@@ -183,6 +184,10 @@ class SlackFake:
     def rate_limit(self, method: str, count: int = 1, retry_after: float = 0) -> None:
         """Answer the next `count` calls of `method` with 429 ratelimited + Retry-After."""
         self._rate_limits.setdefault(method, []).extend([retry_after] * count)
+
+    def fail_uploads(self, body: str, count: int = 1, status: int = 500) -> None:
+        """Answer the next `count` posts to an upload URL with `status` and `body`."""
+        self._upload_failures.extend([(status, body)] * count)
 
     def new_response_url(self) -> str:
         """A fresh response_url (5 uses within 30 minutes from now)."""
@@ -546,6 +551,10 @@ class SlackFake:
         upload = self.uploads.get(request.match_info["file_id"])
         if upload is None:
             return web.Response(status=404, text="not found")
+        if self._upload_failures:
+            status, body = self._upload_failures.pop(0)
+            await self._touch()
+            return web.Response(status=status, text=body)
         upload.data = await request.read()
         await self._touch()
         return web.Response(text=f"OK - {len(upload.data)}")

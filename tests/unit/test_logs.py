@@ -12,7 +12,7 @@ import pytest
 
 from bot.config import Settings
 from bot.db import Database
-from bot.logs import setup_logging
+from bot.logs import redact_urls, setup_logging
 
 TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDpzZWNyZXQ"  # the shape of a Discord interaction token
 KEY = "sk-novita-0123456789"
@@ -124,3 +124,17 @@ def test_our_own_vendor_webhook_paths_are_left_readable(tmp_path: Path) -> None:
     setup_logging(_settings(tmp_path), stream=stream)
     logging.getLogger("aiohttp.access").warning('127.0.0.1 "POST /webhooks/novita/job-1" 200 0.001s')
     assert "/webhooks/novita/job-1" in stream.getvalue()
+
+
+def test_redact_urls_keeps_where_but_drops_credentials() -> None:
+    text = (
+        "status: 403, body: <Error>https://files.slack.com/upload/v1/CwABAAAXg?X-Amz-Signature=abc"
+        "</Error> via http://user:pw@127.0.0.1:8080/upload/F1?sig=2#frag token xoxb-1-2-secret"
+    )
+
+    out = redact_urls(text)
+
+    assert out == (
+        "status: 403, body: <Error>https://files.slack.com/upload/v1/***</Error>"
+        " via http://127.0.0.1:8080/upload/F1 token xoxb-***"
+    )

@@ -76,3 +76,14 @@ def test_job_choices_match_the_typed_id_or_prompt_and_fit_discords_limits() -> N
     assert [c.value for c in job_choices(jobs, "OWL 7", running=False)] == ["j7"]
     everything = job_choices(jobs, "", running=False)
     assert len(everything) == 25 and all(len(c.name) <= 100 for c in everything)
+
+
+def test_waiting_requests_come_first_once_each_and_say_they_wait() -> None:
+    waiting = [_job("w2", JobPhase.QUEUED, "two owls"), _job("j3", JobPhase.QUEUED, "being confirmed")]
+    jobs = [_job("j3", JobPhase.QUEUED, "being confirmed"), _job("j1", JobPhase.RUNNING)]
+
+    choices = job_choices(jobs, "", running=True, waiting=waiting)
+
+    assert [c.value for c in choices] == ["w2", "j3", "j1"]
+    assert choices[0].name == "w2 · image · waiting for confirmation · two owls"
+    assert [c.value for c in job_choices(jobs, "owl", running=True, waiting=waiting)] == ["w2"]
