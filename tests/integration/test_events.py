@@ -1,0 +1,391 @@
+"""Cross-replica events (bot/events.py): two buses on one real PostgreSQL stand for two replicas;
+the local bus on real SQLite for the one-process mode. Every wait is on an event arriving, with
+a generous timeout; nothing asserts how long anything took."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bot.db import Database
+from bot.events import (
+    CHANNEL,
+    Event,
+    EventBusError,
+    JobNudged,
+    LocalEventBus,
+    PgEventBus,
+    Resync,
+    decode,
+    encode,
+    event_bus_for,
+)
+from bot.pg import PgDatabase
+from bot.sql import Tx, open_database
+from tests.support.postgres import fresh_pg_url
+
+WAIT = 30.0
+
+
+class Inbox:
+    """What one subscriber received, with a wait for a condition on it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Condition()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def until(self, pred: Callable[[list[Event]], bool]) -> None:
+        async with asyncio.timeout(WAIT), self._changed:
+            await self._changed.wait_for(lambda: pred(self.events))
+
+    async def has(self, event: Event) -> None:
+        await self.until(lambda events: event in events)
+
+
+class LogCount(logging.Handler):
+    """Counts the log records whose message contains `text`; a wait for a number of them."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self._changed.set()  # records of bot.events are emitted on the loop's thread
+
+    async def reached(self, n: int) -> None:
+        while self.count < n:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def replica(url: str, **options: Any) -> AsyncIterator[tuple[PgDatabase, PgEventBus, Inbox]]:
+    """One "replica": its own pool, its own bus listening, one subscriber."""
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(PgDatabase(url, max_size=4))
+        bus = event_bus_for(db, **options)
+        assert isinstance(bus, PgEventBus)
+        await stack.enter_async_context(bus)
+        inbox = Inbox()
+        await stack.enter_async_context(bus.subscribe(inbox))
+        yield db, bus, inbox
+
+
+async def listeners(url: str) -> list[int]:
+    """Server pids of the sessions listening right now (their last statement was LISTEN)."""
+    admin = await asyncpg.connect(url)
+    try:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    finally:
+        await admin.close()
+    return [row["pid"] for row in rows]
+
+
+# --- the payload -------------------------------------------------------------------------
+
+
+def test_an_event_round_trips_through_its_payload() -> None:
+    event = JobNudged("j_abc123", "cancel")
+    assert decode(encode(event)) == event
+
+
+def test_an_event_too_large_for_notify_is_refused_before_sending() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        encode(JobNudged("x" * 9000, "webhook"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "",
+        "garbage",
+        "[1]",
+        '{"t":"other"}',
+        '{"t":"nudge","job":"","why":"webhook"}',
+        '{"t":"nudge","job":"j1","why":"why not"}',
+    ],
+)
+def test_a_payload_we_did_not_send_is_a_value_error(payload: str) -> None:
+    with pytest.raises(ValueError):
+        decode(payload)
+
+
+# --- PostgreSQL: two replicas ------------------------------------------------------------
+
+
+async def test_an_event_published_by_one_replica_reaches_the_others_handler(pg_server: str) -> None:
+    async with (
+        fresh_pg_url(pg_server) as url,
+        replica(url) as (_, a, a_inbox),
+        replica(url) as (_, _b, b_inbox),
+    ):
+        event = JobNudged("j_webhook", "webhook")
+        await a.publish(event)
+        await b_inbox.has(event)
+        await a_inbox.has(event)  # the publisher's own listener hears it too
+        assert b_inbox.events == [event]
+
+
+async def test_a_notify_in_a_rolled_back_transaction_is_never_delivered(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, replica(url) as (db_a, a, _), replica(url) as (_, _b, b_inbox):
+        lost = JobNudged("j_rolled_back", "cancel")
+
+        async def step(tx: Tx) -> None:
+            await a.notify_in(tx, lost)
+            raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError):
+            await a.transact(db_a, step)
+        # Notifications arrive in commit order: once a later one is in, the first never will be.
+        later = JobNudged("j_later", "cancel")
+        await a.publish(later)
+        await b_inbox.has(later)
+        assert lost not in b_inbox.events
+
+
+async def test_a_notify_in_a_committed_transaction_arrives_only_after_commit(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, replica(url) as (db_a, a, _), replica(url) as (_, _b, b_inbox):
+        event = JobNudged("j_cancelled", "cancel")
+        marker = JobNudged("j_marker", "due")
+
+        async def step(tx: Tx) -> str:
+            await tx.execute("CREATE TABLE t (x INT)")  # some work of the transaction
+            await a.notify_in(tx, event)
+            # Sent and committed on another connection while this transaction is still open:
+            # once it is in, the listener has seen everything committed so far.
+            await a.publish(marker)
+            await b_inbox.has(marker)
+            assert event not in b_inbox.events
+            return "done"
+
+        assert await a.transact(db_a, step) == "done"
+        await b_inbox.has(event)
+        assert b_inbox.events == [marker, event]
+
+
+async def test_a_notify_through_the_plain_database_transaction_is_sent_on_commit(pg_server: str) -> None:
+    # A store step run by db.transact directly (not bus.transact) may notify too on PostgreSQL.
+    async with fresh_pg_url(pg_server) as url, replica(url) as (db_a, a, _), replica(url) as (_, _b, b_inbox):
+        event = JobNudged("j_store_step", "cancel")
+
+        async def step(tx: Tx) -> None:
+            await a.notify_in(tx, event)
+
+        await db_a.transact(step)
+        await b_inbox.has(event)
+
+
+async def test_a_killed_listener_reconnects_resyncs_and_hears_later_events(pg_server: str) -> None:
+    async with (
+        fresh_pg_url(pg_server) as url,
+        replica(url, backoff=(0.05, 0.5)) as (_, a, _),
+        replica(url) as (
+            _,
+            b,
+            b_inbox,
+        ),
+    ):
+        before = await listeners(url)
+        assert len(before) == 2
+        victim = b._conn.get_server_pid() if b._conn is not None else -1
+        assert victim in before
+        admin = await asyncpg.connect(url)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
+        finally:
+            await admin.close()
+        await b_inbox.has(Resync())
+        assert b.reconnects == 1 and b.connected
+        event = JobNudged("j_after_reconnect", "webhook")
+        await a.publish(event)
+        await b_inbox.has(event)
+        after = await listeners(url)
+        assert victim not in after and len(after) == 2
+
+
+async def test_reconnect_keeps_trying_while_the_server_refuses_and_never_logs_the_dsn(
+    pg_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.events")
+    async with fresh_pg_url(pg_server) as plain:
+        # The test cluster trusts loopback, so a password in the URL is accepted and ignored.
+        scheme, _, rest = plain.partition("://")
+        user, _, host = rest.partition("@")
+        secret = "s3cret-Pa55word"
+        url = f"{scheme}://{user}:{secret}@{host}"
+        name = url.rpartition("/")[2]
+        failures = LogCount("reconnect attempt")
+        logging.getLogger("bot.events").addHandler(failures)
+        async with AsyncExitStack() as stack:
+            stack.callback(logging.getLogger("bot.events").removeHandler, failures)
+            _, bus, inbox = await stack.enter_async_context(replica(url, backoff=(0.05, 0.2)))
+            admin = await asyncpg.connect(plain.rpartition("/")[0] + "/postgres")
+            try:
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await admin.fetchval(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND query LIKE 'LISTEN%'",
+                    name,
+                )
+
+                async with asyncio.timeout(WAIT):
+                    await failures.reached(2)
+                assert Resync() not in inbox.events
+                assert not bus.connected
+            finally:
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await admin.close()
+            await inbox.has(Resync())
+            event = JobNudged("j_back", "due")
+            await bus.publish(event)
+            await inbox.has(event)
+        assert failures.count >= 2
+        assert secret not in caplog.text and host not in caplog.text
+
+
+async def test_malformed_payloads_on_the_channel_are_logged_and_ignored(
+    pg_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.events")
+    async with fresh_pg_url(pg_server) as url, replica(url) as (db, bus, inbox):
+        for junk in (
+            "garbage",
+            '{"t":"nudge","job":"","why":"webhook"}',
+            '{"t":"nudge","job":"j","why":"?"}',
+        ):
+            await db.fetchval("SELECT pg_notify($1, $2)", CHANNEL, junk)
+        event = JobNudged("j_fine", "webhook")
+        await bus.publish(event)
+        await inbox.has(event)
+        assert inbox.events == [event]
+        assert bus.malformed == 3 and bus.connected
+        assert sum("malformed event" in r.getMessage() for r in caplog.records) == 3
+
+
+async def test_a_failing_handler_does_not_stop_the_others_and_async_handlers_run(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, replica(url) as (_, bus, inbox):
+        ran = asyncio.Event()
+
+        def broken(event: Event) -> None:
+            raise RuntimeError("subscriber bug")
+
+        async def slow(event: Event) -> None:
+            await asyncio.sleep(0)
+            ran.set()
+
+        async with bus.subscribe(broken), bus.subscribe(slow):
+            event = JobNudged("j1", "webhook")
+            await bus.publish(event)
+            await inbox.has(event)
+            async with asyncio.timeout(WAIT):
+                await ran.wait()
+
+
+async def test_closing_the_bus_ends_its_listening_session(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, PgDatabase(url) as db:
+        async with event_bus_for(db) as bus:
+            assert isinstance(bus, PgEventBus) and bus.connected
+            assert len(await listeners(url)) == 1
+        assert not bus.connected
+        admin = await asyncpg.connect(url)
+        try:
+            # pg_stat_activity may show a closing backend for a moment: wait for it to go.
+            # The server has no event for "that backend is gone": ask until it is.
+            async with asyncio.timeout(WAIT):
+                while True:
+                    if not await admin.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND query LIKE 'LISTEN%'"
+                    ):
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+
+
+async def test_a_bus_that_cannot_listen_fails_start_with_one_line_and_no_dsn(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url, PgDatabase(url) as db:
+        bad = url.rpartition("/")[0] + "/no_such_database_here"
+        with pytest.raises(EventBusError) as caught:
+            async with PgEventBus(db, bad):
+                pass
+        assert "no_such_database_here" not in str(caught.value)
+
+
+# --- SQLite: one process -----------------------------------------------------------------
+
+
+async def test_the_factory_picks_the_local_bus_for_sqlite(tmp_path: Path) -> None:
+    async with open_database(tmp_path / "bot.sqlite3") as db:
+        assert isinstance(event_bus_for(db), LocalEventBus)
+
+
+async def test_the_local_bus_delivers_in_process_on_the_loop_not_in_the_publishers_stack(
+    tmp_path: Path,
+) -> None:
+    async with LocalEventBus() as bus:
+        first, second = Inbox(), Inbox()
+        async with bus.subscribe(first), bus.subscribe(second):
+            event = JobNudged("j_local", "cancel")
+            await bus.publish(event)
+            assert first.events == []  # queued on the loop, not called by publish itself
+            await first.has(event)
+            await second.has(event)
+        await bus.publish(JobNudged("j_unsubscribed", "cancel"))
+        await asyncio.sleep(0)
+        assert first.events == [event]
+
+
+async def test_the_local_bus_sends_a_transactions_events_on_commit_only(tmp_path: Path) -> None:
+    async with Database(tmp_path / "bot.sqlite3") as db, LocalEventBus() as bus:
+        inbox = Inbox()
+        async with bus.subscribe(inbox):
+            lost, kept = JobNudged("j_rolled_back", "cancel"), JobNudged("j_committed", "cancel")
+
+            async def failing(tx: Tx) -> None:
+                await tx.execute("CREATE TABLE t (x INTEGER)")
+                await bus.notify_in(tx, lost)
+                raise RuntimeError("abort")
+
+            async def committing(tx: Tx) -> int:
+                await tx.execute("CREATE TABLE u (x INTEGER)")
+                await bus.notify_in(tx, kept)
+                return 7
+
+            with pytest.raises(RuntimeError):
+                await bus.transact(db, failing)
+            assert await bus.transact(db, committing) == 7
+            await inbox.has(kept)
+            assert inbox.events == [kept]
+            assert await db.fetchval("SELECT count(*) FROM sqlite_master WHERE name = 't'") == 0
+
+
+async def test_the_local_bus_refuses_notify_outside_its_transact(tmp_path: Path) -> None:
+    async with Database(tmp_path / "bot.sqlite3") as db, LocalEventBus() as bus:
+
+        async def step(tx: Tx) -> None:
+            await bus.notify_in(tx, JobNudged("j", "cancel"))
+
+        with pytest.raises(RuntimeError, match=r"outside bus\.transact"):
+            await db.transact(step)
