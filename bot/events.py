@@ -303,14 +303,13 @@ class PgEventBus(_Dispatch):
         return self._conn is not None and not self._conn.is_closed()
 
     async def __aenter__(self) -> Self:
+        import asyncpg  # only the PostgreSQL mode needs it
+
         try:
             await self._listen()
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The type only: the URL (which may hold a password) stays out of the message.
             raise EventBusError(f"cannot LISTEN on PostgreSQL: {type(exc).__name__}") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("asyncpg"):
-                raise EventBusError(f"cannot LISTEN on PostgreSQL: {type(exc).__name__}") from None
-            raise
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         return self
 

@@ -389,3 +389,48 @@ async def test_the_local_bus_refuses_notify_outside_its_transact(tmp_path: Path)
 
         with pytest.raises(RuntimeError, match=r"outside bus\.transact"):
             await db.transact(step)
+
+
+async def test_a_step_run_again_by_sqlites_group_commit_sends_its_events_once(tmp_path: Path) -> None:
+    # Calls arriving together share one SQLite transaction; when one fails, the others run
+    # again in savepoints: their events must count once, the failed call's never.
+    async with Database(tmp_path / "bot.sqlite3") as db, LocalEventBus() as bus:
+        inbox = Inbox()
+        async with bus.subscribe(inbox):
+            await db.transact(_create_table)
+
+            runs: dict[int, int] = {1: 0, 2: 0}
+
+            def committing(n: int) -> Callable[[Tx], Any]:
+                async def step(tx: Tx) -> None:
+                    runs[n] += 1
+                    await tx.execute("INSERT INTO t (x) VALUES ($1)", n)
+                    await bus.notify_in(tx, JobNudged(f"j_ok_{n}", "cancel"))
+
+                return step
+
+            async def failing(tx: Tx) -> None:
+                await bus.notify_in(tx, JobNudged("j_failed", "cancel"))
+                raise RuntimeError("abort")
+
+            results = await asyncio.gather(
+                bus.transact(db, committing(1)),
+                bus.transact(db, failing),
+                bus.transact(db, committing(2)),
+                return_exceptions=True,
+            )
+            assert isinstance(results[1], RuntimeError) and results[0] is None and results[2] is None
+            assert runs[1] >= 2  # the group really was run again (else this test shows nothing)
+            marker = JobNudged("j_marker", "due")
+            await bus.publish(marker)
+            await inbox.has(marker)
+            assert sorted(e.job_id for e in inbox.events if isinstance(e, JobNudged)) == [
+                "j_marker",
+                "j_ok_1",
+                "j_ok_2",
+            ]
+            assert await db.fetchval("SELECT count(*) FROM t") == 2
+
+
+async def _create_table(tx: Tx) -> None:
+    await tx.execute("CREATE TABLE t (x INTEGER)")
