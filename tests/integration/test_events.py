@@ -77,6 +77,53 @@ class LogCount(logging.Handler):
             await self._changed.wait()
 
 
+class BlackHoleProxy:
+    """A loopback TCP proxy to the server whose `cut()` silently stops forwarding on the
+    connections open so far (no FIN, no RST: a network cut), while new ones pass again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._open: list[dict[str, bool]] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> BlackHoleProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cut(self) -> None:
+        for flow in self._open:
+            flow["live"] = False
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+        flow = {"live": True}
+        self._open.append(flow)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst, flow))
+            self._tasks.add(task)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flow: dict[str, bool]) -> None:
+        while data := await src.read(65536):
+            if flow["live"]:
+                dst.write(data)
+                await dst.drain()
+
+
 @asynccontextmanager
 async def replica(url: str, **options: Any) -> AsyncIterator[tuple[PgDatabase, PgEventBus, Inbox]]:
     """One "replica": its own pool, its own bus listening, one subscriber."""
@@ -222,6 +269,27 @@ async def test_a_killed_listener_reconnects_resyncs_and_hears_later_events(pg_se
         await b_inbox.has(event)
         after = await listeners(url)
         assert victim not in after and len(after) == 2
+
+
+async def test_a_silently_dead_listener_is_found_by_its_keepalive_and_remade(pg_server: str) -> None:
+    # A network cut sends no FIN: only asking the connection shows it is gone.
+    async with fresh_pg_url(pg_server) as url, replica(url) as (_, a, _), PgDatabase(url) as db:
+        hostport = url.partition("@")[2].partition("/")[0]
+        host, _, port = hostport.rpartition(":")
+        async with BlackHoleProxy(host, int(port)) as proxy:
+            proxied = url.replace(f"@{hostport}/", f"@127.0.0.1:{proxy.port}/")
+            async with PgEventBus(db, proxied, keepalive=0.2, connect_timeout=2.0) as bus:
+                inbox = Inbox()
+                async with bus.subscribe(inbox):
+                    proxy.cut()
+                    lost = JobNudged("j_into_the_void", "webhook")
+                    await a.publish(lost)
+                    await inbox.has(Resync())
+                    assert bus.reconnects == 1
+                    event = JobNudged("j_after_the_cut", "webhook")
+                    await a.publish(event)
+                    await inbox.has(event)
+                    assert lost not in inbox.events  # at most once: the Resync stands for it
 
 
 async def test_reconnect_keeps_trying_while_the_server_refuses_and_never_logs_the_dsn(
