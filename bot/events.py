@@ -38,13 +38,18 @@ bot/scheduler.py; nothing here imports them):
 3. Cancel (`Engine.cancel`, any replica): the store's cancel step moves the job to
    `cancelled` and releases the hold, and in the same transaction calls
    `bus.notify_in(tx, JobNudged(job_id, "cancel"))` — or the engine publishes right after
-   `store.cancel` returned CANCELLED. The holder's handler wakes the job; its step re-reads the
-   row, finds it cancelled (its next CAS transition is lost) and drops the job, so it stops
-   polling at once instead of at its next poll or lease renewal.
-4. `runner.on_event`: `JobNudged` for a job in `runner._live` → `scheduler.wake(job_id)`;
-   any other job → ignored (not held here; the holder got the same event). `Resync` → wake
-   every followed job (`scheduler.wake` for each), and let the claimer scan for due jobs now,
-   since nudges may have been lost while disconnected.
+   `store.cancel` returned CANCELLED. The cancelling replica still cancels at the vendor
+   (`router.cancel(route, handle)`: both are in the row). The holder's handler re-reads the
+   row and, finding it terminal, drops the job (`runner.drop`, `scheduler.forget`), so it
+   stops polling at once instead of at its next failed transition or lease renewal.
+4. A job admitted (queued) on one replica: `JobNudged(job_id, "due")` in the admission
+   transaction, so an idle replica's claimer runs its `FOR UPDATE SKIP LOCKED` claim now
+   instead of at its next scan.
+5. `runner.on_event` (sync, so it never blocks delivery): `JobNudged` for a job this runner
+   follows → `scheduler.wake(job_id)` ("cancel": a task that re-reads the row first, as in 3);
+   "due" → wake the claimer; any other job → ignored (not held here; its holder got the same
+   event). `Resync` → wake every followed job and the claimer, since nudges may have been lost
+   while disconnected.
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ CHANNEL = "imagine_bot_jobs"
 MAX_PAYLOAD = 7999
 
 #: why a job should be looked at now
-NudgeReason = Literal["webhook", "cancel", "resubmit", "due"]
+NudgeReason = Literal["webhook", "cancel", "due"]
 _REASONS: frozenset[str] = frozenset(get_args(NudgeReason))
 _MAX_JOB_ID = 200
 
