@@ -194,6 +194,30 @@ async def test_an_event_published_by_one_replica_reaches_the_others_handler(pg_s
         assert b_inbox.events == [event]
 
 
+async def test_many_events_from_two_publishers_all_arrive_each_publishers_in_order(pg_server: str) -> None:
+    async with (
+        fresh_pg_url(pg_server) as url,
+        replica(url) as (_, a, _),
+        replica(url) as (_, b, _),
+        replica(url) as (
+            _,
+            _c,
+            c_inbox,
+        ),
+    ):
+
+        async def send(bus: PgEventBus, name: str) -> None:
+            for i in range(150):
+                await bus.publish(JobNudged(f"{name}{i}", "webhook"))
+
+        await asyncio.gather(send(a, "a"), send(b, "b"))
+        await c_inbox.until(lambda events: len(events) >= 300)
+        ids = [e.job_id for e in c_inbox.events if isinstance(e, JobNudged)]
+        assert len(ids) == 300
+        for name in "ab":
+            assert [i for i in ids if i.startswith(name)] == [f"{name}{i}" for i in range(150)]
+
+
 async def test_a_notify_in_a_rolled_back_transaction_is_never_delivered(pg_server: str) -> None:
     async with fresh_pg_url(pg_server) as url, replica(url) as (db_a, a, _), replica(url) as (_, _b, b_inbox):
         lost = JobNudged("j_rolled_back", "cancel")
