@@ -294,30 +294,32 @@ class JobStore:
         job.handle = None
         job.attempts += 1
 
-    async def done(self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None) -> bool:
-        """running → done with the settle and the outbox row "result"; False if the job was
-        no longer running (a Cancel won: nothing is charged, nothing recorded)."""
+    async def done(
+        self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None
+    ) -> OutboxRow | None:
+        """running → done with the settle and the outbox row "result"; that row, or None if the
+        job was no longer running (a Cancel won: nothing is charged, nothing recorded)."""
         ledger = self._ledger()
         now = self.clock()
+        encoded = result.model_dump_json()
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
             moved = conn.execute(
                 "UPDATE jobs SET state = 'done', version = version + 1, result = ?, updated = ?,"
                 " vendor_cost_usd = COALESCE(?, vendor_cost_usd), lease_owner = NULL"
                 " WHERE id = ? AND state = 'running'",
-                (result.model_dump_json(), now, vendor_cost_usd, job_id),
+                (encoded, now, vendor_cost_usd, job_id),
             ).rowcount
             if moved != 1:
-                return False
+                return None
             ledger.settle_in(conn, job_id)
-            _outbox(conn, job_id, "result", {}, now)
-            return True
+            return _outbox(conn, job_id, "result", {}, now)
 
         return await self.db.run(tx)
 
-    async def failed(self, job_id: str, text: str, why: str) -> bool:
+    async def failed(self, job_id: str, text: str, why: str) -> OutboxRow | None:
         """Any open state → failed with the release and the outbox row telling the user `text`;
-        False if the job had already ended."""
+        that row, or None if the job had already ended."""
         return await self._end(job_id, JobPhase.FAILED, "failure", text, why)
 
     async def cancel(self, job_id: str, text: str) -> JobPhase | None:
@@ -327,21 +329,22 @@ class JobStore:
             return JobPhase.CANCELLED
         return await self.db.run(lambda conn: _state_of(conn, job_id))
 
-    async def _end(self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str) -> bool:
+    async def _end(
+        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str
+    ) -> OutboxRow | None:
         ledger = self._ledger()
         now = self.clock()
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
             moved = conn.execute(
                 "UPDATE jobs SET state = ?, version = version + 1, error = ?, updated = ?, lease_owner = NULL"
                 f" WHERE id = ? AND state IN {_OPEN_SQL}",
                 (to.value, why[:500] if to is JobPhase.FAILED else None, now, job_id),
             ).rowcount
             if moved != 1:
-                return False
+                return None
             ledger.release_in(conn, job_id, reason=why[:200])
-            _outbox(conn, job_id, kind, {"text": text}, now)
-            return True
+            return _outbox(conn, job_id, kind, {"text": text}, now)
 
         return await self.db.run(tx)
 
@@ -451,13 +454,21 @@ class JobStore:
         return _decode(row) if row else None
 
     async def queue_position(self, job_id: str) -> int:
-        """1-based place of a queued job among every queued job (oldest first), 0 when not queued."""
-        row = await self.db.fetchone(
-            "SELECT COUNT(*) AS n FROM jobs AS q, jobs AS me WHERE me.id = ? AND me.state = 'queued'"
-            " AND q.state = 'queued' AND (q.created < me.created OR (q.created = me.created AND q.rowid <= me.rowid))",
-            (job_id,),
-        )
-        return int(row["n"]) if row else 0
+        """1-based place of a queued job among every queued job (oldest first), 0 when not queued.
+
+        Asked right after an admission, so it goes with the writes (one hop, committed in the
+        same group as the admissions around it) rather than as a read of two hops."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs AS q, jobs AS me WHERE me.id = ? AND me.state = 'queued'"
+                " AND q.state = 'queued'"
+                " AND (q.created < me.created OR (q.created = me.created AND q.rowid <= me.rowid))",
+                (job_id,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.db.run(tx)
 
     async def queue_positions(self) -> dict[str, int]:
         """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""
@@ -521,8 +532,10 @@ class JobStore:
 
 def _outbox(
     conn: sqlite3.Connection, job_id: str, kind: OutboxKind, payload: dict[str, Any], now: float
-) -> None:
-    conn.execute(
+) -> OutboxRow:
+    cursor = conn.execute(
         "INSERT INTO outbox (job_id, kind, payload, created) VALUES (?, ?, ?, ?)",
         (job_id, kind, json.dumps(payload), now),
     )
+    assert cursor.lastrowid is not None
+    return OutboxRow(cursor.lastrowid, job_id, kind, payload, 0)
