@@ -8,6 +8,7 @@ transaction — and the job is queued for a worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,15 +44,34 @@ class TenantCache:
         self._ttl = ttl
         self._clock = clock
         self._values: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
     async def get(self, key: tuple[str, ...], load: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value, or a fresh one from `load`."""
+        """The cached value, or a fresh one from `load` (one load for all who ask meanwhile:
+        a burst of admissions costs one read, not one each)."""
         hit = self._values.get(key)
         now = self._clock()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        value = await load()
+        pending = self._loading.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the first load failed: load again, so this caller meets its own error
+        pending = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await load()
+        except BaseException:
+            pending.cancel()
+            raise
+        finally:
+            if self._loading.get(key) is pending:
+                del self._loading[key]
         self._values[key] = (now, value)
+        pending.set_result(value)
         return value
 
     def drop(self, tenant: str) -> None:

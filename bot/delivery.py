@@ -102,6 +102,12 @@ class Delivery:
         self._replies.pop(job_id, None)
         self._last_progress.pop(job_id, None)
 
+    def due(self, job_id: str) -> bool:
+        """Whether a status line for the job would be shown now (the throttle lets it through):
+        callers skip building a text that would be dropped."""
+        last = self._last_progress.get(job_id)
+        return last is None or self._clock() - last >= self.config.progress_interval
+
     async def progress(
         self,
         job: JobRecord,

@@ -206,12 +206,13 @@ class MediaStore:
 
     def name_for(self, path: Path) -> str | None:
         """`path` (absolute, or relative to files_dir) as a link name; None if outside it."""
-        full = Path(os.path.normpath(self.files_dir / path))
-        try:
-            rel = full.relative_to(self.files_dir)
-        except ValueError:
+        # String work, not pathlib: every delivered file asks this (and again for each link).
+        root = str(self.files_dir)
+        full = os.path.normpath(os.path.join(root, os.fspath(path)))
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        if not full.startswith(prefix) or len(full) == len(prefix):
             return None
-        return rel.as_posix() if rel.parts else None
+        return full[len(prefix) :].replace(os.sep, "/")
 
     def link_for(self, path: Path) -> str | None:
         """A signed link to a file under files_dir, valid for `link_ttl` seconds; None when

@@ -262,9 +262,10 @@ class Runner:
             job.vendor_cost_usd = update.cost_usd
         match update.state:
             case JobState.QUEUED | JobState.RUNNING:
-                usual = self.route_times.usual(job.route)
-                text = messages.running(elapsed, update.progress, usual, job.cost)
-                await self.delivery.progress(job, JobPhase.RUNNING, text, percent=update.progress)
+                if self.delivery.due(job.id):  # most polls fall inside the status throttle
+                    usual = self.route_times.usual(job.route)
+                    text = messages.running(elapsed, update.progress, usual, job.cost)
+                    await self.delivery.progress(job, JobPhase.RUNNING, text, percent=update.progress)
                 schedule = self._schedules.get(job.id) or self._schedule(job)
                 wait = (
                     self.config.webhook_poll_interval

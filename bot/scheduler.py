@@ -160,18 +160,27 @@ class Scheduler:
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, tuple[float, int]] = {}  # the live entry per job; others are stale
         self._seq = itertools.count()
-        self._timer = asyncio.Event()
+        # One loop timer for the earliest entry of the heap (no task wakes up to find nothing due).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._slots = asyncio.Semaphore(steps)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._throttles: list[Throttle] = []
 
     async def run(self) -> None:
-        """The workers and the timer loop, until cancelled (in-flight steps are the caller's)."""
-        async with asyncio.TaskGroup() as group:
-            for i in range(self._workers):
-                group.create_task(self._worker(), name=f"engine-worker-{i}")
-            group.create_task(self._timer_loop(), name="engine-timer")
+        """The workers and the due-time timer, until cancelled (in-flight steps are the caller's)."""
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(self._workers):
+                    group.create_task(self._worker(), name=f"engine-worker-{i}")
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop, self._timer, self._timer_at = None, None, float("inf")
 
     def throttle(self, fn: Callable[[], Awaitable[None]], every: float) -> Throttle:
         """`fn` behind a `Throttle` on this scheduler's clock, stopped with the scheduler."""
@@ -226,8 +235,8 @@ class Scheduler:
         entry = (due, next(self._seq))
         self._due[job_id] = entry
         heapq.heappush(self._heap, (entry[0], entry[1], job_id))
-        if self._heap[0][2] == job_id:
-            self._timer.set()
+        if due < self._timer_at:
+            self._arm()
 
     def wake(self, job_id: str) -> None:
         """Run the job's next step now (a webhook arrived, a synchronous vendor answered)."""
@@ -249,25 +258,32 @@ class Scheduler:
         """Whether anything is queued, being claimed, due or running."""
         return bool(self.queue or self._claiming or self._due or self._running)
 
-    async def _timer_loop(self) -> None:
-        while True:
-            now = self._clock()
-            while self._heap and self._heap[0][0] <= now:
-                due, seq, job_id = heapq.heappop(self._heap)
-                if self._due.get(job_id) != (due, seq):
-                    continue  # replaced or forgotten
-                del self._due[job_id]
-                if job_id in self._running:
-                    self._again.add(job_id)
-                else:
-                    self._start(job_id)
-            self._timer.clear()
-            wait = self._heap[0][0] - now if self._heap else None
-            try:
-                async with asyncio.timeout(wait):
-                    await self._timer.wait()
-            except TimeoutError:
-                pass
+    def _arm(self) -> None:
+        """Set the loop timer for the earliest heap entry (replacing a later one)."""
+        if self._loop is None:
+            return  # not running yet: run() arms it
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = self._heap[0][0] if self._heap else float("inf")
+        if self._heap:
+            self._timer = self._loop.call_later(max(0.0, self._timer_at - self._clock()), self._fire)
+
+    def _fire(self) -> None:
+        """The timer: start every step that is due, then arm for the next one."""
+        self._timer, self._timer_at = None, float("inf")
+        now = self._clock()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, seq, job_id = heapq.heappop(heap)
+            if self._due.get(job_id) != (due, seq):
+                continue  # replaced or forgotten
+            del self._due[job_id]
+            if job_id in self._running:
+                self._again.add(job_id)
+            else:
+                self._start(job_id)
+        self._arm()
 
     def _start(self, job_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._run_step(job_id), name=f"engine-job-{job_id}")

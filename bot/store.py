@@ -53,6 +53,8 @@ __all__ = [
 
 OPEN = (JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING)
 _OPEN_SQL = "('queued', 'submitting', 'running')"
+# Spelled exactly as the partial index `jobs_open` is: only then does SQLite use that index.
+_TERMINAL_SQL = "('done', 'failed', 'cancelled')"
 
 OutboxKind = Literal["result", "failure", "cancelled"]
 
@@ -454,16 +456,17 @@ class JobStore:
         return _decode(row) if row else None
 
     async def queue_position(self, job_id: str) -> int:
-        """1-based place of a queued job among every queued job (oldest first), 0 when not queued.
+        """1-based place of a queued job among every queued job, in the order they were
+        admitted (committed); 0 when not queued.
 
         Asked right after an admission, so it goes with the writes (one hop, committed in the
-        same group as the admissions around it) rather than as a read of two hops."""
+        same group as the admissions around it). The count reads the open-jobs index alone
+        (its entries are state and rowid), never the rows of finished jobs."""
 
         def tx(conn: sqlite3.Connection) -> int:
             row = conn.execute(
-                "SELECT COUNT(*) FROM jobs AS q, jobs AS me WHERE me.id = ? AND me.state = 'queued'"
-                " AND q.state = 'queued'"
-                " AND (q.created < me.created OR (q.created = me.created AND q.rowid <= me.rowid))",
+                f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued'"
+                " AND rowid <= (SELECT rowid FROM jobs WHERE id = ? AND state = 'queued')",
                 (job_id,),
             ).fetchone()
             return int(row[0]) if row else 0
@@ -473,9 +476,9 @@ class JobStore:
     async def queue_positions(self) -> dict[str, int]:
         """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""
         rows = await self.db.fetchall(
-            "SELECT id, ROW_NUMBER() OVER (ORDER BY created, rowid) AS pos FROM jobs WHERE state = 'queued'"
+            f"SELECT id FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued' ORDER BY rowid"
         )
-        return {r["id"]: int(r["pos"]) for r in rows}
+        return {r["id"]: place for place, r in enumerate(rows, start=1)}
 
     async def by_request_key(self, key: str) -> JobRecord | None:
         """The job a platform request already created, if any."""
