@@ -20,13 +20,13 @@ from bot.commands import Actor, EditCommand, ImageRef, ImagineCommand, Model3DCo
 from bot.delivery import Delivery
 from bot.errors import BannedError, FrozenError, QueueFullError
 from bot.jobs import EngineConfig, Ticket
+from bot.jobstore import JobRecord, JobStorePort, new_job_id
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.params import JobSpec, fit_to_input, parse_edit, parse_imagine, parse_model3d
 from bot.policy import check_image_source, check_prompt
 from bot.reply import JobPhase, Reply
 from bot.scheduler import Scheduler
-from bot.store import JobRecord, JobStore, new_job_id
 
 __all__ = ["Admission", "TenantCache"]
 
@@ -86,7 +86,7 @@ class Admission:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         ledger: CreditLedger,
         media: MediaStore,
         catalog: Catalog,

@@ -19,6 +19,7 @@ from bot import messages
 from bot.catalog import Catalog
 from bot.errors import BotError
 from bot.jobs import EngineConfig, JobEndedError, LogReply, file_from_stored, file_to_stored
+from bot.jobstore import JobRecord, JobStorePort, OutboxRow, StoredResult
 from bot.media import DownloadError, MediaStore
 from bot.metrics import Metrics
 from bot.pngmeta import ResultInfo
@@ -33,7 +34,6 @@ from bot.reply import (
     Reply,
     ReplyRestorer,
 )
-from bot.store import JobRecord, JobStore, OutboxRow, StoredResult
 from providers.base import JobUpdate, Kind
 
 __all__ = ["Delivery"]
@@ -53,7 +53,7 @@ class Delivery:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         media: MediaStore,
         catalog: Catalog,
         config: EngineConfig,

@@ -9,10 +9,10 @@ from bot.admission import TenantCache
 from bot.commands import Actor, ModCommand, ModOp
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, ModResult
+from bot.jobstore import JobStorePort
 from bot.ledger import CreditLedger
 from bot.params import split_words
 from bot.policy import require_moderator
-from bot.store import JobStore
 from providers.base import Kind
 
 __all__ = ["Moderation"]
@@ -23,7 +23,7 @@ _log = logging.getLogger(__name__)
 class Moderation:
     """/credits for members; /quota operations for moderators (every change audited)."""
 
-    def __init__(self, *, ledger: CreditLedger, store: JobStore, tenants: TenantCache) -> None:
+    def __init__(self, *, ledger: CreditLedger, store: JobStorePort, tenants: TenantCache) -> None:
         self.ledger = ledger
         self.store = store
         self.tenants = tenants

@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable
 from bot import messages
 from bot.delivery import Delivery
 from bot.jobs import EngineConfig, JobEndedError
+from bot.jobstore import JobRecord, JobStorePort, LostRaceError, StoredResult
 from bot.media import MediaStore
 from bot.metrics import Metrics
 from bot.polling import PollSchedule, RouteTimes
 from bot.reply import JobPhase
 from bot.router import NoRouteError, Router
 from bot.scheduler import Scheduler, Throttle
-from bot.store import JobRecord, JobStore, LostRaceError, StoredResult
 from providers.base import (
     ContentBlockedError,
     JobState,
@@ -51,7 +51,7 @@ class Runner:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         router: Router,
         media: MediaStore,
         delivery: Delivery,

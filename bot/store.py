@@ -16,33 +16,43 @@ the result — `LostRaceError`, False, or the state it found — and does nothin
 | `queued` `submitting` `running` | `failed`   | release, outbox "failure" (`failed`)         |
 | `queued` `submitting` `running` | `cancelled`| release, outbox "cancelled" (`cancel`)       |
 
-The interface is what a second backend (PostgreSQL) implements; no SQL lives outside it.
+This is the SQLite implementation of `bot.jobstore.JobStorePort`, the interface a second
+backend (PostgreSQL) implements; no SQL lives outside the store.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol
 
 from bot import messages
 from bot.commands import Actor
 from bot.db import Database
-from bot.errors import BotError, BusyError
+from bot.errors import BusyError
+from bot.jobstore import (
+    OPEN,
+    JobRecord,
+    JobStorePort,
+    LostRaceError,
+    OutboxKind,
+    OutboxRow,
+    StoredFile,
+    StoredResult,
+    new_job_id,
+)
 from bot.params import JobSpec
 from bot.reply import JobPhase
 from providers.base import JobHandle
 
 __all__ = [
+    "OPEN",
     "JobLedger",
     "JobRecord",
     "JobStore",
+    "JobStorePort",
     "LostRaceError",
     "OutboxKind",
     "OutboxRow",
@@ -51,52 +61,9 @@ __all__ = [
     "new_job_id",
 ]
 
-OPEN = (JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING)
 _OPEN_SQL = "('queued', 'submitting', 'running')"
 # Spelled exactly as the partial index `jobs_open` is: only then does SQLite use that index.
 _TERMINAL_SQL = "('done', 'failed', 'cancelled')"
-
-OutboxKind = Literal["result", "failure", "cancelled"]
-
-
-def new_job_id() -> str:
-    """A short, unguessable id users can type (`/show 3f9a1c02de`)."""
-    return secrets.token_hex(5)
-
-
-class StoredFile(BaseModel):
-    """One delivered file as saved with the job (paths relative to the media root)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    path: str
-    filename: str
-    content_type: str
-    size: int
-    role: str = "image"
-    width: int | None = None
-    height: int | None = None
-    url: str | None = None
-
-
-class StoredResult(BaseModel):
-    """What a job produced: the size the vendor made, the files and the grid preview."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    size: tuple[int, int] | None = None
-    files: list[StoredFile] = Field(default_factory=list)
-    preview: StoredFile | None = None
-    faces: int | None = None  # a 3D model's face count, when its GLB could be read
-
-
-class LostRaceError(BotError):
-    """A transition found the job no longer in the state it expected: someone else moved it."""
-
-    def __init__(self, job_id: str, state: JobPhase | None) -> None:
-        super().__init__(f"job {job_id} is {state.value if state else 'gone'}")
-        self.job_id = job_id
-        self.state = state
 
 
 class JobLedger(Protocol):
@@ -115,47 +82,6 @@ class JobLedger(Protocol):
     def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
         """Give the held credits back."""
         ...
-
-
-@dataclass(slots=True)
-class JobRecord:
-    """A job row, decoded."""
-
-    id: str
-    created: float
-    updated: float
-    actor: Actor
-    spec: JobSpec
-    state: JobPhase
-    reply_ref: dict[str, Any]
-    cost: int
-    route: str | None = None
-    handle: JobHandle | None = None
-    attempts: int = 0
-    routes_tried: list[str] = field(default_factory=list)
-    vendor_cost_usd: float | None = None
-    result: StoredResult | None = None
-    error: str | None = None
-    parent_id: str | None = None
-    request_key: str | None = None
-    version: int = 0
-    deadline: float | None = None  # unix time after which the job fails as timed out
-
-    @property
-    def tenant(self) -> str:
-        """The ledger tenant of the job's actor."""
-        return self.actor.tenant
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A message to a user that a committed ending owes them."""
-
-    id: int
-    job_id: str
-    kind: OutboxKind
-    payload: dict[str, Any]
-    attempts: int
 
 
 _COLUMNS = (
@@ -194,7 +120,8 @@ def _state_of(conn: sqlite3.Connection, job_id: str) -> JobPhase | None:
 
 
 class JobStore:
-    """The jobs, the outbox and the learned poll times, on one `Database`.
+    """The jobs, the outbox and the learned poll times, on one SQLite `Database`
+    (`bot.jobstore.JobStorePort`, checked structurally where the app hands it to the engine).
 
     `ledger` supplies the credit steps of admission and endings; read-only users (the CLI's
     listings) may leave it out.
