@@ -3,7 +3,8 @@ for every followed job's next poll (or its webhook wake-up) — never one sleepi
 
 `workers` bounds the jobs in flight: a worker claims a queued job only while fewer than
 `workers` claimed jobs are unfinished (a slot is freed when the job is forgotten), so the
-queue position a user is shown means something.
+queue position a user is shown means something. Claims and steps together run at most
+`steps` at once.
 
 The scheduler knows job ids and times only; what a step does is the runner's. A step runs in a
 short task of its own (bounded by `steps` at once); a job has at most one step running, and a
@@ -214,7 +215,11 @@ class Scheduler:
             self._held.add(job_id)
             self._claiming += 1
             try:
-                await self._claim(job_id)
+                # A claim (its transitions and the vendor submit) is a step like any other:
+                # with thousands of workers, unbounded claims would queue thousands of
+                # transactions at once behind the one database connection.
+                async with self._slots:
+                    await self._claim(job_id)
             except Exception:  # a bug in one job must not stop the worker
                 _log.exception("claiming job %s failed", job_id)
             finally:

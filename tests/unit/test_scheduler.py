@@ -134,3 +134,27 @@ async def test_a_stopped_throttle_runs_nothing_later() -> None:
     await throttle.stop()
     await asyncio.sleep(0.2)
     assert len(runs) == 1
+
+
+async def test_claims_run_at_most_steps_at_once_however_many_workers() -> None:
+    loop = asyncio.get_running_loop()
+    running = peak = 0
+    scheduler: Scheduler
+
+    async def claim(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    scheduler = Scheduler(workers=100, steps=8, clock=loop.time, claim=claim, step=_nothing)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        for i in range(100):
+            scheduler.enqueue(f"j{i}")
+        await scheduler.drain()
+        assert peak == 8
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
