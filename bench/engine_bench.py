@@ -90,6 +90,26 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of this process, by thread name: where
+    the process's CPU goes (the event loop, SQLite's thread, the to_thread pool)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), f"tid-{task.name}")
+        # Pool threads are numbered (asyncio_0, asyncio_1 …): add them up under one name.
+        name = re.sub(r"_\d+$", "", name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _rss_now_mb() -> float:
     try:
         m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
@@ -247,6 +267,23 @@ def figures(
     if trace.failed:
         out["failures_sample"] = sorted(set(trace.failed.values()))[:5]
     return out
+
+
+def _start_profile() -> Any:
+    """cProfile of the event loop thread while measuring, when BENCH_PROFILE names a file prefix."""
+    if not os.environ.get("BENCH_PROFILE"):
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile(time.thread_time)  # CPU time: a send that yields to the vendor is not ours
+    profiler.enable()
+    return profiler
+
+
+def _stop_profile(profiler: Any, mode: str) -> None:
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{os.environ['BENCH_PROFILE']}.{mode}.prof")
 
 
 # --- child: the real bot ----------------------------------------------------------------------
@@ -417,6 +454,8 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
             done = _Countdown(args.jobs)
             sampler = Sampler()
             sampler.start()
+            threads0 = _thread_cpu()
+            profiler = _start_profile()
             cpu0, start = _cpu(), time.time()
             tasks = [
                 asyncio.ensure_future(submit(i, "bench", i, done, start + off if off else 0.0))
@@ -427,6 +466,8 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:
                 pass  # reported as missing
             end, cpu = done.last, _cpu() - cpu0
+            _stop_profile(profiler, args.child)
+            threads1 = _thread_cpu()
             await sampler.stop()
             for t in tasks:
                 t.cancel()
@@ -438,6 +479,9 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
                 steady = sampler.window(max(trace.submitted.values()), min(dones))
                 if steady is not None:
                     out["in_flight_window"] = steady | {"jobs_in_flight": len(trace.submitted)}
+            out["cpu_s_by_thread"] = {
+                k: round(v - threads0.get(k, 0.0), 2) for k, v in sorted(threads1.items())
+            }
             out |= {
                 "mode": args.child,
                 "warm": bool(args.warm),

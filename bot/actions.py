@@ -17,10 +17,10 @@ from bot.commands import Actor, EditCommand, ImageRef, Model3DCommand
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError, NotFoundError, UserError
 from bot.jobs import Ticket
+from bot.jobstore import JobRecord, JobStorePort
 from bot.params import parse_edit, parse_model3d, random_seed
 from bot.policy import check_job_id
 from bot.reply import JobPhase, JobResult, OutputFile, Reply
-from bot.store import JobRecord, JobStore
 from providers.base import Kind
 
 __all__ = ["ResultActions"]
@@ -30,7 +30,7 @@ class ResultActions:
     """What a finished job's buttons and /show do."""
 
     def __init__(
-        self, *, store: JobStore, catalog: Catalog, admission: Admission, delivery: Delivery
+        self, *, store: JobStorePort, catalog: Catalog, admission: Admission, delivery: Delivery
     ) -> None:
         self.store = store
         self.catalog = catalog

@@ -11,6 +11,7 @@ requester's Confirm (`bot.confirm`), then comes back through `confirm` and the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,13 +31,13 @@ from bot.errors import (
     QueueFullError,
 )
 from bot.jobs import EngineConfig, Ticket
+from bot.jobstore import JobRecord, JobStorePort, new_job_id
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.params import JobSpec, fit_to_input, parse_edit, parse_imagine, parse_model3d
 from bot.policy import check_image_source, check_prompt
 from bot.reply import JobPhase, Reply
 from bot.scheduler import Scheduler
-from bot.store import JobRecord, JobStore, new_job_id
 
 __all__ = ["Admission", "TenantCache"]
 
@@ -54,15 +55,34 @@ class TenantCache:
         self._ttl = ttl
         self._clock = clock
         self._values: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
     async def get(self, key: tuple[str, ...], load: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value, or a fresh one from `load`."""
+        """The cached value, or a fresh one from `load` (one load for all who ask meanwhile:
+        a burst of admissions costs one read, not one each)."""
         hit = self._values.get(key)
         now = self._clock()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        value = await load()
+        pending = self._loading.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the first load failed: load again, so this caller meets its own error
+        pending = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await load()
+        except BaseException:
+            pending.cancel()
+            raise
+        finally:
+            if self._loading.get(key) is pending:
+                del self._loading[key]
         self._values[key] = (now, value)
+        pending.set_result(value)
         return value
 
     def drop(self, tenant: str) -> None:
@@ -77,7 +97,7 @@ class Admission:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         ledger: CreditLedger,
         media: MediaStore,
         catalog: Catalog,

@@ -18,6 +18,7 @@ import aiohttp
 from bot.adapter import Adapter, AdapterContext, load_adapter
 from bot.catalog import Catalog
 from bot.config import Settings
+from bot.confirm import ConfirmStore
 from bot.db import Database
 from bot.engine import Engine, EngineConfig
 from bot.health import DatabaseProbe, Readiness
@@ -202,6 +203,7 @@ class BotApp:
         self.engine = Engine(
             store=JobStore(self.db, ledger=self.ledger),
             ledger=self.ledger,
+            confirms=ConfirmStore(self.db),
             router=self.router,
             media=self.media,
             config=EngineConfig(

@@ -27,10 +27,10 @@ from bot.commands import Actor
 from bot.db import Database
 from bot.errors import NotFoundError, UserError
 from bot.jobs import LogReply, Ticket
+from bot.jobstore import new_job_id
 from bot.params import JobSpec
 from bot.policy import check_job_id
 from bot.reply import Button, ButtonAction, Failure, JobPhase, Progress, Reply, ReplyRestorer
-from bot.store import new_job_id
 
 __all__ = [
     "CONFIRM_TTL",

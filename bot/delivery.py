@@ -19,6 +19,7 @@ from bot import messages
 from bot.catalog import Catalog
 from bot.errors import BotError
 from bot.jobs import EngineConfig, JobEndedError, LogReply, file_from_stored, file_to_stored
+from bot.jobstore import JobRecord, JobStorePort, OutboxRow, StoredResult
 from bot.media import DownloadError, MediaStore
 from bot.metrics import Metrics
 from bot.pngmeta import ResultInfo
@@ -33,7 +34,6 @@ from bot.reply import (
     Reply,
     ReplyRestorer,
 )
-from bot.store import JobRecord, JobStore, OutboxRow, StoredResult
 from providers.base import JobUpdate, Kind
 
 __all__ = ["Delivery"]
@@ -53,7 +53,7 @@ class Delivery:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         media: MediaStore,
         catalog: Catalog,
         config: EngineConfig,
@@ -101,6 +101,12 @@ class Delivery:
         """Drop what memory holds for a finished job."""
         self._replies.pop(job_id, None)
         self._last_progress.pop(job_id, None)
+
+    def due(self, job_id: str) -> bool:
+        """Whether a status line for the job would be shown now (the throttle lets it through):
+        callers skip building a text that would be dropped."""
+        last = self._last_progress.get(job_id)
+        return last is None or self._clock() - last >= self.config.progress_interval
 
     async def progress(
         self,

@@ -34,6 +34,7 @@ from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore, PendingReques
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, EngineConfig, LogReply, ModResult, Ticket
+from bot.jobstore import JobRecord, JobStorePort
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.metrics import Metrics
@@ -43,7 +44,7 @@ from bot.reply import ButtonAction, JobPhase, JobResult, Reply, ReplyRestorer
 from bot.router import Router
 from bot.runner import Runner, WebhookURL
 from bot.scheduler import Scheduler
-from bot.store import JobRecord, JobStore
+from bot.store import JobStore
 from providers.base import Kind, ProviderError
 
 __all__ = ["CreditsView", "Engine", "EngineConfig", "LogReply", "ModResult", "Ticket"]
@@ -61,8 +62,9 @@ class Engine:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         ledger: CreditLedger,
+        confirms: ConfirmStore,
         router: Router,
         media: MediaStore,
         config: EngineConfig | None = None,
@@ -71,8 +73,8 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if store.ledger is None:
-            store.ledger = ledger  # the store composes the ledger's steps into its transitions
+        if isinstance(store, JobStore) and store.ledger is None:
+            store.ledger = ledger  # the SQLite store composes the ledger's steps into its own transactions
         self.store = store
         self.ledger = ledger
         self.router = router
@@ -110,7 +112,7 @@ class Engine:
             step=self.runner.step,
         )
         self.runner.scheduler = self.scheduler
-        self.confirmations = Confirmations(store=ConfirmStore(store.db), restorers=self.delivery.restorers)
+        self.confirmations = Confirmations(store=confirms, restorers=self.delivery.restorers)
         self.admission = Admission(
             store=store,
             ledger=ledger,

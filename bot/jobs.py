@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.errors import BotError
+from bot.jobstore import StoredFile
 from bot.reply import Failure, JobResult, OutputFile, Progress
-from bot.store import StoredFile
 
 __all__ = [
     "CreditsView",

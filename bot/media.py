@@ -206,12 +206,13 @@ class MediaStore:
 
     def name_for(self, path: Path) -> str | None:
         """`path` (absolute, or relative to files_dir) as a link name; None if outside it."""
-        full = Path(os.path.normpath(self.files_dir / path))
-        try:
-            rel = full.relative_to(self.files_dir)
-        except ValueError:
+        # String work, not pathlib: every delivered file asks this (and again for each link).
+        root = str(self.files_dir)
+        full = os.path.normpath(os.path.join(root, os.fspath(path)))
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        if not full.startswith(prefix) or len(full) == len(prefix):
             return None
-        return rel.as_posix() if rel.parts else None
+        return full[len(prefix) :].replace(os.sep, "/")
 
     def link_for(self, path: Path) -> str | None:
         """A signed link to a file under files_dir, valid for `link_ttl` seconds; None when
@@ -400,38 +401,44 @@ class MediaStore:
         The extension and role come from the bytes: PNG/JPEG/WebP → "image" (or
         "thumbnail" when the vendor said so), binary glTF → "model". A PNG image gets
         `metadata` (with its measured size) as text chunks. Raises `DownloadError`.
+
+        A file of up to 1 MB (every image a vendor sends) stays in memory and is checked,
+        stamped and written in one thread hop; a larger one streams to a part file first.
         """
-        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
         part = dest_dir / f".{stem}.{secrets.token_hex(4)}.part"
+        data: bytes | None = None
         try:
             if source.data is not None:
                 if len(source.data) > self.max_result_bytes:
                     raise DownloadError(self._too_big_text(len(source.data)), retryable=False)
-                await asyncio.to_thread(part.write_bytes, source.data)
-                head, size = source.data[:16], len(source.data)
+                data = source.data
+                head, size = data[:16], len(data)
             elif source.url:
-                head, size = await self._download(source.url, part)
+                head, size, data = await self._download(source.url, part)
             else:
                 raise DownloadError("the vendor returned a file with neither URL nor data", retryable=False)
             kind = sniff(head)
             if kind is None:
                 raise DownloadError("the vendor's file is neither an image nor a GLB model", retryable=False)
             content_type, ext = kind
-            width = height = None
             if content_type == GLB_CONTENT_TYPE:
                 _check_glb(head, size)
                 role = "model"
             else:
-                width, height = await asyncio.to_thread(self._measure, part)
                 role = "image" if source.role == "image" else "thumbnail"
-                if metadata is not None and role == "image" and content_type == "image/png":
-                    info = metadata.fields(width, height, seed=source.seed)
-                    size = await pngmeta.stamp_png(part, info) or size
+            stamp = None
+            if metadata is not None and role == "image" and content_type == "image/png":
+                seed = source.seed
+                stamp = lambda w, h: metadata.fields(w, h, seed=seed)  # noqa: E731
             final = dest_dir / f"{stem}.{ext}"
-            await asyncio.to_thread(os.replace, part, final)
+            measure = content_type != GLB_CONTENT_TYPE
+            width, height, size = await asyncio.to_thread(
+                self._finish_result, data, part, final, measure=measure, stamp=stamp
+            )
         except BaseException:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(part.unlink, missing_ok=True)
+            if data is None:  # streamed (or failed while streaming): a part file may exist
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(part.unlink, missing_ok=True)
             raise
         _log.info("result saved %s (%s, %d bytes)", final.name, content_type, size)
         return OutputFile(
@@ -445,8 +452,39 @@ class MediaStore:
             height=height,
         )
 
-    async def _download(self, url: str, part: Path) -> tuple[bytes, int]:
-        """Stream `url` into `part` under the result cap; returns (first bytes, size).
+    def _finish_result(
+        self,
+        data: bytes | None,
+        part: Path,
+        final: Path,
+        *,
+        measure: bool,
+        stamp: Callable[[int | None, int | None], dict[str, str]] | None,
+    ) -> tuple[int | None, int | None, int]:
+        """In a thread: measure an image from its header, stamp a PNG's metadata, and put the
+        file in place (written from `data`, or the streamed `part`); (width, height, size)."""
+        width = height = None
+        if data is None:
+            if measure:
+                width, height = self._measure(part)
+            if stamp is not None:
+                stamped = pngmeta.stamp_file(part, stamp(width, height))
+                size = stamped if stamped is not None else part.stat().st_size
+            else:
+                size = part.stat().st_size
+            os.replace(part, final)
+            return width, height, size
+        if measure:
+            width, height = self._measure_bytes(data)
+        if stamp is not None:
+            data = pngmeta.stamp_bytes(data, stamp(width, height), final.name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(final, data)
+        return width, height, len(data)
+
+    async def _download(self, url: str, part: Path) -> tuple[bytes, int, bytes | None]:
+        """Stream `url` under the result cap; (first bytes, size, the bytes when they fit in
+        memory — else None and the file is at `part`).
 
         The vendor's URL gets the user URLs' guard: http(s) only, public addresses only
         (pinned), every redirect hop checked again, at most `_MAX_REDIRECTS` of them.
@@ -495,8 +533,9 @@ class MediaStore:
         _log.warning("result download: too many redirects: %s", shown)
         raise DownloadError("the vendor's result URL redirects too often", retryable=False)
 
-    async def _stream_to(self, resp: aiohttp.ClientResponse, part: Path) -> tuple[bytes, int]:
-        out: BinaryIO = await asyncio.to_thread(part.open, "wb")
+    async def _stream_to(self, resp: aiohttp.ClientResponse, part: Path) -> tuple[bytes, int, bytes | None]:
+        # In memory while it fits in one flush; a larger file goes to `part` in 1 MB writes.
+        out: BinaryIO | None = None
         try:
             head, size, buf = b"", 0, bytearray()
             async for chunk in resp.content.iter_chunked(_CHUNK):
@@ -507,21 +546,32 @@ class MediaStore:
                     head = (head + chunk)[:16]
                 buf += chunk
                 if len(buf) >= _FLUSH:
+                    if out is None:
+                        out = await asyncio.to_thread(_open_part, part)
                     await asyncio.to_thread(out.write, buf)
                     buf = bytearray()
+            if out is None:
+                return head, size, bytes(buf)
             if buf:
                 await asyncio.to_thread(out.write, buf)
-            return head, size
+            return head, size, None
         finally:
-            await asyncio.to_thread(out.close)
+            if out is not None:
+                await asyncio.to_thread(out.close)
 
     def _too_big_text(self, size: int) -> str:
         return f"the result is larger than the {self.max_result_bytes // (1024 * 1024)} MB cap ({size} bytes)"
 
     def _measure(self, path: Path) -> tuple[int, int]:
+        with path.open("rb") as f:
+            return self._measure_file(f)
+
+    def _measure_bytes(self, data: bytes) -> tuple[int, int]:
+        return self._measure_file(io.BytesIO(data))
+
+    def _measure_file(self, f: BinaryIO) -> tuple[int, int]:
         try:
-            with path.open("rb") as f:
-                _, width, height = _verify_image(f, self._max_pixels)
+            _, width, height = _verify_image(f, self._max_pixels)
         except (_NotImageError, _TooManyPixelsError):
             raise DownloadError("the vendor's image is damaged or unreadable", retryable=False) from None
         return width, height
@@ -672,6 +722,11 @@ def _check_glb(head: bytes, size: int) -> None:
         raise DownloadError(f"the vendor's GLB model has unsupported version {version}", retryable=False)
     if length != size:
         raise DownloadError("the vendor's GLB model is truncated", retryable=True)
+
+
+def _open_part(part: Path) -> BinaryIO:
+    part.parent.mkdir(parents=True, exist_ok=True)
+    return part.open("wb")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

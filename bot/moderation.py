@@ -10,10 +10,10 @@ from bot.commands import Actor, ModCommand, ModOp
 from bot.confirm import ConfirmStore
 from bot.errors import InvalidInputError
 from bot.jobs import CreditsView, ModResult
+from bot.jobstore import JobStorePort
 from bot.ledger import CreditLedger
 from bot.params import split_words
 from bot.policy import require_moderator
-from bot.store import JobStore
 from providers.base import Kind
 
 __all__ = ["Moderation"]
@@ -25,7 +25,7 @@ class Moderation:
     """/credits for members; /quota operations for moderators (every change audited)."""
 
     def __init__(
-        self, *, ledger: CreditLedger, store: JobStore, tenants: TenantCache, confirms: ConfirmStore
+        self, *, ledger: CreditLedger, store: JobStorePort, tenants: TenantCache, confirms: ConfirmStore
     ) -> None:
         self.ledger = ledger
         self.store = store

@@ -21,7 +21,16 @@ from pathlib import Path
 
 from bot.errors import BotError
 
-__all__ = ["PNG_SIGNATURE", "NotPNGError", "ResultInfo", "add_text", "stamp_png", "text_chunk"]
+__all__ = [
+    "PNG_SIGNATURE",
+    "NotPNGError",
+    "ResultInfo",
+    "add_text",
+    "stamp_bytes",
+    "stamp_file",
+    "stamp_png",
+    "text_chunk",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -140,7 +149,18 @@ def add_text(data: bytes, info: Mapping[str, str]) -> bytes:
     return data[:ihdr_end] + new + b"".join(kept)
 
 
-def _stamp_file(path: Path, info: Mapping[str, str]) -> int | None:
+def stamp_bytes(data: bytes, info: Mapping[str, str], name: str) -> bytes:
+    """`data` with `info` added (see `add_text`), or `data` unchanged when it is not a
+    well-formed PNG (logged with `name`). Raises ValueError on an invalid keyword."""
+    try:
+        return add_text(data, info)
+    except NotPNGError as exc:
+        _log.info("png metadata skipped for %s: %s", name, exc)
+        return data
+
+
+def stamp_file(path: Path, info: Mapping[str, str]) -> int | None:
+    """`stamp_png` without the thread hop, for code already on a worker thread."""
     data = path.read_bytes()
     try:
         stamped = add_text(data, info)
@@ -160,4 +180,4 @@ def _stamp_file(path: Path, info: Mapping[str, str]) -> int | None:
 async def stamp_png(path: Path, info: Mapping[str, str]) -> int | None:
     """Write `info` into the PNG at `path` (in a thread); returns the new file size, or None
     when the file is not a PNG and was left as is. Raises ValueError on an invalid keyword."""
-    return await asyncio.to_thread(_stamp_file, path, info)
+    return await asyncio.to_thread(stamp_file, path, info)

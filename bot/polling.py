@@ -84,6 +84,7 @@ class RouteTimes:
         self._growth = growth
         self._times: dict[str, deque[float]] = {}
         self._learned: dict[str, _Learned | None] = {}  # cache, dropped on every new sample
+        self._usual: dict[str, float | None] = {}  # the same for the median
         self._bounds = (1.0, 10.0)  # the (initial, maximum) last asked for, to size the gaps
 
     def record(self, route: str, seconds: float, *, since: float | None = None) -> None:
@@ -97,13 +98,16 @@ class RouteTimes:
             estimate = seconds - self._gap(route, seconds) / 2
         self._times.setdefault(route, deque(maxlen=self._keep)).append(max(0.0, estimate))
         self._learned.pop(route, None)
+        self._usual.pop(route, None)
 
     def usual(self, route: str) -> float | None:
         """The route's median duration, once it has enough history to mean something."""
+        if route in self._usual:  # asked on every poll: sorted once per new sample at most
+            return self._usual[route]
         times = self._times.get(route)
-        if times is None or len(times) < self._min:
-            return None
-        return statistics.median(times)
+        usual = None if times is None or len(times) < self._min else statistics.median(times)
+        self._usual[route] = usual
+        return usual
 
     def schedule(self, route: str, initial: float, maximum: float) -> PollSchedule:
         """A schedule for a job just submitted to `route`."""
@@ -131,6 +135,7 @@ class RouteTimes:
             clean = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v) and v >= 0]
             self._times[route] = deque(clean[-self._keep :], maxlen=self._keep)
             self._learned.pop(route, None)
+            self._usual.pop(route, None)
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -160,6 +160,8 @@ class Router:
         self._routes = {
             r.key: _RouteState(CircuitBreaker(breaker_failures, breaker_reset, clock)) for r in catalog.routes
         }
+        self._by_key = {r.key: r for r in catalog.routes}
+        self._metric_children: dict[tuple[str, str], Any] = {}
 
     # --- choosing ------------------------------------------------------------------------
 
@@ -182,10 +184,10 @@ class Router:
 
     def route(self, key: str) -> RouteSpec:
         """A catalog route by `vendor:model` key."""
-        for r in self.catalog.routes:
-            if r.key == key:
-                return r
-        raise KeyError(key)
+        route = self._by_key.get(key)
+        if route is None:
+            raise KeyError(key)
+        return route
 
     def request_for(
         self, route: RouteSpec, spec: JobSpec, *, image_url: str | None, webhook_url: str | None
@@ -331,8 +333,27 @@ class Router:
             raise
         finally:
             if self.metrics is not None:
-                self.metrics.vendor_requests_total.labels(vendor=vendor, outcome=outcome).inc()
-                self.metrics.vendor_latency_seconds.labels(vendor=vendor).observe(self._clock() - start)
+                self._requests_metric(vendor, outcome).inc()
+                self._latency_metric(vendor).observe(self._clock() - start)
+
+    def _requests_metric(self, vendor: str, outcome: str) -> Any:
+        # A labelled child looked up once per (vendor, outcome): every vendor call counts.
+        key = (vendor, outcome)
+        child = self._metric_children.get(key)
+        if child is None:
+            assert self.metrics is not None
+            child = self._metric_children[key] = self.metrics.vendor_requests_total.labels(
+                vendor=vendor, outcome=outcome
+            )
+        return child
+
+    def _latency_metric(self, vendor: str) -> Any:
+        key = (vendor, "")
+        child = self._metric_children.get(key)
+        if child is None:
+            assert self.metrics is not None
+            child = self._metric_children[key] = self.metrics.vendor_latency_seconds.labels(vendor=vendor)
+        return child
 
     def _failover(self, route: RouteSpec, exc: ProviderError, nxt: str | None) -> None:
         reason = {AuthError: "auth", OutOfFundsError: "funds"}.get(type(exc), "unavailable")

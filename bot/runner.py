@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable
 from bot import messages
 from bot.delivery import Delivery
 from bot.jobs import EngineConfig, JobEndedError
+from bot.jobstore import JobRecord, JobStorePort, LostRaceError, StoredResult
 from bot.media import MediaStore
 from bot.metrics import Metrics
 from bot.polling import PollSchedule, RouteTimes
 from bot.reply import JobPhase
 from bot.router import NoRouteError, Router
-from bot.scheduler import Scheduler
-from bot.store import JobRecord, JobStore, LostRaceError, StoredResult
+from bot.scheduler import Scheduler, Throttle
 from providers.base import (
     ContentBlockedError,
     JobState,
@@ -51,7 +51,7 @@ class Runner:
     def __init__(
         self,
         *,
-        store: JobStore,
+        store: JobStorePort,
         router: Router,
         media: MediaStore,
         delivery: Delivery,
@@ -75,7 +75,10 @@ class Runner:
         self._clock = clock
         self._wall = wall
         self.scheduler: Scheduler  # set by the engine (the two refer to each other)
-        self.claimed: Callable[[], Awaitable[None]] | None = None  # set by the engine
+        # Set by the engine: the queue moved (a status refresh for the jobs still waiting). Run
+        # through a Throttle, at most once per progress interval however many workers claim.
+        self.claimed: Callable[[], Awaitable[None]] | None = None
+        self._claimed: Throttle | None = None
         self._live: dict[str, JobRecord] = {}
         self._schedules: dict[str, PollSchedule] = {}
         self._started: dict[str, float] = {}
@@ -100,7 +103,9 @@ class Runner:
         if job is None:
             return  # cancelled meanwhile, or claimed by another process
         if self.claimed is not None:
-            await self.claimed()  # the jobs behind this one moved up
+            if self._claimed is None:
+                self._claimed = self.scheduler.throttle(self.claimed, self.config.progress_interval)
+            await self._claimed()  # the jobs behind this one moved up
         await self._guarded(job, self._submit(job))
 
     def follow(self, job: JobRecord) -> None:
@@ -150,11 +155,12 @@ class Runner:
     async def end(self, job: JobRecord, text: str, why: str) -> None:
         """failed, with the release and the user's message (if the job was still open)."""
         self.drop(job.id)
-        if not await self.store.failed(job.id, text, why):
+        row = await self.store.failed(job.id, text, why)
+        if row is None:
             return
         _log.warning("job failed job=%s route=%s: %s", job.id, job.route, why)
         self.count_end(job, JobPhase.FAILED)
-        await self.delivery.send_pending(job.id)
+        await self.delivery.send(row, job)
 
     def count_end(self, job: JobRecord, state: JobPhase) -> None:
         """Metrics of a job that reached `state`."""
@@ -256,9 +262,10 @@ class Runner:
             job.vendor_cost_usd = update.cost_usd
         match update.state:
             case JobState.QUEUED | JobState.RUNNING:
-                usual = self.route_times.usual(job.route)
-                text = messages.running(elapsed, update.progress, usual, job.cost)
-                await self.delivery.progress(job, JobPhase.RUNNING, text, percent=update.progress)
+                if self.delivery.due(job.id):  # most polls fall inside the status throttle
+                    usual = self.route_times.usual(job.route)
+                    text = messages.running(elapsed, update.progress, usual, job.cost)
+                    await self.delivery.progress(job, JobPhase.RUNNING, text, percent=update.progress)
                 schedule = self._schedules.get(job.id) or self._schedule(job)
                 wait = (
                     self.config.webhook_poll_interval
@@ -288,15 +295,15 @@ class Runner:
     async def _finish(self, job: JobRecord, update: JobUpdate) -> None:
         await self.delivery.progress(job, JobPhase.DELIVERING, messages.delivering())
         result = await self.delivery.download(job, update)
-        won = await self.store.done(job.id, result, job.vendor_cost_usd)
+        row = await self.store.done(job.id, result, job.vendor_cost_usd)
         self.drop(job.id)
-        if not won:
+        if row is None:
             _log.info("job %s ended while its result downloaded; nothing charged", job.id)
             return
         job.state, job.result = JobPhase.DONE, result
         self.count_end(job, JobPhase.DONE)
         _log.info("job done job=%s route=%s files=%d", job.id, job.route, len(result.files))
-        await self.delivery.send_pending(job.id, job)
+        await self.delivery.send(row, job)  # the row the ending committed: no read back
 
     async def _vendor_failed(self, job: JobRecord, update: JobUpdate) -> None:
         reason = update.error or f"vendor reported {update.state.value}"

@@ -16,33 +16,43 @@ the result — `LostRaceError`, False, or the state it found — and does nothin
 | `queued` `submitting` `running` | `failed`   | release, outbox "failure" (`failed`)         |
 | `queued` `submitting` `running` | `cancelled`| release, outbox "cancelled" (`cancel`)       |
 
-The interface is what a second backend (PostgreSQL) implements; no SQL lives outside it.
+This is the SQLite implementation of `bot.jobstore.JobStorePort`, the interface a second
+backend (PostgreSQL) implements; no SQL lives outside the store.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol
 
 from bot import messages
 from bot.commands import Actor
 from bot.db import Database
-from bot.errors import BotError, BusyError
+from bot.errors import BusyError
+from bot.jobstore import (
+    OPEN,
+    JobRecord,
+    JobStorePort,
+    LostRaceError,
+    OutboxKind,
+    OutboxRow,
+    StoredFile,
+    StoredResult,
+    new_job_id,
+)
 from bot.params import JobSpec
 from bot.reply import JobPhase
 from providers.base import JobHandle
 
 __all__ = [
+    "OPEN",
     "JobLedger",
     "JobRecord",
     "JobStore",
+    "JobStorePort",
     "LostRaceError",
     "OutboxKind",
     "OutboxRow",
@@ -51,50 +61,9 @@ __all__ = [
     "new_job_id",
 ]
 
-OPEN = (JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING)
 _OPEN_SQL = "('queued', 'submitting', 'running')"
-
-OutboxKind = Literal["result", "failure", "cancelled"]
-
-
-def new_job_id() -> str:
-    """A short, unguessable id users can type (`/show 3f9a1c02de`)."""
-    return secrets.token_hex(5)
-
-
-class StoredFile(BaseModel):
-    """One delivered file as saved with the job (paths relative to the media root)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    path: str
-    filename: str
-    content_type: str
-    size: int
-    role: str = "image"
-    width: int | None = None
-    height: int | None = None
-    url: str | None = None
-
-
-class StoredResult(BaseModel):
-    """What a job produced: the size the vendor made, the files and the grid preview."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    size: tuple[int, int] | None = None
-    files: list[StoredFile] = Field(default_factory=list)
-    preview: StoredFile | None = None
-    faces: int | None = None  # a 3D model's face count, when its GLB could be read
-
-
-class LostRaceError(BotError):
-    """A transition found the job no longer in the state it expected: someone else moved it."""
-
-    def __init__(self, job_id: str, state: JobPhase | None) -> None:
-        super().__init__(f"job {job_id} is {state.value if state else 'gone'}")
-        self.job_id = job_id
-        self.state = state
+# Spelled exactly as the partial index `jobs_open` is: only then does SQLite use that index.
+_TERMINAL_SQL = "('done', 'failed', 'cancelled')"
 
 
 class JobLedger(Protocol):
@@ -113,47 +82,6 @@ class JobLedger(Protocol):
     def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
         """Give the held credits back."""
         ...
-
-
-@dataclass(slots=True)
-class JobRecord:
-    """A job row, decoded."""
-
-    id: str
-    created: float
-    updated: float
-    actor: Actor
-    spec: JobSpec
-    state: JobPhase
-    reply_ref: dict[str, Any]
-    cost: int
-    route: str | None = None
-    handle: JobHandle | None = None
-    attempts: int = 0
-    routes_tried: list[str] = field(default_factory=list)
-    vendor_cost_usd: float | None = None
-    result: StoredResult | None = None
-    error: str | None = None
-    parent_id: str | None = None
-    request_key: str | None = None
-    version: int = 0
-    deadline: float | None = None  # unix time after which the job fails as timed out
-
-    @property
-    def tenant(self) -> str:
-        """The ledger tenant of the job's actor."""
-        return self.actor.tenant
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A message to a user that a committed ending owes them."""
-
-    id: int
-    job_id: str
-    kind: OutboxKind
-    payload: dict[str, Any]
-    attempts: int
 
 
 _COLUMNS = (
@@ -192,7 +120,8 @@ def _state_of(conn: sqlite3.Connection, job_id: str) -> JobPhase | None:
 
 
 class JobStore:
-    """The jobs, the outbox and the learned poll times, on one `Database`.
+    """The jobs, the outbox and the learned poll times, on one SQLite `Database`
+    (`bot.jobstore.JobStorePort`, checked structurally where the app hands it to the engine).
 
     `ledger` supplies the credit steps of admission and endings; read-only users (the CLI's
     listings) may leave it out.
@@ -294,30 +223,32 @@ class JobStore:
         job.handle = None
         job.attempts += 1
 
-    async def done(self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None) -> bool:
-        """running → done with the settle and the outbox row "result"; False if the job was
-        no longer running (a Cancel won: nothing is charged, nothing recorded)."""
+    async def done(
+        self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None
+    ) -> OutboxRow | None:
+        """running → done with the settle and the outbox row "result"; that row, or None if the
+        job was no longer running (a Cancel won: nothing is charged, nothing recorded)."""
         ledger = self._ledger()
         now = self.clock()
+        encoded = result.model_dump_json()
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
             moved = conn.execute(
                 "UPDATE jobs SET state = 'done', version = version + 1, result = ?, updated = ?,"
                 " vendor_cost_usd = COALESCE(?, vendor_cost_usd), lease_owner = NULL"
                 " WHERE id = ? AND state = 'running'",
-                (result.model_dump_json(), now, vendor_cost_usd, job_id),
+                (encoded, now, vendor_cost_usd, job_id),
             ).rowcount
             if moved != 1:
-                return False
+                return None
             ledger.settle_in(conn, job_id)
-            _outbox(conn, job_id, "result", {}, now)
-            return True
+            return _outbox(conn, job_id, "result", {}, now)
 
         return await self.db.run(tx)
 
-    async def failed(self, job_id: str, text: str, why: str) -> bool:
+    async def failed(self, job_id: str, text: str, why: str) -> OutboxRow | None:
         """Any open state → failed with the release and the outbox row telling the user `text`;
-        False if the job had already ended."""
+        that row, or None if the job had already ended."""
         return await self._end(job_id, JobPhase.FAILED, "failure", text, why)
 
     async def cancel(self, job_id: str, text: str) -> JobPhase | None:
@@ -327,21 +258,22 @@ class JobStore:
             return JobPhase.CANCELLED
         return await self.db.run(lambda conn: _state_of(conn, job_id))
 
-    async def _end(self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str) -> bool:
+    async def _end(
+        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str
+    ) -> OutboxRow | None:
         ledger = self._ledger()
         now = self.clock()
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
             moved = conn.execute(
                 "UPDATE jobs SET state = ?, version = version + 1, error = ?, updated = ?, lease_owner = NULL"
                 f" WHERE id = ? AND state IN {_OPEN_SQL}",
                 (to.value, why[:500] if to is JobPhase.FAILED else None, now, job_id),
             ).rowcount
             if moved != 1:
-                return False
+                return None
             ledger.release_in(conn, job_id, reason=why[:200])
-            _outbox(conn, job_id, kind, {"text": text}, now)
-            return True
+            return _outbox(conn, job_id, kind, {"text": text}, now)
 
         return await self.db.run(tx)
 
@@ -451,20 +383,29 @@ class JobStore:
         return _decode(row) if row else None
 
     async def queue_position(self, job_id: str) -> int:
-        """1-based place of a queued job among every queued job (oldest first), 0 when not queued."""
-        row = await self.db.fetchone(
-            "SELECT COUNT(*) AS n FROM jobs AS q, jobs AS me WHERE me.id = ? AND me.state = 'queued'"
-            " AND q.state = 'queued' AND (q.created < me.created OR (q.created = me.created AND q.rowid <= me.rowid))",
-            (job_id,),
-        )
-        return int(row["n"]) if row else 0
+        """1-based place of a queued job among every queued job, in the order they were
+        admitted (committed); 0 when not queued.
+
+        Asked right after an admission, so it goes with the writes (one hop, committed in the
+        same group as the admissions around it). The count reads the open-jobs index alone
+        (its entries are state and rowid), never the rows of finished jobs."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued'"
+                " AND rowid <= (SELECT rowid FROM jobs WHERE id = ? AND state = 'queued')",
+                (job_id,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.db.run(tx)
 
     async def queue_positions(self) -> dict[str, int]:
         """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""
         rows = await self.db.fetchall(
-            "SELECT id, ROW_NUMBER() OVER (ORDER BY created, rowid) AS pos FROM jobs WHERE state = 'queued'"
+            f"SELECT id FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued' ORDER BY rowid"
         )
-        return {r["id"]: int(r["pos"]) for r in rows}
+        return {r["id"]: place for place, r in enumerate(rows, start=1)}
 
     async def by_request_key(self, key: str) -> JobRecord | None:
         """The job a platform request already created, if any."""
@@ -521,8 +462,10 @@ class JobStore:
 
 def _outbox(
     conn: sqlite3.Connection, job_id: str, kind: OutboxKind, payload: dict[str, Any], now: float
-) -> None:
-    conn.execute(
+) -> OutboxRow:
+    cursor = conn.execute(
         "INSERT INTO outbox (job_id, kind, payload, created) VALUES (?, ?, ?, ?)",
         (job_id, kind, json.dumps(payload), now),
     )
+    assert cursor.lastrowid is not None
+    return OutboxRow(cursor.lastrowid, job_id, kind, payload, 0)

@@ -24,6 +24,7 @@ import bot.media as media_module
 from bot.commands import ImageRef
 from bot.errors import InvalidInputError
 from bot.media import DownloadError, MediaStore, badge_box, grid_badge, is_public_address, sniff
+from bot.pngmeta import ResultInfo, add_text
 from bot.reply import OutputFile
 from bot.signing import Signer
 from providers.base import Artifact
@@ -43,6 +44,8 @@ PNG = _image("PNG")
 JPEG = _image("JPEG")
 WEBP = _image("WEBP")
 GLB = render_glb()
+# A well-formed PNG of 1.5 MB (a big text chunk): over the 1 MB a result may keep in memory.
+PADDED_PNG = add_text(PNG, {"Comment": "x" * (3 * MiB // 2)})
 LOGIN_PAGE = b"<!DOCTYPE html><html><body>Sign in to Slack</body></html>"
 
 
@@ -75,6 +78,9 @@ async def files() -> AsyncIterator[Files]:
 
     async def big_image(_r: web.Request) -> web.Response:
         return web.Response(body=render_png("big", 1536, 1536), content_type="image/png")
+
+    async def padded(_r: web.Request) -> web.Response:
+        return web.Response(body=PADDED_PNG, content_type="image/png")
 
     async def huge(request: web.Request) -> web.StreamResponse:
         # No Content-Length: only counting the streamed bytes can stop this one.
@@ -124,6 +130,7 @@ async def files() -> AsyncIterator[Files]:
     app.router.add_get("/model.glb", model)
     app.router.add_get("/big.png", big_image)
     app.router.add_get("/huge.png", huge)
+    app.router.add_get("/padded.png", padded)
     app.router.add_get("/lying.png", lying_length)
     app.router.add_get("/missing.png", missing)
     app.router.add_get("/broken.png", broken)
@@ -478,12 +485,47 @@ async def test_truncated_glb_is_a_retryable_download_error(store: MediaStore) ->
     assert info.value.retryable
 
 
+async def test_a_small_image_result_is_checked_stamped_and_written_in_one_thread_hop(
+    store: MediaStore, files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = asyncio.to_thread
+
+    async def spy(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(media_module.asyncio, "to_thread", spy)
+    info = ResultInfo("a fox", None, 7, "v:m", "j1")
+    out = await store.save_result(
+        Artifact(url=f"{files.base}/cat.png"), store.files_dir / "jobs/j1", "j1-0", metadata=info
+    )
+    assert calls == ["_finish_result"]
+    assert out.size == out.path.stat().st_size
+    with Image.open(out.path) as img:
+        assert img.size == (64, 48) and img.text["Size"] == "64x48"  # type: ignore[attr-defined]
+    assert [p.name for p in out.path.parent.iterdir()] == ["j1-0.png"]
+
+
+async def test_a_result_over_a_megabyte_streams_to_disk_and_is_saved_whole(
+    store: MediaStore, files: Files
+) -> None:
+    info = ResultInfo("a fox", None, 7, "v:m", "j1")
+    dest = store.files_dir / "jobs" / "j1"
+    out = await store.save_result(Artifact(url=f"{files.base}/padded.png"), dest, "j1-0", metadata=info)
+    assert (out.width, out.height, out.size) == (64, 48, out.path.stat().st_size)
+    with Image.open(out.path) as img:
+        text = dict(img.text)  # type: ignore[attr-defined]
+    assert text["Comment"] == "x" * (3 * MiB // 2) and text["Prompt"] == "a fox"
+    assert [p.name for p in dest.iterdir()] == ["j1-0.png"]  # the part file became the result
+
+
 async def test_result_over_the_cap_is_a_download_error(store: MediaStore, files: Files) -> None:
     dest = store.files_dir / "jobs/j4"
     with pytest.raises(DownloadError) as info:
         await asyncio.wait_for(store.save_result(Artifact(url=f"{files.base}/huge.png"), dest, "j4-0"), 5)
     assert not info.value.retryable
-    assert list(dest.iterdir()) == []  # the partial file is gone
+    assert not dest.exists() or list(dest.iterdir()) == []  # no partial file is left
 
 
 async def test_result_declared_over_the_cap_is_refused_before_reading(
@@ -679,4 +721,4 @@ async def test_pillow_work_runs_off_the_event_loop(
     await store.load_input(ImageRef(data=PNG))
     images = await _saved(store, 2)
     await store.compose_grid(images, store.files_dir / "jobs/g/g-grid")
-    assert {"_store_input", "_measure", "_compose"} <= set(calls)
+    assert {"_store_input", "_finish_result", "_compose"} <= set(calls)

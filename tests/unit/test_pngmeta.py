@@ -148,7 +148,7 @@ async def test_stamping_runs_off_the_event_loop_and_returns_the_new_size(
     path = tmp_path / "r.png"
     path.write_bytes(_png())
     size = await stamp_png(path, {"Prompt": "中文"})
-    assert calls == ["_stamp_file"]
+    assert calls == ["stamp_file"]
     assert size == path.stat().st_size
     with Image.open(path) as img:
         assert img.text == {"Prompt": "中文"}  # type: ignore[attr-defined]

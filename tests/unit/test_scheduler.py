@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from bot.scheduler import Scheduler
+import pytest
+
+from bot.scheduler import JobQueue, Scheduler, Throttle
 
 
 async def _nothing(_job_id: str) -> None:
@@ -79,3 +81,80 @@ async def test_workers_bound_the_jobs_in_flight() -> None:
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+def test_the_job_queue_drops_ids_without_scanning_and_keeps_order() -> None:
+    queue = JobQueue()
+    for i in range(5):
+        queue.append(f"j{i}")
+    queue.remove("j1")
+    queue.remove("j3")
+    queue.remove("nope")
+    assert len(queue) == 3 and "j1" not in queue and "j2" in queue
+    assert queue.index("j4") == 2
+    with pytest.raises(ValueError):
+        queue.index("j1")
+    assert [queue.popleft() for _ in range(3)] == ["j0", "j2", "j4"]
+    assert not queue
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+
+async def test_a_throttle_runs_at_once_when_due_and_once_for_a_burst_of_calls() -> None:
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+
+    async def refresh() -> None:
+        runs.append(loop.time())
+
+    throttle = Throttle(refresh, 0.2, loop.time)
+    start = loop.time()
+    await throttle()  # due: runs now, inside the call
+    assert len(runs) == 1
+    for _ in range(100):  # a burst inside the interval: one more run, at its end
+        await throttle()
+    assert len(runs) == 1
+    await asyncio.sleep(0.35)
+    assert len(runs) == 2 and runs[1] - start >= 0.2
+    await asyncio.sleep(0.3)
+    assert len(runs) == 2  # nothing asked meanwhile: nothing ran
+    await throttle.stop()
+
+
+async def test_a_stopped_throttle_runs_nothing_later() -> None:
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+
+    async def refresh() -> None:
+        runs.append(loop.time())
+
+    throttle = Throttle(refresh, 0.1, loop.time)
+    await throttle()
+    await throttle()
+    await throttle.stop()
+    await asyncio.sleep(0.2)
+    assert len(runs) == 1
+
+
+async def test_claims_run_at_most_steps_at_once_however_many_workers() -> None:
+    loop = asyncio.get_running_loop()
+    running = peak = 0
+    scheduler: Scheduler
+
+    async def claim(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    scheduler = Scheduler(workers=100, steps=8, clock=loop.time, claim=claim, step=_nothing)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        for i in range(100):
+            scheduler.enqueue(f"j{i}")
+        await scheduler.drain()
+        assert peak == 8
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -187,3 +187,30 @@ async def test_route_times_round_trip(store: JobStore) -> None:
     await store.save_route_times({"v:m": [1.0, 2.5]})
     await store.save_route_times({"v:m": [3.0], "w:n": [4.0]})
     assert await store.load_route_times() == {"v:m": [3.0], "w:n": [4.0]}
+
+
+async def test_places_in_line_count_queued_jobs_in_admission_order_and_skip_every_other(
+    store: JobStore,
+) -> None:
+    users = [Actor(platform="console", tenant_id="t", user_id=f"u{i}") for i in range(6)]
+    jobs = [(await store.admit(_job(actor=u)))[0] for u in users]
+    await store.claim(jobs[0].id, "w1", lease=60, deadline=0)  # left the queue
+    await store.cancel(jobs[2].id, "Cancelled.")  # ended
+    assert [await store.queue_position(j.id) for j in jobs] == [0, 1, 0, 2, 3, 4]
+    assert await store.queue_positions() == {jobs[1].id: 1, jobs[3].id: 2, jobs[4].id: 3, jobs[5].id: 4}
+    assert await store.queue_position("no-such-job") == 0
+
+
+async def test_the_place_in_line_is_counted_from_the_open_jobs_index_alone(store: JobStore) -> None:
+    # A long-lived bot has many finished jobs: counting a place must never read their rows.
+    job, _ = await store.admit(_job())
+    seen: list[str] = []
+    await store.db.run(lambda conn: conn.set_trace_callback(seen.append))
+    try:
+        assert await store.queue_position(job.id) == 1
+    finally:
+        await store.db.run(lambda conn: conn.set_trace_callback(None))
+    (count,) = [sql for sql in seen if "COUNT(*)" in sql]
+    plan = await store.db.run(lambda conn: [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + count)])
+    assert any("COVERING INDEX jobs_open" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan

@@ -1,0 +1,243 @@
+"""The job store's interface: what the engine's parts ask of the database that holds the jobs.
+
+`JobStorePort` is the contract a backend implements — the SQLite `bot.store.JobStore` today, a
+PostgreSQL store next — together with the records it hands out. Nothing here names a database
+driver: a transition is one call that either wins (and commits its ledger effect and outbox row
+with it) or reports that someone else moved the job first (`LostRaceError`, None, or the state
+it found). Admission, the runner, delivery, the result actions and moderation depend on this
+module only; the composition root (`bot.app`) picks the backend.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.commands import Actor
+from bot.errors import BotError
+from bot.params import JobSpec
+from bot.reply import JobPhase
+from providers.base import JobHandle
+
+__all__ = [
+    "OPEN",
+    "JobRecord",
+    "JobStorePort",
+    "LostRaceError",
+    "OutboxKind",
+    "OutboxRow",
+    "StoredFile",
+    "StoredResult",
+    "new_job_id",
+]
+
+OPEN = (JobPhase.QUEUED, JobPhase.SUBMITTING, JobPhase.RUNNING)
+
+OutboxKind = Literal["result", "failure", "cancelled"]
+
+
+def new_job_id() -> str:
+    """A short, unguessable id users can type (`/show 3f9a1c02de`)."""
+    return secrets.token_hex(5)
+
+
+class StoredFile(BaseModel):
+    """One delivered file as saved with the job (paths relative to the media root)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+    filename: str
+    content_type: str
+    size: int
+    role: str = "image"
+    width: int | None = None
+    height: int | None = None
+    url: str | None = None
+
+
+class StoredResult(BaseModel):
+    """What a job produced: the size the vendor made, the files and the grid preview."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    size: tuple[int, int] | None = None
+    files: list[StoredFile] = Field(default_factory=list)
+    preview: StoredFile | None = None
+    faces: int | None = None  # a 3D model's face count, when its GLB could be read
+
+
+class LostRaceError(BotError):
+    """A transition found the job no longer in the state it expected: someone else moved it."""
+
+    def __init__(self, job_id: str, state: JobPhase | None) -> None:
+        super().__init__(f"job {job_id} is {state.value if state else 'gone'}")
+        self.job_id = job_id
+        self.state = state
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job row, decoded."""
+
+    id: str
+    created: float
+    updated: float
+    actor: Actor
+    spec: JobSpec
+    state: JobPhase
+    reply_ref: dict[str, Any]
+    cost: int
+    route: str | None = None
+    handle: JobHandle | None = None
+    attempts: int = 0
+    routes_tried: list[str] = field(default_factory=list)
+    vendor_cost_usd: float | None = None
+    result: StoredResult | None = None
+    error: str | None = None
+    parent_id: str | None = None
+    request_key: str | None = None
+    version: int = 0
+    deadline: float | None = None  # unix time after which the job fails as timed out
+
+    @property
+    def tenant(self) -> str:
+        """The ledger tenant of the job's actor."""
+        return self.actor.tenant
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message to a user that a committed ending owes them."""
+
+    id: int
+    job_id: str
+    kind: OutboxKind
+    payload: dict[str, Any]
+    attempts: int
+
+
+class JobStorePort(Protocol):
+    """The jobs, their outbox and the learned poll times, as the engine uses them.
+
+    Transitions (each one transaction with its ledger effect, compare-and-set on the state):
+    `admit` (— → queued, with the hold), `claim` (queued → submitting), `accepted` (submitting →
+    running), `resubmit` (running → submitting), `done` (running → done, with the settle and the
+    "result" outbox row), `failed` and `cancel` (open → failed / cancelled, with the release and
+    the message). Everything else is a read or a bookkeeping write.
+    """
+
+    # --- transitions -----------------------------------------------------------------------
+
+    async def admit(self, job: JobRecord, *, max_open: int | None = None) -> tuple[JobRecord, bool]:
+        """Hold the credits and insert the job together; (job, True), or (the job an earlier
+        call with the same request key made, False). Raises BusyError at `max_open` open jobs
+        of the user and the ledger's refusals; a refusal writes nothing."""
+        ...
+
+    async def claim(self, job_id: str, owner: str, lease: float, deadline: float) -> JobRecord | None:
+        """queued → submitting for `owner`; the job as claimed, or None if it is not queued."""
+        ...
+
+    async def accepted(self, job: JobRecord) -> None:
+        """submitting → running with the route, handle, cost and size; LostRaceError if the job
+        moved meanwhile."""
+        ...
+
+    async def resubmit(self, job: JobRecord) -> None:
+        """running → submitting for a failover (attempts counted); LostRaceError if it moved."""
+        ...
+
+    async def done(
+        self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None
+    ) -> OutboxRow | None:
+        """running → done with the settle and the "result" row; that row, or None if the job
+        was no longer running (nothing charged)."""
+        ...
+
+    async def failed(self, job_id: str, text: str, why: str) -> OutboxRow | None:
+        """open → failed with the release and the row telling the user `text`; that row, or
+        None if the job had ended already."""
+        ...
+
+    async def cancel(self, job_id: str, text: str) -> JobPhase | None:
+        """open → cancelled with the release and the row `text`: CANCELLED when this call won,
+        else the state found (DONE: too late; None: no such job)."""
+        ...
+
+    async def save_reply_ref(self, job_id: str, ref: dict[str, Any]) -> None:
+        """Where the job's reply lives now (a platform moved it)."""
+        ...
+
+    async def release_orphan_holds(self) -> list[str]:
+        """Release every open hold whose job does not exist; their job ids."""
+        ...
+
+    # --- the outbox ------------------------------------------------------------------------
+
+    async def unsent(self, job_id: str | None = None) -> list[OutboxRow]:
+        """Committed messages not yet delivered (of one job, or all), oldest first."""
+        ...
+
+    async def mark_sent(self, row_id: int) -> None:
+        """The message reached the user (or the platform took it)."""
+        ...
+
+    async def mark_attempt(self, row_id: int) -> None:
+        """A delivery attempt failed; the row stays unsent."""
+        ...
+
+    # --- the learned poll schedule ---------------------------------------------------------
+
+    async def load_route_times(self) -> dict[str, list[float]]:
+        """Each route's saved recent job durations."""
+        ...
+
+    async def save_route_times(self, data: dict[str, list[float]]) -> None:
+        """Replace the saved durations of every route in `data`."""
+        ...
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """A job by id, or None."""
+        ...
+
+    async def queue_position(self, job_id: str) -> int:
+        """1-based place of a queued job among all queued jobs (every process's), 0 if not queued."""
+        ...
+
+    async def queue_positions(self) -> dict[str, int]:
+        """Every queued job's place in line, in one read."""
+        ...
+
+    async def by_request_key(self, key: str) -> JobRecord | None:
+        """The job a platform request already created, if any."""
+        ...
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Every job not yet done, failed or cancelled, oldest first."""
+        ...
+
+    async def active_child(self, parent_id: str, user_id: str, kind: str) -> JobRecord | None:
+        """An unfinished job a button on `parent_id` already started."""
+        ...
+
+    async def recent(self, tenant: str, user_id: str, limit: int = 5) -> list[JobRecord]:
+        """A user's latest jobs, newest first."""
+        ...
+
+    async def spend(self, tenant: str | None = None) -> list[tuple[str, int, float]]:
+        """(tenant, finished jobs, vendor USD) per tenant, or for one."""
+        ...
+
+    async def count_unfinished(self) -> dict[str, int]:
+        """How many jobs are in each unfinished state."""
+        ...
+
+    async def ids(self) -> set[str]:
+        """Every job id."""
+        ...
