@@ -16,7 +16,7 @@ from bot import messages
 from bot.app import BotApp
 from bot.commands import Actor
 from bot.config import Settings
-from tests.integration.test_cli import run_cli
+from tests.support.cli import run_cli
 from tests.support.core import core_settings
 
 ME = Actor(platform="console", tenant_id="local", user_id="me", display_name="me", is_moderator=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import cli_env, run_cli
+from tests.support.cli import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

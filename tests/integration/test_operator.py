@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import sys
@@ -14,41 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.discord_fake import DiscordFake
+from tests.support.cli import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DISCORD_", "SLACK_", "APIINONE_", "PIXAZO_", "AIMLAPI_", "NOVITA_", "RUNWARE_"))
-    }
-    env.update(PYTHONPATH=str(ROOT), DATA_DIR=str(tmp_path / "data"), **extra)
-    return env
-
-
-async def _run(tmp_path: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        cwd=str(tmp_path),
-        env=_env(tmp_path, **env),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
 
 async def test_every_invalid_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    code, out, err = await _run(
+    code, out, err = await run_cli(
         tmp_path, "run", VENDOR_CONCURRENCY="0", DAILY_ALLOWANCE="-1", LOG_LEVEL="LOUD"
     )
     assert code == 2
@@ -60,7 +31,7 @@ async def test_every_invalid_setting_is_one_line_and_exit_2(tmp_path: Path) -> N
 
 
 async def test_a_negative_allowance_alone_is_a_clear_line_not_a_traceback(tmp_path: Path) -> None:
-    code, _out, err = await _run(tmp_path, "credits", "show", "u1", DAILY_ALLOWANCE="-1")
+    code, _out, err = await run_cli(tmp_path, "credits", "show", "u1", DAILY_ALLOWANCE="-1")
     assert code == 2
     assert err.strip().splitlines() == [
         "imagine-bot: setting DAILY_ALLOWANCE is invalid (got '-1'): Input should be greater than or equal to 0"
@@ -82,7 +53,7 @@ class Running:
             "bot",
             *self.args,
             cwd=str(self.tmp_path),
-            env=_env(self.tmp_path, **self.env),
+            env=cli_env(self.tmp_path, **self.env),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -125,7 +96,7 @@ async def test_a_second_bot_on_the_same_database_refuses_to_start(tmp_path: Path
     async with _demo(tmp_path) as first:
         assert first.proc is not None
         for command in (["demo"], ["run"], ["jobs", "resume"]):
-            code, out, err = await _run(
+            code, out, err = await run_cli(
                 tmp_path, *command, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s" * 32
             )
             assert code == 2, (command, out, err)
@@ -137,9 +108,9 @@ async def test_a_second_bot_on_the_same_database_refuses_to_start(tmp_path: Path
 
 async def test_operator_commands_still_work_next_to_a_running_bot(tmp_path: Path) -> None:
     async with _demo(tmp_path):
-        code, out, err = await _run(tmp_path, "credits", "grant", "u1", "5")
+        code, out, err = await run_cli(tmp_path, "credits", "grant", "u1", "5")
         assert code == 0, err
-        code, out, err = await _run(tmp_path, "jobs", "list")
+        code, out, err = await run_cli(tmp_path, "jobs", "list")
         assert code == 0 and "unfinished job(s)" in out, err
 
 
@@ -147,7 +118,7 @@ async def test_the_lock_is_free_again_once_the_first_bot_exits(tmp_path: Path) -
     async with _demo(tmp_path) as first:
         pass
     assert first.proc is not None and first.proc.returncode == 0
-    code, out, err = await _run(tmp_path, "demo", stdin="/credits\n")
+    code, out, err = await run_cli(tmp_path, "demo", stdin="/credits\n")
     assert code == 0, err
     assert "You have 100 credits" in out
 
@@ -190,9 +161,9 @@ async def test_a_gateway_away_beyond_the_give_up_period_exits_non_zero(tmp_path:
 async def test_db_backup_while_the_bot_runs_holds_the_ledger(tmp_path: Path) -> None:
     target = tmp_path / "backup.sqlite3"
     async with _demo(tmp_path):
-        code, _out, err = await _run(tmp_path, "credits", "grant", "u1", "7", "--reason", "before backup")
+        code, _out, err = await run_cli(tmp_path, "credits", "grant", "u1", "7", "--reason", "before backup")
         assert code == 0, err
-        code, out, err = await _run(tmp_path, "db", "backup", str(target))
+        code, out, err = await run_cli(tmp_path, "db", "backup", str(target))
         assert code == 0, err
     assert out.strip() == f"backed up {tmp_path / 'data' / 'imagine-bot.sqlite3'} to {target}"
     conn = sqlite3.connect(target)
@@ -205,7 +176,7 @@ async def test_db_backup_while_the_bot_runs_holds_the_ledger(tmp_path: Path) -> 
 
 async def test_a_one_off_job_runs_next_to_a_running_bot(tmp_path: Path) -> None:
     async with _demo(tmp_path):
-        code, out, err = await _run(tmp_path, "imagine", "--sandbox", "a red fox")
+        code, out, err = await run_cli(tmp_path, "imagine", "--sandbox", "a red fox")
     assert code == 0, err
     assert "saved image: " in out
 
