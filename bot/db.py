@@ -204,6 +204,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX confirmations_open ON confirmations(tenant, user_id, created) WHERE state = 'pending';
     CREATE INDEX confirmations_expires ON confirmations(expires)
     """,
+    # 5: the budget counter (schema 3) replaced the only reader of holds(tenant, day); every hold
+    # paid for that index on its hot path
+    """
+    DROP INDEX holds_budget
+    """,
 ]
 
 

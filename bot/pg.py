@@ -190,6 +190,10 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX confirmations_open ON confirmations(tenant, user_id, created) WHERE state = 'pending';
     CREATE INDEX confirmations_expires ON confirmations(expires)
     """,
+    # 5: holds(tenant, day) had no reader left once the budget counter came
+    """
+    DROP INDEX holds_budget
+    """,
 ]
 
 
