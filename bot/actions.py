@@ -6,7 +6,6 @@ double click starts one job, not two.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from bot.delivery import Delivery
 from bot.errors import InvalidInputError, NotFoundError, UserError
 from bot.jobs import Ticket
 from bot.jobstore import JobRecord, JobStorePort
+from bot.keyedlock import KeyedLock
 from bot.params import parse_edit, parse_model3d, random_seed
 from bot.policy import check_job_id
 from bot.reply import JobPhase, JobResult, OutputFile, Reply
@@ -36,7 +36,7 @@ class ResultActions:
         self.catalog = catalog
         self.admission = admission
         self.delivery = delivery
-        self._click_locks: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
+        self._click_locks: KeyedLock[tuple[str, str, str]] = KeyedLock()
 
     async def own_job(self, actor: Actor, job_id: str, *, spending: bool = True) -> JobRecord:
         """The job, if the actor may see it (and spend on it: owner or moderator)."""
@@ -52,20 +52,10 @@ class ResultActions:
     async def _one_click(self, parent: JobRecord, actor: Actor, kind: Kind) -> AsyncIterator[None]:
         """Concurrent clicks on one result's button start one job: the check for a running
         child and the admission of a new one happen under one lock per (job, user, kind)."""
-        key = (parent.id, actor.user_id, kind.value)
-        lock, users = self._click_locks.get(key, (asyncio.Lock(), 0))
-        self._click_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                if await self.store.active_child(parent.id, actor.user_id, kind.value):
-                    raise UserError(messages.already_running())
-                yield
-        finally:
-            lock, users = self._click_locks[key]
-            if users == 1:
-                del self._click_locks[key]  # the last click out forgets the lock
-            else:
-                self._click_locks[key] = (lock, users - 1)
+        async with self._click_locks((parent.id, actor.user_id, kind.value)):
+            if await self.store.active_child(parent.id, actor.user_id, kind.value):
+                raise UserError(messages.already_running())
+            yield
 
     async def reroll(
         self, actor: Actor, job_id: str, reply: Reply, *, request_key: str | None = None

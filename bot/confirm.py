@@ -26,8 +26,9 @@ from bot import messages
 from bot.commands import Actor
 from bot.db import Database
 from bot.errors import NotFoundError, UserError
-from bot.jobs import LogReply, Ticket
+from bot.jobs import Ticket, restore_reply
 from bot.jobstore import new_job_id
+from bot.keyedlock import KeyedLock
 from bot.params import JobSpec
 from bot.policy import check_job_id
 from bot.reply import Button, ButtonAction, Failure, JobPhase, Progress, Reply, ReplyRestorer
@@ -250,22 +251,13 @@ class Confirmations:
         self.clock = clock
         self.ttl = ttl
         self._replies: dict[str, Reply] = {}  # prompts shown by this process
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # request id -> (lock, users)
+        self._locks: KeyedLock[str] = KeyedLock()  # by request id
 
     @contextlib.asynccontextmanager
     async def guard(self, request_id: str) -> AsyncIterator[None]:
         """Confirm and Cancel of one request, one at a time in this process."""
-        lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
-        self._locks[request_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[request_id]
-            if users == 1:
-                del self._locks[request_id]  # the last one out forgets the lock
-            else:
-                self._locks[request_id] = (lock, users - 1)
+        async with self._locks(request_id):
+            yield
 
     async def ask(
         self,
@@ -339,9 +331,9 @@ class Confirmations:
         """The prompt's reply: the live one, or rebuilt from its saved address after a restart."""
         reply = self._replies.get(request.id)
         if reply is None:
-            restorer = self.restorers.get(request.actor.platform)
-            reply = restorer.restore(request.reply_ref) if restorer else LogReply(request.reply_ref)
-            self._replies[request.id] = reply
+            reply = self._replies[request.id] = restore_reply(
+                self.restorers, request.actor.platform, request.reply_ref
+            )
         return reply
 
     def forget(self, request_id: str) -> None:

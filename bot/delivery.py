@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from bot import messages
 from bot.catalog import Catalog
 from bot.errors import BotError
-from bot.jobs import EngineConfig, JobEndedError, LogReply, file_from_stored, file_to_stored
+from bot.jobs import EngineConfig, JobEndedError, file_from_stored, file_to_stored, restore_reply
 from bot.jobstore import JobRecord, JobStorePort, OutboxRow, StoredResult
 from bot.media import DownloadError, MediaStore
 from bot.metrics import Metrics
@@ -92,9 +92,7 @@ class Delivery:
         """The job's reply: live, restored from its saved address, or a log-only stand-in."""
         reply = self._replies.get(job.id)
         if reply is None:
-            restorer = self.restorers.get(job.actor.platform)
-            reply = restorer.restore(job.reply_ref) if restorer else LogReply(job.reply_ref)
-            self._replies[job.id] = reply
+            reply = self._replies[job.id] = restore_reply(self.restorers, job.actor.platform, job.reply_ref)
         return reply
 
     def forget(self, job_id: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from bot.errors import BotError
 from bot.jobstore import StoredFile
-from bot.reply import Failure, JobResult, OutputFile, Progress
+from bot.reply import Failure, JobResult, OutputFile, Progress, Reply, ReplyRestorer
 
 __all__ = [
     "CreditsView",
@@ -22,6 +22,7 @@ __all__ = [
     "Ticket",
     "file_from_stored",
     "file_to_stored",
+    "restore_reply",
 ]
 
 _log = logging.getLogger(__name__)
@@ -147,3 +148,9 @@ class LogReply:
     async def failure(self, failure: Failure) -> None:
         """Log the failure."""
         _log.info("job %s failed: %s", failure.job_id, failure.text)
+
+
+def restore_reply(restorers: dict[str, ReplyRestorer], platform: str, ref: dict[str, Any]) -> Reply:
+    """The reply at a saved address: rebuilt by its platform's restorer, else a log-only stand-in."""
+    restorer = restorers.get(platform)
+    return restorer.restore(ref) if restorer else LogReply(ref)
