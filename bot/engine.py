@@ -44,7 +44,6 @@ from bot.reply import ButtonAction, JobPhase, JobResult, Reply, ReplyRestorer
 from bot.router import Router
 from bot.runner import Runner, WebhookURL
 from bot.scheduler import Scheduler
-from bot.store import JobStore
 from providers.base import Kind, ProviderError
 
 __all__ = ["CreditsView", "Engine", "EngineConfig", "LogReply", "ModResult", "Ticket"]
@@ -73,8 +72,6 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if isinstance(store, JobStore) and store.ledger is None:
-            store.ledger = ledger  # the SQLite store composes the ledger's steps into its own transactions
         self.store = store
         self.ledger = ledger
         self.router = router
