@@ -55,7 +55,15 @@ async def test_a_cancel_just_after_the_worker_took_the_job_stops_it(tmp_path: Pa
         async def cancel(job_id: str) -> None:
             answers.append(await app.engine.cancel(MEMBER, job_id))
 
-        _after(app.engine.store, ("get", "claim"), cancel, worker=True)
+        claim_next = app.engine.store.claim_next
+
+        async def claimed_then_cancelled(*args: Any, **kwargs: Any) -> Any:
+            job = await claim_next(*args, **kwargs)
+            if job is not None and not answers:
+                await cancel(job.id)  # the worker holds the claimed record now
+            return job
+
+        app.engine.store.claim_next = claimed_then_cancelled  # type: ignore[method-assign]
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
