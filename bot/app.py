@@ -111,7 +111,8 @@ class BotApp:
         self.readiness = Readiness(
             grace=settings.platform_grace_seconds,
             give_up=settings.platform_give_up_seconds,
-            db_probe=DatabaseProbe(settings.db_path),
+            # PostgreSQL's probe comes with the CLI/health port; until then /readyz skips it.
+            db_probe=DatabaseProbe(settings.db_path) if settings.database_kind == "sqlite" else None,
         )
 
     def adapter_names(self) -> list[str]:
