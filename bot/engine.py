@@ -180,6 +180,8 @@ class Engine:
         if self._subscription is not None:
             await self._subscription.__aexit__(None, None, None)
             self._subscription = None
+        with contextlib.suppress(Exception):  # unreleased, the leases simply run out
+            await self.store.release_leases()
         with contextlib.suppress(Exception):  # best effort: the schedule is only a warm start
             await self.store.save_route_times(self.route_times.snapshot())
 

@@ -204,6 +204,10 @@ class JobStorePort(Protocol):
         """Extend this process's leases; the open jobs still leased to it."""
         ...
 
+    async def release_leases(self) -> None:
+        """Let this process's leases expire now (a clean shutdown)."""
+        ...
+
     async def take_over(self, platforms: Iterable[str], *, every: bool = False) -> list[JobRecord]:
         """Lease to this process the submitting/running jobs of `platforms` whose lease expired
         (`every`: all not leased to it); those jobs."""

@@ -415,8 +415,14 @@ class JobStore:
         """Extend every lease this process holds (open jobs, and ended ones whose message is
         unsent); the open jobs still leased to it — a followed job missing from it was taken
         over by another replica (this one stalled past its lease) or ended."""
-        until = self.clock() + self.lease
+        return await self._set_leases(self.clock() + self.lease)
 
+    async def release_leases(self) -> None:
+        """Let every lease of this process expire now (a clean shutdown): the next start, or
+        another replica, goes on with its jobs at once instead of after the lease."""
+        await self._set_leases(0.0)
+
+    async def _set_leases(self, until: float) -> set[str]:
         async def step(tx: Tx) -> set[str]:
             rows = await tx.fetch(
                 f"UPDATE jobs SET lease_until = $2 WHERE state NOT IN {_TERMINAL_SQL} AND lease_owner = $1"

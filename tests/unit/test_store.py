@@ -315,3 +315,10 @@ async def test_an_unsent_message_is_taken_over_only_once_its_lease_expired(store
     (row,) = await later.take_unsent(["console"])
     assert row.job_id == job.id and row.kind == "failure"
     assert await _replica(store, "c", later=store.lease + 1).take_unsent(["console"]) == []
+
+
+async def test_released_leases_are_taken_over_at_once(store: JobStore) -> None:
+    job = await _running(store)
+    await store.release_leases()  # a clean shutdown
+    (taken,) = await _replica(store, "b").take_over(["console"])
+    assert taken.id == job.id
