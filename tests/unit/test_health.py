@@ -128,16 +128,22 @@ async def test_the_postgresql_probe_says_a_closed_port_cannot_be_reached() -> No
 
 
 async def test_the_postgresql_probe_gives_up_on_a_server_that_never_answers() -> None:
+    hung_up = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # takes the startup packet, answers nothing
+        await reader.read()  # takes the startup packet, answers nothing, until the probe hangs up
         writer.close()
+        await writer.wait_closed()
+        hung_up.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         problem = await PostgresProbe(f"postgresql://bot@127.0.0.1:{port}/db", timeout=0.2)()
+        await asyncio.wait_for(hung_up.wait(), 10)
     finally:
         server.close()
+        await server.wait_closed()
     assert problem == "database did not answer within 0.2s"
 
 
