@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.confirm import ConfirmStore
 from bot.engine import Engine, EngineConfig
 from bot.events import event_bus_for
-from bot.health import DatabaseProbe, Readiness
+from bot.health import Readiness, database_probe
 from bot.instance import InstanceLock
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
@@ -111,8 +111,7 @@ class BotApp:
         self.readiness = Readiness(
             grace=settings.platform_grace_seconds,
             give_up=settings.platform_give_up_seconds,
-            # PostgreSQL's probe comes with the CLI/health port; until then /readyz skips it.
-            db_probe=DatabaseProbe(settings.db_path) if settings.database_kind == "sqlite" else None,
+            db_probe=database_probe(settings.db_url),
         )
 
     def adapter_names(self) -> list[str]:
@@ -207,7 +206,7 @@ class BotApp:
         self.engine = Engine(
             store=JobStore(self.db, ledger=self.ledger, lease=s.lease_seconds),
             ledger=self.ledger,
-            confirms=ConfirmStore(self.db),  # type: ignore[arg-type]  # until confirm.py is on SqlDatabase
+            confirms=ConfirmStore(self.db),
             router=self.router,
             media=self.media,
             config=EngineConfig(

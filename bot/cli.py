@@ -34,8 +34,6 @@ from bot.logs import setup_logging as _setup_logging
 
 if TYPE_CHECKING:
     from bot.app import BotApp
-    from bot.sql import SqlDatabase
-    from bot.store import JobStore
 
 __all__ = ["main"]
 
@@ -341,6 +339,7 @@ async def _credits(args: argparse.Namespace, settings: Settings) -> int:
     from bot import messages
     from bot.ledger import CreditLedger
     from bot.sql import open_database
+    from bot.store import JobStore
 
     _setup_logging(settings, "WARNING")
     async with open_database(settings.db_url) as db:
@@ -356,7 +355,7 @@ async def _credits(args: argparse.Namespace, settings: Settings) -> int:
         )
         tenant, who = args.tenant, "operator:cli"
         if args.action == "spend":
-            print(messages.spend_view(await _job_store(db).spend(None if args.tenant == "all" else tenant)))
+            print(messages.spend_view(await JobStore(db).spend(None if args.tenant == "all" else tenant)))
             return 0
         if not args.user:
             print("imagine-bot credits: name the user id", file=sys.stderr)
@@ -453,7 +452,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     _setup_logging(settings, "WARNING")
     if args.action == "list":
         async with open_database(settings.db_url) as db:
-            jobs = await _job_store(db).unfinished()
+            jobs = await JobStore(db).unfinished()
         for job in jobs:
             print(
                 f"{job.id}  {job.state.value:<10} {job.actor.platform}:{job.actor.tenant_id}  {job.route or '-'}"
@@ -462,7 +461,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     # resume: start the engine (and the console for local jobs), wait for every resumed job
     async with open_database(settings.db_url) as db:
-        before = [job.id for job in await _job_store(db).unfinished()]
+        before = [job.id for job in await JobStore(db).unfinished()]
     console_cls = load_adapter("console")
 
     def quiet_console(ctx: Any) -> Any:
@@ -473,18 +472,9 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     ) as app:
         code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
         await app.engine.drain()
-        after = [await JobStore(app.db).get(job_id) for job_id in before]
+        after = [await app.engine.store.get(job_id) for job_id in before]
     print(_resume_report([job for job in after if job is not None]))
     return code
-
-
-def _job_store(db: SqlDatabase) -> JobStore:
-    """A JobStore for reading (listings; it moves no job, so it needs no ledger)."""
-    from bot.store import JobStore
-
-    # JobStore takes a SqlDatabase once the job store is ported to PostgreSQL (issue 11): then
-    # mypy reports this ignore as unused and it goes. Until then only SQLite's Database works.
-    return JobStore(db)  # type: ignore[arg-type]
 
 
 def _resume_report(jobs: Sequence[Any]) -> str:

@@ -188,7 +188,7 @@ async def test_bounded_queue_reports_positions_then_refuses(db_url: str, tmp_pat
     ) as app:
         await app.engine.submit(MEMBER, ImagineCommand(prompt="running"), RecordingReply())
         for _ in range(200):  # until the one worker has taken it
-            if app.engine.snapshot()["queued"] == 0:
+            if not (await app.engine.store.count_unfinished()).get("queued"):
                 break
             await asyncio.sleep(0.02)
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a"), RecordingReply())
