@@ -211,7 +211,7 @@ class Admission:
         job, position = admitted.job, admitted.position
         if not admitted.created:
             return await self.ticket(job)  # a concurrent retry of the same platform request won
-        self.delivery.attach(job.id, reply)
+        self.delivery.attach(job.id, reply, job.actor.platform)
         _log.info(
             "job admitted job=%s kind=%s tenant=%s user=%s cost=%d position=%d",
             job.id,

@@ -72,6 +72,7 @@ class Delivery:
         self._wall = wall
         self.restorers: dict[str, ReplyRestorer] = {}
         self._replies: dict[str, Reply] = {}
+        self._live_platforms: set[str] = set()  # platforms of the jobs admitted here
         self._last_progress: dict[str, float] = {}
         self._sending: set[int] = set()
         # Rows this process delivered lately: a list of unsent rows read before they were sent
@@ -80,9 +81,11 @@ class Delivery:
 
     # --- replies ---------------------------------------------------------------------------
 
-    def attach(self, job_id: str, reply: Reply) -> None:
-        """The live reply of a job admitted in this process."""
+    def attach(self, job_id: str, reply: Reply, platform: str | None = None) -> None:
+        """The live reply of a job admitted in this process (on `platform`)."""
         self._replies[job_id] = reply
+        if platform is not None:
+            self._live_platforms.add(platform)
 
     def can_reach(self, job: JobRecord) -> bool:
         """Whether this process can talk to the job's user (a live reply or a restorer)."""
@@ -157,9 +160,11 @@ class Delivery:
             for row in rows:
                 await self.send(row, job)
 
-    def platforms(self) -> list[str]:
-        """The platforms whose users this process can tell after a restart (their restorers)."""
-        return list(self.restorers)
+    def platforms(self) -> set[str]:
+        """The platforms whose users this process can tell: those it can rebuild replies of,
+        and those of jobs admitted here. It claims and takes over only their jobs, so a job
+        is never followed where its user cannot hear of it."""
+        return self._live_platforms | self.restorers.keys()
 
     async def flush(self, *, every: bool = False) -> int:
         """Send the unsent messages no live process is sending (their lease expired; `every`:

@@ -215,7 +215,7 @@ class Engine:
                     _log.info("job taken over job=%s route=%s", job.id, job.route)
                     self.runner.follow(job)
                     taken += 1
-        queued = (await self.store.count_unfinished()).get(JobPhase.QUEUED.value, 0)
+        queued = await self.store.count_queued(self.delivery.platforms())
         self.scheduler.want(queued)
         return taken + queued
 

@@ -26,29 +26,22 @@ once (after a commit the caller already saw).
 
 How the engine uses it (bot/engine.py, bot/admission.py; nothing here imports them):
 
-1. `bot/app.py` opens the bus next to the database — `async with event_bus_for(db) as bus` —
-   and hands it to the engine; the runner subscribes once for its lifetime:
-   `stack.enter_async_context(bus.subscribe(runner.on_event))`.
-2. Webhook received (`Engine.handle_webhook`, any replica, after the token check and parse):
-   the receiving replica keeps `runner.push(job_id, update)` for a job it follows itself, and
-   publishes `JobNudged(job_id, "webhook")`. The replica holding the job (lease owner) gets it
-   and makes the job due now (`scheduler.wake(job_id)`); that step polls the vendor, which
-   reports the same terminal state the webhook carried (events carry ids, never vendor bodies).
-3. Cancel (`Engine.cancel`, any replica): the store's cancel step moves the job to
-   `cancelled` and releases the hold, and in the same transaction calls
-   `bus.notify_in(tx, JobNudged(job_id, "cancel"))` — or the engine publishes right after
-   `store.cancel` returned CANCELLED. The cancelling replica still cancels at the vendor
-   (`router.cancel(route, handle)`: both are in the row). The holder's handler re-reads the
-   row and, finding it terminal, drops the job (`runner.drop`, `scheduler.forget`), so it
-   stops polling at once instead of at its next failed transition or lease renewal.
-4. A job admitted (queued) on one replica: `JobNudged(job_id, "due")` in the admission
-   transaction, so an idle replica's claimer runs its `FOR UPDATE SKIP LOCKED` claim now
-   instead of at its next scan.
-5. `runner.on_event` (sync, so it never blocks delivery): `JobNudged` for a job this runner
-   follows → `scheduler.wake(job_id)` ("cancel": a task that re-reads the row first, as in 3);
-   "due" → wake the claimer; any other job → ignored (not held here; its holder got the same
-   event). `Resync` → wake every followed job and the claimer, since nudges may have been lost
-   while disconnected.
+1. `bot/app.py` opens the bus next to the database (`async with event_bus_for(db) as bus`) and
+   hands it to the engine, which subscribes `Engine._on_event` for its lifetime.
+2. Webhook received (`Engine.handle_webhook`, any replica, after the token check and parse): a
+   replica that does not follow the job publishes `JobNudged(job_id, "webhook")`; the holder
+   makes the job due now, and that step polls the vendor, which reports the same terminal state
+   the webhook carried (events carry ids, never vendor bodies).
+3. Cancel (`Engine.cancel`, any replica): the store's cancel moves the job to `cancelled`,
+   releases the hold and writes the user's message in one transaction; then, unless this
+   replica followed the job itself, it publishes `JobNudged(job_id, "cancel")`. The holder
+   re-reads the row and, finding it ended, stops following it.
+4. A job admitted (queued): with a shared bus the admitting replica publishes
+   `JobNudged(job_id, "due")` instead of waking its own workers, so every replica (itself
+   included, by its own NOTIFY) gets one permit and the first idle worker claims the job with
+   `FOR UPDATE SKIP LOCKED`.
+5. `Resync` (after a gap): every followed job is polled now and the lease sweep runs, since
+   nudges may have been lost while disconnected.
 """
 
 from __future__ import annotations

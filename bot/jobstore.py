@@ -163,9 +163,9 @@ class JobStorePort(Protocol):
         refusals; a refusal writes nothing."""
         ...
 
-    async def claim_next(self, deadline: float) -> JobRecord | None:
-        """The oldest queued job (any replica's) → submitting, leased to this process; None
-        when nothing waits."""
+    async def claim_next(self, deadline: float, platforms: Iterable[str]) -> JobRecord | None:
+        """The oldest queued job of `platforms` (any replica's) → submitting, leased to this
+        process; None when nothing waits."""
         ...
 
     async def accepted(self, job: JobRecord) -> None:
@@ -254,6 +254,10 @@ class JobStorePort(Protocol):
 
     async def queue_position(self, job_id: str) -> int:
         """1-based place of a queued job among all queued jobs (every process's), 0 if not queued."""
+        ...
+
+    async def count_queued(self, platforms: Iterable[str]) -> int:
+        """How many jobs of `platforms` wait (every replica's)."""
         ...
 
     async def queue_positions(self) -> dict[str, int]:

@@ -94,7 +94,7 @@ class Runner:
     async def take(self) -> str | None:
         """A worker's first step: claim the oldest queued job (queued → submitting, leased to
         this process); its id, or None when none waits."""
-        job = await self.store.claim_next(deadline=self._wall() + self.config.job_timeout)
+        job = await self.store.claim_next(self._wall() + self.config.job_timeout, self.delivery.platforms())
         if job is None:
             return None
         self._taken[job.id] = job

@@ -254,21 +254,25 @@ class JobStore:
 
         return await self.db.transact(step)
 
-    async def claim_next(self, deadline: float) -> JobRecord | None:
-        """queued → submitting for this process: the oldest queued job of every replica's,
-        with a fresh lease; None when no job waits (or every waiting one is being claimed)."""
+    async def claim_next(self, deadline: float, platforms: Iterable[str]) -> JobRecord | None:
+        """queued → submitting for this process: the oldest queued job of every replica's whose
+        user this process can tell (`platforms`), with a fresh lease; None when no such job
+        waits (or every waiting one is being claimed)."""
         now = self.clock()
+        wanted = json.dumps(sorted(platforms))
 
         async def step(tx: Tx) -> JobRecord | None:
             found = await tx.fetchrow(
                 "UPDATE jobs SET state = 'submitting', version = version + 1, attempts = attempts + 1,"
                 " lease_owner = $1, lease_until = $2, deadline = COALESCE(deadline, $3), updated = $4"
-                f" WHERE id = (SELECT id FROM jobs WHERE {_QUEUED} ORDER BY {_order(tx)} LIMIT 1{_skip_locked(tx)})"
+                f" WHERE id = (SELECT id FROM jobs WHERE {_QUEUED} AND platform IN {_in_json(tx, '$5')}"
+                f" ORDER BY {_order(tx)} LIMIT 1{_skip_locked(tx)})"
                 f" AND state = 'queued' RETURNING {_COLUMNS}",
                 self.owner,
                 now + self.lease,
                 deadline,
                 now,
+                wanted,
             )
             return _decode(found) if found else None
 
@@ -565,6 +569,18 @@ class JobStore:
             job_id,
         )
         return int(value or 0)
+
+    async def count_queued(self, platforms: Iterable[str]) -> int:
+        """How many jobs of `platforms` wait (every replica's)."""
+
+        async def step(tx: Tx) -> int:
+            value = await tx.fetchval(
+                f"SELECT COUNT(*) FROM jobs WHERE {_QUEUED} AND platform IN {_in_json(tx, '$1')}",
+                json.dumps(sorted(platforms)),
+            )
+            return int(value or 0)
+
+        return await self.db.transact(step)
 
     async def queue_positions(self) -> dict[str, int]:
         """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""

@@ -64,7 +64,7 @@ async def _balance(store: JobStore) -> int:
 
 async def _running(store: JobStore) -> JobRecord:
     await store.admit(_job())
-    claimed = await store.claim_next(deadline=time.time() + 60)
+    claimed = await store.claim_next(time.time() + 60, ["console"])
     assert claimed is not None
     claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
     await store.accepted(claimed)
@@ -105,7 +105,7 @@ async def test_the_per_user_cap_is_counted_in_the_admission_transaction(store: J
 async def test_two_workers_claiming_one_job_one_wins(store: JobStore) -> None:
     job = (await store.admit(_job())).job
     replicas = [_replica(store, f"w{i}") for i in range(4)]
-    claims = await asyncio.gather(*(r.claim_next(deadline=0) for r in replicas))
+    claims = await asyncio.gather(*(r.claim_next(0, ["console"]) for r in replicas))
     winners = [c for c in claims if c is not None]
     assert len(winners) == 1 and winners[0].id == job.id
     assert winners[0].state is JobPhase.SUBMITTING and winners[0].attempts == 1
@@ -113,7 +113,7 @@ async def test_two_workers_claiming_one_job_one_wins(store: JobStore) -> None:
 
 async def test_a_worker_that_lost_to_cancel_cannot_mark_the_job_running(store: JobStore) -> None:
     job = (await store.admit(_job())).job
-    claimed = await store.claim_next(deadline=0)
+    claimed = await store.claim_next(0, ["console"])
     assert claimed is not None
     assert await store.cancel(job.id, "Cancelled.") is JobPhase.CANCELLED
     claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
@@ -207,7 +207,7 @@ async def test_places_in_line_count_queued_jobs_in_admission_order_and_skip_ever
 ) -> None:
     users = [Actor(platform="console", tenant_id="t", user_id=f"u{i}") for i in range(6)]
     jobs = [(await store.admit(_job(actor=u))).job for u in users]
-    claimed = await store.claim_next(deadline=0)  # the oldest left the queue
+    claimed = await store.claim_next(0, ["console"])  # the oldest left the queue
     assert claimed is not None and claimed.id == jobs[0].id
     await store.cancel(jobs[2].id, "Cancelled.")  # ended
     assert [await store.queue_position(j.id) for j in jobs] == [0, 1, 0, 2, 3, 4]
@@ -268,9 +268,9 @@ async def test_replicas_claiming_at_once_each_get_a_different_job_oldest_first(s
         for i in range(6)
     ]
     replicas = [_replica(store, f"r{i}") for i in range(6)]
-    claims = await asyncio.gather(*(r.claim_next(deadline=0) for r in replicas))
+    claims = await asyncio.gather(*(r.claim_next(0, ["console"]) for r in replicas))
     assert sorted(c.id for c in claims if c is not None) == sorted(j.id for j in jobs)
-    assert await store.claim_next(deadline=0) is None
+    assert await store.claim_next(0, ["console"]) is None
 
 
 async def test_a_replica_cannot_finish_a_job_another_took_over_after_its_lease_expired(
@@ -322,3 +322,14 @@ async def test_released_leases_are_taken_over_at_once(store: JobStore) -> None:
     await store.release_leases()  # a clean shutdown
     (taken,) = await _replica(store, "b").take_over(["console"])
     assert taken.id == job.id
+
+
+async def test_a_worker_claims_only_jobs_whose_users_its_process_can_tell(store: JobStore) -> None:
+    discord = Actor(platform="discord", tenant_id="g", user_id="d1")
+    theirs = (await store.admit(_job(actor=discord))).job
+    ours = (await store.admit(_job())).job  # console, admitted later
+    claimed = await store.claim_next(0, ["console"])
+    assert claimed is not None and claimed.id == ours.id
+    assert await store.claim_next(0, ["console"]) is None
+    assert await store.count_queued(["console"]) == 0 and await store.count_queued(["discord"]) == 1
+    assert await store.queue_position(theirs.id) == 1
