@@ -209,6 +209,52 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX holds_budget
     """,
+    # 6: a hold + settle wrote ~19 B-trees; now ~10. `holds` keyed by job id alone (WITHOUT
+    # ROWID: one B-tree, not a table and its key index) with one partial index on the open holds
+    # (for the member's held sum, the open-hold list and the orphan sweep) instead of two.
+    # `entries` without AUTOINCREMENT: it is append-only, so SQLite's max(id) + 1 already never
+    # reuses an id, and each insert no longer writes `sqlite_sequence`. One unique index says
+    # what the two did: a job has at most one hold entry and at most one resolution (settle or
+    # release); only those three kinds name a job. The tables are copied once, on upgrade.
+    """
+    CREATE TABLE holds_v6 (
+        job_id    TEXT PRIMARY KEY,
+        tenant    TEXT NOT NULL,
+        user_id   TEXT NOT NULL,
+        amount    INTEGER NOT NULL CHECK (amount >= 0),
+        kind      TEXT NOT NULL,
+        state     TEXT NOT NULL CHECK (state IN ('held', 'settled', 'released')),
+        created   REAL NOT NULL,
+        day       INTEGER NOT NULL,
+        resolved  REAL
+    ) WITHOUT ROWID;
+    INSERT INTO holds_v6 (job_id, tenant, user_id, amount, kind, state, created, day, resolved)
+        SELECT job_id, tenant, user_id, amount, kind, state, created, day, resolved FROM holds;
+    DROP TABLE holds;
+    ALTER TABLE holds_v6 RENAME TO holds;
+    CREATE INDEX holds_open ON holds(tenant, user_id) WHERE state = 'held';
+    CREATE TABLE entries_v6 (
+        id            INTEGER PRIMARY KEY,
+        ts            REAL NOT NULL,
+        tenant        TEXT NOT NULL,
+        user_id       TEXT,
+        delta         INTEGER NOT NULL,
+        kind          TEXT NOT NULL CHECK (kind IN ('allowance', 'hold', 'settle', 'release', 'grant',
+                          'take', 'set', 'freeze', 'unfreeze', 'ban', 'unban', 'allowance_set',
+                          'cost_set', 'budget_set', 'block_add', 'block_remove')),
+        job_id        TEXT,
+        actor         TEXT,
+        reason        TEXT NOT NULL DEFAULT '',
+        balance_after INTEGER,
+        detail        TEXT
+    );
+    INSERT INTO entries_v6 (id, ts, tenant, user_id, delta, kind, job_id, actor, reason, balance_after, detail)
+        SELECT id, ts, tenant, user_id, delta, kind, job_id, actor, reason, balance_after, detail FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries_v6 RENAME TO entries;
+    CREATE INDEX entries_account ON entries(tenant, user_id, id);
+    CREATE UNIQUE INDEX entries_job ON entries(job_id, (kind = 'hold')) WHERE job_id IS NOT NULL
+    """,
 ]
 
 
