@@ -4,10 +4,16 @@ python bench/ledger_bench.py                         # 5,000 pairs, 64 concurren
 python bench/ledger_bench.py --pairs 20000 --concurrency 256 --release-every 5
 python bench/ledger_bench.py --json out.json         # also write the figures as JSON
 python bench/ledger_bench.py --database-url postgresql://user@127.0.0.1:5432/postgres
+python bench/ledger_bench.py --floor                 # also the SQLite writer's floor (see below)
 
 Default: a SQLite WAL file in a temp directory; `--database-url sqlite:///PATH` picks the file.
 With a `postgresql://` URL the benchmark creates a scratch database on that server (the URL's
 database is only used to create and drop it), runs there and drops it afterwards.
+
+`--floor` (SQLite) then runs the same pairs on a second temp file with no event loop and no
+concurrency: the ledger's own steps, grouped as the concurrent run groups them (N holds in one
+transaction, then their N settles or releases), back to back on the database thread in one
+call. What the writer alone costs; the concurrent figure cannot exceed it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -27,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bot.db import Database  # noqa: E402
 from bot.ledger import CreditLedger  # noqa: E402
-from bot.sql import open_database, sqlite_path  # noqa: E402
+from bot.sql import SqliteTx, open_database, run_sync, sqlite_path  # noqa: E402
 
 
 @asynccontextmanager
@@ -76,6 +84,9 @@ async def main() -> None:
     parser.add_argument(
         "--pool-size", type=int, default=4, help="PostgreSQL: connections in the pool (default 4)"
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="SQLite: also the writer alone, with no event loop"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,10 +94,55 @@ async def main() -> None:
             options = (
                 {"min_size": args.pool_size, "max_size": args.pool_size} if sqlite_path(url) is None else {}
             )
-            await run(args, url, where, options)
+            if args.floor and sqlite_path(url) is None:
+                parser.error("--floor measures the SQLite writer; drop it with a PostgreSQL URL")
+            floor = (
+                await writer_floor(args, f"sqlite:///{Path(tmp) / 'floor.sqlite3'}") if args.floor else None
+            )
+            await run(args, url, where, options, floor)
 
 
-async def run(args: argparse.Namespace, url: str, where: str, options: dict[str, int]) -> None:
+async def writer_floor(args: argparse.Namespace, url: str) -> dict[str, float]:
+    """The same pairs and groups on the database thread alone (one `run` call); invariants checked."""
+    async with open_database(url) as db:
+        ledger = CreditLedger(db, default_allowance=10**6)
+
+        def pairs(conn: sqlite3.Connection) -> float:
+            # Inside the one transaction `run` opened: commit after every group, as a group commit does.
+            tx = SqliteTx(conn)
+            start = time.perf_counter()
+            for first in range(0, args.pairs, args.concurrency):
+                group = range(first, min(args.pairs, first + args.concurrency))
+                for i in group:
+                    run_sync(
+                        ledger.hold_tx(tx, "bench", f"user-{i % args.users}", f"job-{i}", 3, kind="image")
+                    )
+                conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                for i in group:
+                    if args.release_every and i % args.release_every == 0:
+                        run_sync(ledger.release_tx(tx, f"job-{i}", reason="bench failure"))
+                    else:
+                        run_sync(ledger.settle_tx(tx, f"job-{i}"))
+                conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+            return time.perf_counter() - start
+
+        assert isinstance(db, Database)
+        wall = await db.run(pairs)
+        problems = await ledger.check_invariants()
+        if problems:
+            raise SystemExit(f"writer floor: invariants broken: {problems[:5]}")
+        return {"floor_pairs_per_s": args.pairs / wall, "floor_us_per_pair": wall * 1e6 / args.pairs}
+
+
+async def run(
+    args: argparse.Namespace,
+    url: str,
+    where: str,
+    options: dict[str, int],
+    floor: dict[str, float] | None = None,
+) -> None:
     """The timed pairs and the invariants, on the database at `url`."""
     async with open_database(url, **options) as db:
         ledger = CreditLedger(db, default_allowance=10**6)
@@ -124,6 +180,11 @@ async def run(args: argparse.Namespace, url: str, where: str, options: dict[str,
         )
         print(f"CPU seconds    {cpu:.2f} (wall {wall:.2f} s)")
         print(f"invariants     {'OK' if not problems else problems[:5]} (checked in {check:.2f} s)")
+        if floor:
+            print(
+                f"writer floor   {floor['floor_pairs_per_s']:,.0f} pairs/s "
+                f"({floor['floor_us_per_pair']:.0f} µs a pair on the database thread alone)"
+            )
         if args.json:
             figures = {
                 "pairs": args.pairs,
@@ -140,6 +201,7 @@ async def run(args: argparse.Namespace, url: str, where: str, options: dict[str,
                 "invariants_ok": not problems,
                 "invariant_problems": [str(p) for p in problems[:5]],
                 "command": " ".join(["python", "bench/ledger_bench.py", *sys.argv[1:]]),
+                **(floor or {}),
             }
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         if problems:

@@ -194,6 +194,18 @@ PG_MIGRATIONS: list[str] = [
     """
     DROP INDEX holds_budget
     """,
+    # 6: one partial index on the open holds instead of two, one unique index on a job's
+    # entries (at most one hold, at most one settle or release) instead of two. (SQLite also
+    # rebuilds `holds` WITHOUT ROWID and `entries` without AUTOINCREMENT; neither has a
+    # PostgreSQL counterpart to change.)
+    """
+    DROP INDEX holds_open;
+    DROP INDEX holds_user;
+    CREATE INDEX holds_open ON holds(tenant, user_id) WHERE state = 'held';
+    DROP INDEX entries_job_kind;
+    DROP INDEX entries_job_resolved;
+    CREATE UNIQUE INDEX entries_job ON entries(job_id, (kind = 'hold')) WHERE job_id IS NOT NULL
+    """,
 ]
 
 

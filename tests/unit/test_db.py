@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +68,26 @@ async def test_concurrent_runs_are_committed_together_in_fewer_hops(tmp_path: Pa
         assert await asyncio.gather(*(db.run(insert(i)) for i in range(100))) == [1] * 100
         assert len(await db.fetchall("SELECT x FROM t")) == 100
         assert db.hops - before < 100
+
+
+async def test_the_wal_is_checkpointed_off_the_writers_thread(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    async with Database(path, migrations=["CREATE TABLE t (x BLOB)"]) as db:
+        await db.conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer never checkpoints
+        db.checkpoint_every = 4
+        for _ in range(40):  # each commit adds a row of 5,000 bytes to the WAL
+            await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (zeroblob(5000))").rowcount)
+        for _ in range(1000):  # a checkpoint fsyncs: give the last one time to end
+            if not db._checkpoint_running():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # its done callback counts it
+        assert db.checkpoints >= 1
+        # At least the first four commits' rows reached the database file itself, copied
+        # there by the checkpoint thread (the writer's WAL holds all of them).
+        assert path.stat().st_size >= 4 * 5000
+        assert len(await db.fetchall("SELECT x FROM t")) == 40
+    assert not any(t.name.startswith("sqlite-checkpoint") for t in threading.enumerate())
 
 
 async def test_a_failing_call_in_a_group_undoes_only_its_own_writes(tmp_path: Path) -> None:

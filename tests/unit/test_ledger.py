@@ -576,6 +576,44 @@ async def test_a_version_2_database_maps_old_job_states_onto_the_state_machine(
         ]
 
 
+async def test_a_version_5_ledger_is_upgraded_keeping_its_holds_entries_and_rules(
+    database_backend: DatabaseBackend, db_url: str, clock: Clock
+) -> None:
+    # Schema 6 rebuilds `holds` and `entries` on SQLite and merges their indexes on both.
+    async with database_backend.open(db_url, migrations=database_backend.migrations[:5]) as db:
+        old = CreditLedger(db, clock=clock)
+        await old.hold(T, U, "open", 10, kind="image")
+        await old.hold(T, U, "done", 20, kind="image")
+        await old.settle("done")
+        await old.hold(T, V, "failed", 5, kind="image")
+        await old.release("failed", reason="vendor error")
+        before = [tuple(r) for r in await db.fetch("SELECT * FROM entries ORDER BY id")]
+    async with database_backend.open(db_url) as db:
+        ledger = CreditLedger(db, clock=clock)
+        assert [tuple(r) for r in await db.fetch("SELECT * FROM entries ORDER BY id")] == before
+        assert [h.job_id for h in await ledger.open_holds()] == ["open"]
+        assert (await ledger.account(T, U)).held == 10
+        assert await ledger.check_invariants() == []
+        await ledger.settle("open")
+        await ledger.hold(T, U, "new", 1, kind="image")
+        ids = [r["id"] for r in await db.fetch("SELECT id FROM entries ORDER BY id")]
+        assert ids[: len(before)] == [e[0] for e in before] and ids[-1] > before[-1][0]
+        assert (await ledger.account(T, U)).held == 1
+        assert await ledger.check_invariants() == []
+        # The merged unique index still refuses a second hold entry and a second resolution.
+        for kind in ("hold", "release"):
+            with pytest.raises(Exception, match=r"(?i)unique"):
+                await db.transact(
+                    lambda tx, kind=kind: tx.execute(
+                        "INSERT INTO entries (ts, tenant, user_id, delta, kind, job_id)"
+                        " VALUES (0, $1, $2, 0, $3, 'done')",
+                        T,
+                        U,
+                        kind,
+                    )
+                )
+
+
 async def test_the_budget_is_checked_against_one_counter_row_per_tenant_and_day(
     db: SqlDatabase, clock: Clock
 ) -> None:
