@@ -19,7 +19,6 @@ The ledger does not decide who is a moderator; it records the `actor` and `reaso
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from bot.errors import (
     InvalidInputError,
     TenantBudgetError,
 )
-from bot.sql import Row, SqlDatabase, SqliteTx, Tx, run_sync
+from bot.sql import Row, SqlDatabase, Tx
 
 __all__ = [
     "DEFAULT_COSTS",
@@ -119,8 +118,7 @@ class CreditLedger:
     Every public method is a coroutine that runs in one transaction of `db` (SQLite or
     PostgreSQL); `clock` (unix seconds) decides the UTC day for allowances and budgets, so
     tests can move days. `hold_tx`, `settle_tx` and `release_tx` are the job steps a store
-    composes into its own transaction; `hold_in`, `settle_in` and `release_in` run the same
-    steps on a raw `sqlite3` connection.
+    composes into its own transaction (on either database).
     """
 
     def __init__(
@@ -232,20 +230,6 @@ class CreditLedger:
         )
         await _entry(tx, now, tenant, user, amount, "release", balance, job_id=job_id, reason=_text(reason))
         return True
-
-    def hold_in(
-        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
-    ) -> int:
-        """`hold_tx` inside the caller's transaction on a raw SQLite connection."""
-        return run_sync(self.hold_tx(SqliteTx(conn), tenant, user, job_id, amount, kind=kind))
-
-    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
-        """`settle_tx` inside the caller's transaction on a raw SQLite connection."""
-        return run_sync(self.settle_tx(SqliteTx(conn), job_id))
-
-    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
-        """`release_tx` inside the caller's transaction on a raw SQLite connection."""
-        return run_sync(self.release_tx(SqliteTx(conn), job_id, reason=reason))
 
     async def hold(self, tenant: str, user: str, job_id: str, amount: int, *, kind: str) -> int:
         """Reserve `amount` credits for `job_id` and return the new balance.
