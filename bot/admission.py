@@ -31,7 +31,7 @@ from bot.errors import (
 )
 from bot.events import EventBus, JobNudged
 from bot.jobs import EngineConfig, Ticket
-from bot.jobstore import JobRecord, JobStorePort, new_job_id
+from bot.jobstore import ConfirmationClosedError, JobRecord, JobStorePort, new_job_id
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.params import JobSpec, fit_to_input, parse_edit, parse_imagine, parse_model3d
@@ -157,6 +157,7 @@ class Admission:
         parent_id: str | None = None,
         job_id: str | None = None,
         confirmed_cost: int | None = None,
+        confirming: bool = False,
     ) -> Ticket:
         """Check policy, fetch the input image, hold the credits and queue the job.
 
@@ -206,7 +207,10 @@ class Admission:
         # The queue bound and the member's cap are counted in the admission transaction, over
         # every replica's jobs; so is the place in line.
         admitted = await self.store.admit(
-            job, max_open=self.config.max_jobs_per_user, max_queued=self.config.queue_size
+            job,
+            max_open=self.config.max_jobs_per_user,
+            max_queued=self.config.queue_size,
+            confirming=confirming,
         )
         job, position = admitted.job, admitted.position
         if not admitted.created:
@@ -276,29 +280,31 @@ class Admission:
                 if job is not None:
                     return await self.ticket(job)
             reply = self.confirms.reply_for(request)
-            ticket = await self.admit(
-                actor,
-                request.spec,
-                reply,
-                request_key=key,
-                parent_id=request.parent_id,
-                job_id=request.id,
-                confirmed_cost=request.cost,
-            )
+            try:
+                ticket = await self.admit(
+                    actor,
+                    request.spec,
+                    reply,
+                    request_key=key,
+                    parent_id=request.parent_id,
+                    job_id=request.id,
+                    confirmed_cost=request.cost,
+                    confirming=True,
+                )
+            except ConfirmationClosedError:
+                # Another replica took its Cancel (or its expiry) between our check and the
+                # admission: nothing was held, and the request says why.
+                self.confirms.forget(request.id)
+                fresh = await self.confirms.store.get(request.id) or request
+                await self.confirms.check_open(fresh)
+                raise InvalidInputError(messages.confirm_declined()) from None
             if ticket.awaiting_confirmation:
                 # The price rose since it was shown: the same message now asks again with the
                 # new cost (a new request), and this one is done with.
                 await self.confirms.store.move(request.id, ConfirmState.CANCELLED)
                 self.confirms.forget(request.id)
                 return ticket
-            if not await self.confirms.confirmed(request):
-                fresh = await self.confirms.store.get(request.id)
-                if fresh is not None and fresh.state is ConfirmState.CANCELLED:
-                    # Another process took its Cancel between our check and the admission:
-                    # the Cancel stands, and the job just admitted is released at once.
-                    await self.store.cancel(ticket.job_id, messages.confirm_declined())
-                    await self.delivery.send_pending(ticket.job_id)
-                    raise InvalidInputError(messages.confirm_declined())
+            self.confirms.forget(request.id)
             _log.info("confirmation accepted request=%s job=%s", request.id, ticket.job_id)
             return ticket
 

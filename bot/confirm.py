@@ -423,12 +423,6 @@ class Confirmations:
             _log.info("confirmations expired count=%d", expired)
         return expired
 
-    async def confirmed(self, request: PendingRequest) -> bool:
-        """Record the Confirm after the job was admitted; False if a Cancel won meanwhile."""
-        won = await self.store.move(request.id, ConfirmState.CONFIRMED)
-        self.forget(request.id)
-        return won
-
     async def decline(self, actor: Actor, request_id: str) -> str | None:
         """Cancel on a waiting request: nothing was held, the prompt says so; the answer.
 

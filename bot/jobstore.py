@@ -26,6 +26,7 @@ from providers.base import JobHandle
 __all__ = [
     "OPEN",
     "Admitted",
+    "ConfirmationClosedError",
     "JobRecord",
     "JobStorePort",
     "LostRaceError",
@@ -70,6 +71,14 @@ class StoredResult(BaseModel):
     files: list[StoredFile] = Field(default_factory=list)
     preview: StoredFile | None = None
     faces: int | None = None  # a 3D model's face count, when its GLB could be read
+
+
+class ConfirmationClosedError(BotError):
+    """The request a Confirm admits is no longer waiting (a Cancel or its expiry came first)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id} is no longer waiting for Confirm")
+        self.request_id = request_id
 
 
 class LostRaceError(BotError):
@@ -155,12 +164,19 @@ class JobStorePort(Protocol):
     # --- transitions -----------------------------------------------------------------------
 
     async def admit(
-        self, job: JobRecord, *, max_open: int | None = None, max_queued: int | None = None
+        self,
+        job: JobRecord,
+        *,
+        max_open: int | None = None,
+        max_queued: int | None = None,
+        confirming: bool = False,
     ) -> Admitted:
         """Hold the credits and insert the job together, with its place in line; for a request
         key seen before, the earlier job (`created` False). Raises BusyError at `max_open`
         open jobs of the user, QueueFullError at `max_queued` waiting jobs, and the ledger's
-        refusals; a refusal writes nothing."""
+        refusals; a refusal writes nothing. `confirming`: the job answers the waiting request
+        of its id, marked confirmed in the same transaction (ConfirmationClosedError if it no
+        longer waits)."""
         ...
 
     async def claim_next(self, deadline: float, platforms: Iterable[str]) -> JobRecord | None:

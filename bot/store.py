@@ -41,6 +41,7 @@ from bot.errors import BusyError, QueueFullError
 from bot.jobstore import (
     OPEN,
     Admitted,
+    ConfirmationClosedError,
     JobRecord,
     JobStorePort,
     LostRaceError,
@@ -186,7 +187,12 @@ class JobStore:
     # --- transitions -----------------------------------------------------------------------
 
     async def admit(
-        self, job: JobRecord, *, max_open: int | None = None, max_queued: int | None = None
+        self,
+        job: JobRecord,
+        *,
+        max_open: int | None = None,
+        max_queued: int | None = None,
+        confirming: bool = False,
     ) -> Admitted:
         """Hold the job's credits and insert it, in one transaction, with its place in line.
 
@@ -194,6 +200,11 @@ class JobStore:
         and that job comes back with `created` False. Raises BusyError when the user already
         has `max_open` unfinished jobs, QueueFullError when `max_queued` jobs wait, and the
         ledger's refusals (credits, budget, ban); a refusal writes nothing.
+
+        `confirming`: the job is the Confirm of the waiting request with the job's id (see
+        `bot.confirm`); the request moves to confirmed in this transaction, so a Cancel of it
+        on any replica either comes first (ConfirmationClosedError, nothing held) or finds it
+        confirmed (and cancels the job instead).
         """
         ledger = self._ledger()
         row = {
@@ -229,6 +240,10 @@ class JobStore:
                 )
                 if found is not None:
                     return Admitted(_decode(found), created=False, position=0)
+            if confirming and not await tx.execute(
+                "UPDATE confirmations SET state = 'confirmed' WHERE id = $1 AND state = 'pending'", job.id
+            ):
+                raise ConfirmationClosedError(job.id)
             # The hold comes first: it locks the member's account row (PostgreSQL) until the
             # commit, so the count below sees every other admission of the same member that
             # committed before — the cap holds across replicas, not only within one.

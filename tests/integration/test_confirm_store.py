@@ -278,9 +278,9 @@ async def test_decline_says_so_once_and_a_confirmed_request_cannot_be_declined(s
     assert str(refused.value) == messages.confirm_declined()
 
     request = await confirmations.find(MEMBER, confirmed)
-    assert request is not None and await confirmations.confirmed(request)
+    assert request is not None and await store.move(request.id, ConfirmState.CONFIRMED)
     assert await confirmations.decline(MEMBER, confirmed) is None  # a job now: cancel that
-    assert not await confirmations.confirmed(request)  # recorded once
+    assert not await store.move(request.id, ConfirmState.CONFIRMED)  # recorded once
     assert other_reply.failures == []
 
 

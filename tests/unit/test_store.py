@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.commands import Actor
+from bot.confirm import ConfirmState, ConfirmStore, PendingRequest
 from bot.db import Database
 from bot.errors import BusyError, InsufficientCreditsError, QueueFullError
 from bot.ledger import CreditLedger
 from bot.params import JobSpec
 from bot.reply import JobPhase
-from bot.store import JobRecord, JobStore, LostRaceError, StoredResult, new_job_id
+from bot.store import ConfirmationClosedError, JobRecord, JobStore, LostRaceError, StoredResult, new_job_id
 from providers.base import JobHandle, Kind
 from tests.support.databases import DatabaseBackend
 
@@ -333,3 +334,41 @@ async def test_a_worker_claims_only_jobs_whose_users_its_process_can_tell(store:
     assert await store.claim_next(0, ["console"]) is None
     assert await store.count_queued(["console"]) == 0 and await store.count_queued(["discord"]) == 1
     assert await store.queue_position(theirs.id) == 1
+
+
+async def _waiting_request(store: JobStore, state: str) -> str:
+    """A request waiting for Confirm (as bot.confirm stores it), in `state`."""
+    request = ConfirmStore(store.db)
+    job = _job()
+    await request.add(
+        PendingRequest(
+            id=job.id,
+            created=job.created,
+            expires=job.created + 600,
+            actor=job.actor,
+            spec=job.spec,
+            reply_ref={},
+            cost=job.cost,
+        )
+    )
+    if state != "pending":
+        assert await request.move(job.id, ConfirmState(state))
+    return job.id
+
+
+async def test_a_confirm_marks_its_request_confirmed_in_the_admission_transaction(store: JobStore) -> None:
+    request_id = await _waiting_request(store, "pending")
+    job = _job()
+    job.id = request_id
+    assert (await store.admit(job, confirming=True)).created
+    found = await ConfirmStore(store.db).get(request_id)
+    assert found is not None and found.state is ConfirmState.CONFIRMED
+
+
+async def test_a_confirm_after_a_cancel_on_another_replica_holds_nothing(store: JobStore) -> None:
+    request_id = await _waiting_request(store, "cancelled")  # the other replica's Cancel won
+    job = _job()
+    job.id = request_id
+    with pytest.raises(ConfirmationClosedError):
+        await store.admit(job, confirming=True)
+    assert await _balance(store) == 100 and await store.get(request_id) is None
