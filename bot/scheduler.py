@@ -19,17 +19,62 @@ wake-up that lands meanwhile runs it again right after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-__all__ = ["Scheduler", "Throttle"]
+__all__ = ["Scheduler", "Slots", "Throttle"]
 
 _log = logging.getLogger(__name__)
 
 Step = Callable[[str], Awaitable[None]]
 Take = Callable[[], Awaitable[str | None]]
+
+
+class Slots:
+    """`n` slots shared by the steps of followed jobs and the claims of new ones. A freed slot
+    goes to a waiting step before a waiting claim: in a burst the polls and downloads of jobs
+    the vendors are already working on go first, and new submits fill what is left (a job not
+    yet submitted keeps no one waiting for a result that exists)."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._steps: deque[asyncio.Future[None]] = deque()
+        self._claims: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, *, step: bool) -> AsyncIterator[None]:
+        """Hold one slot for the block (`step`: a followed job's step, else a claim)."""
+        await self._acquire(step)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, step: bool) -> None:
+        if self._free > 0 and not self._steps and (step or not self._claims):
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        (self._steps if step else self._claims).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot in the same moment it was cancelled: pass it on
+            raise  # a cancelled waiter left in the line is skipped by `_release`
+
+    def _release(self) -> None:
+        for line in (self._steps, self._claims):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
 
 
 class Throttle:
@@ -126,7 +171,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._slots = asyncio.Semaphore(steps)
+        self._slots = Slots(steps)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._throttles: list[Throttle] = []
@@ -179,7 +224,7 @@ class Scheduler:
                 # A claim (its transitions and the vendor submit) is a step like any other:
                 # with thousands of workers, unbounded claims would queue thousands of
                 # transactions at once behind the database.
-                async with self._slots:
+                async with self._slots(step=False):
                     job_id = await self._take()
                     if job_id is not None:
                         self._held.add(job_id)  # no await since the take: nothing forgot it yet
@@ -268,7 +313,7 @@ class Scheduler:
         task.add_done_callback(done)
 
     async def _run_step(self, job_id: str) -> None:
-        async with self._slots:
+        async with self._slots(step=True):
             try:
                 await self._step(job_id)
             except Exception:

@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
-from bot.scheduler import Scheduler, Throttle
+from bot.scheduler import Scheduler, Slots, Throttle
 
 
 async def _nothing(_job_id: str) -> None:
@@ -186,3 +186,34 @@ async def test_claims_run_at_most_steps_at_once_however_many_workers() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_freed_slot_goes_to_a_waiting_step_before_a_waiting_claim() -> None:
+    slots = Slots(1)
+    order: list[str] = []
+    held = asyncio.Event()
+
+    async def use(name: str, *, step: bool) -> None:
+        async with slots(step=step):
+            order.append(name)
+            if name == "first":
+                await held.wait()
+
+    first = asyncio.create_task(use("first", step=False))
+    await asyncio.sleep(0)
+    claim = asyncio.create_task(use("claim", step=False))  # waiting since before the step
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(use("cancelled step", step=True))
+    await asyncio.sleep(0)
+    gone.cancel()
+    poll = asyncio.create_task(use("poll", step=True))
+    await asyncio.sleep(0)
+    held.set()
+    await asyncio.gather(first, claim, poll)
+    assert order == ["first", "poll", "claim"]
+
+    async def again() -> None:
+        async with slots(step=False):
+            pass
+
+    await asyncio.wait_for(again(), 1.0)  # the one slot came back (a leak would hang here)
