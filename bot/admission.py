@@ -205,11 +205,12 @@ class Admission:
             request_key=request_key,
         )
         # The queue bound and the member's cap are counted in the admission transaction, over
-        # every replica's jobs; so is the place in line.
+        # every replica's jobs; so is the place in line. Jobs this process's free workers will
+        # take at once are not waiting: a burst into idle workers is not refused.
         admitted = await self.store.admit(
             job,
             max_open=self.config.max_jobs_per_user,
-            max_queued=self.config.queue_size,
+            max_queued=self.config.queue_size + self.scheduler.free_workers,
             confirming=confirming,
         )
         job, position = admitted.job, admitted.position

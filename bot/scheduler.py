@@ -209,6 +209,11 @@ class Scheduler:
             self.enqueue()
 
     @property
+    def free_workers(self) -> int:
+        """Workers not holding a job: queued jobs they will take at once are not waiting."""
+        return max(0, self._workers - len(self._held))
+
+    @property
     def pending(self) -> int:
         """Permits no worker has taken yet (an upper bound of the jobs this process will claim)."""
         return self._pending

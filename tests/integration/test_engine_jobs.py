@@ -199,6 +199,22 @@ async def test_bounded_queue_reports_positions_then_refuses(db_url: str, tmp_pat
             await app.engine.submit(MEMBER, ImagineCommand(prompt="c"), RecordingReply())
 
 
+async def test_a_burst_into_idle_workers_is_not_refused_by_the_queue_bound(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with running_app(
+        tmp_path, database_url=db_url, workers=8, queue_size=1, max_jobs_per_user=10
+    ) as app:
+        tickets = await asyncio.gather(
+            *(
+                app.engine.submit(MEMBER, ImagineCommand(prompt=f"burst {i}"), RecordingReply())
+                for i in range(6)
+            )
+        )
+        assert len(tickets) == 6  # six free workers take them: none of them waits
+        await app.engine.drain()
+
+
 async def test_a_retried_platform_request_maps_to_one_job(db_url: str, tmp_path: Path) -> None:
     async with running_app(tmp_path, database_url=db_url) as app:
         a = await app.engine.submit(MEMBER, ImagineCommand(prompt="x"), RecordingReply(), request_key="evt-1")
