@@ -28,8 +28,8 @@ from bot.errors import (
     InsufficientCreditsError,
     InvalidInputError,
     NotFoundError,
-    QueueFullError,
 )
+from bot.events import EventBus, JobNudged
 from bot.jobs import EngineConfig, Ticket
 from bot.jobstore import JobRecord, JobStorePort, new_job_id
 from bot.ledger import CreditLedger
@@ -105,6 +105,7 @@ class Admission:
         delivery: Delivery,
         scheduler: Scheduler,
         confirms: Confirmations,
+        events: EventBus,
         clock: Callable[[], float],
     ) -> None:
         self.store = store
@@ -115,6 +116,7 @@ class Admission:
         self.config = config
         self.delivery = delivery
         self.scheduler = scheduler
+        self.events = events
         self.tenants = TenantCache(ttl=10.0, clock=clock)
         self._waiting: dict[str, tuple[JobRecord, int]] = {}  # queued here: the record, the place shown
 
@@ -130,7 +132,7 @@ class Admission:
         """Parse a generation command and admit it (see `admit`)."""
         check_image_source(actor, command)  # a chat member never names a file on our disk
         if request_key and (existing := await self.store.by_request_key(request_key)):
-            return self.ticket(existing)
+            return await self.ticket(existing)
         image: ImageRef | None
         match command:
             case ImagineCommand():
@@ -173,8 +175,6 @@ class Admission:
                 raise FrozenError(messages.frozen())
         blocklist = await self.tenants.get((tenant, "blocklist"), lambda: self.ledger.blocklist(tenant))
         check_prompt(actor, (spec.prompt, spec.negative), blocklist)
-        if len(self.scheduler.queue) >= self.config.queue_size:
-            raise QueueFullError(messages.queue_full())
         if image is not None and has_input:
             stored = await self.media.load_input(image)
             spec = fit_to_input(spec, stored.width, stored.height)
@@ -203,12 +203,15 @@ class Admission:
             parent_id=parent_id,
             request_key=request_key,
         )
-        job, created = await self.store.admit(job, max_open=self.config.max_jobs_per_user)
-        if not created:
-            return self.ticket(job)  # a concurrent retry of the same platform request won
+        # The queue bound and the member's cap are counted in the admission transaction, over
+        # every replica's jobs; so is the place in line.
+        admitted = await self.store.admit(
+            job, max_open=self.config.max_jobs_per_user, max_queued=self.config.queue_size
+        )
+        job, position = admitted.job, admitted.position
+        if not admitted.created:
+            return await self.ticket(job)  # a concurrent retry of the same platform request won
         self.delivery.attach(job.id, reply)
-        # Counted in the store: every queued job ahead of this one, whichever process admitted it.
-        position = await self.store.queue_position(job.id) or len(self.scheduler.queue) + 1
         _log.info(
             "job admitted job=%s kind=%s tenant=%s user=%s cost=%d position=%d",
             job.id,
@@ -221,7 +224,7 @@ class Admission:
         text = messages.queued(position, job.cost)
         await self.delivery.progress(job, JobPhase.QUEUED, text, position=position, force=True)
         self._waiting[job.id] = (job, position)
-        self.scheduler.enqueue(job.id)
+        await self.announce(job.id)
         return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
 
     async def _ask(
@@ -271,7 +274,7 @@ class Admission:
             if request.state is ConfirmState.CONFIRMED:
                 job = await self.store.by_request_key(key)
                 if job is not None:
-                    return self.ticket(job)
+                    return await self.ticket(job)
             reply = self.confirms.reply_for(request)
             ticket = await self.admit(
                 actor,
@@ -299,6 +302,14 @@ class Admission:
             _log.info("confirmation accepted request=%s job=%s", request.id, ticket.job_id)
             return ticket
 
+    async def announce(self, job_id: str) -> None:
+        """A job was queued: with replicas, every one hears of it (this one too, by its own
+        NOTIFY) and an idle one claims it; alone, this process's workers do."""
+        if self.events.shared:
+            await self.events.publish(JobNudged(job_id, "due"))
+        else:
+            self.scheduler.enqueue()
+
     async def refresh_positions(self) -> None:
         """A job left the queue: show the jobs waiting behind it their new place in line.
 
@@ -319,9 +330,9 @@ class Admission:
             if await self.delivery.progress(job, JobPhase.QUEUED, text, position=position):
                 self._waiting[job_id] = (job, position)
 
-    def ticket(self, job: JobRecord) -> Ticket:
+    async def ticket(self, job: JobRecord) -> Ticket:
         """The ticket of an existing job (a retried request)."""
-        position = self.scheduler.position(job.id)
+        position = await self.store.queue_position(job.id) if job.state is JobPhase.QUEUED else 0
         text = messages.queued(position, job.cost) if position else messages.already_running()
         return Ticket(job_id=job.id, position=position, cost=job.cost, text=text)
 

@@ -19,9 +19,9 @@ from bot.adapter import Adapter, AdapterContext, load_adapter
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.confirm import ConfirmStore
-from bot.db import Database
 from bot.engine import Engine, EngineConfig
-from bot.health import DatabaseProbe, Readiness
+from bot.events import event_bus_for
+from bot.health import Readiness, database_probe
 from bot.instance import InstanceLock
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
@@ -29,6 +29,7 @@ from bot.metrics import Metrics
 from bot.registry import load
 from bot.router import Router
 from bot.signing import Signer, load_or_create_key
+from bot.sql import SqlDatabase, open_database
 from bot.store import JobStore
 from bot.web import WebServer
 from providers import PROVIDERS
@@ -103,14 +104,14 @@ class BotApp:
         self.engine: Engine
         self.ledger: CreditLedger
         self.web: WebServer
-        self.db: Database
+        self.db: SqlDatabase
         self.media: MediaStore
         self.metrics: Metrics
         self.router: Router
         self.readiness = Readiness(
             grace=settings.platform_grace_seconds,
             give_up=settings.platform_give_up_seconds,
-            db_probe=DatabaseProbe(settings.db_path),
+            db_probe=database_probe(settings.db_url),
         )
 
     def adapter_names(self) -> list[str]:
@@ -137,7 +138,8 @@ class BotApp:
     async def _start(self) -> None:
         s = self.settings
         stack = self._stack
-        if self._single_instance:
+        if self._single_instance and s.database_kind == "sqlite":
+            # One process per SQLite file; on PostgreSQL replicas share the database by design.
             lock = InstanceLock(s.db_path)
             await asyncio.to_thread(lock.acquire)
             stack.callback(lock.release)
@@ -173,7 +175,8 @@ class BotApp:
             breaker_reset=s.breaker_reset_seconds,
             metrics=self.metrics,
         )
-        self.db = await stack.enter_async_context(Database(s.db_path))
+        self.db = await stack.enter_async_context(open_database(s.db_url))
+        events = await stack.enter_async_context(event_bus_for(self.db))
         self.ledger = CreditLedger(
             self.db,
             default_allowance=s.daily_allowance,
@@ -201,7 +204,7 @@ class BotApp:
             )
 
         self.engine = Engine(
-            store=JobStore(self.db, ledger=self.ledger),
+            store=JobStore(self.db, ledger=self.ledger, lease=s.lease_seconds),
             ledger=self.ledger,
             confirms=ConfirmStore(self.db),
             router=self.router,
@@ -217,6 +220,7 @@ class BotApp:
             ),
             metrics=self.metrics,
             webhook_url=webhook_url if public else None,
+            events=events,
         )
 
         async def health() -> dict[str, Any]:

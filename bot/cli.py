@@ -6,7 +6,10 @@ imagine-bot imagine|edit|model3d …     one job through the engine and ledger
 imagine-bot credits show|grant|take|set|history USER [AMOUNT]
 imagine-bot providers check            try each configured vendor's key
 imagine-bot discord sync [--guild ID]  push slash commands to Discord
-imagine-bot db backup PATH             a consistent copy of the database, safe while the bot runs
+imagine-bot db backup PATH             a consistent copy of the SQLite database, safe while the bot runs
+
+Every command works on SQLite and on PostgreSQL (DATABASE_URL=postgresql://…) except `db backup`,
+which copies the SQLite file (PostgreSQL has pg_dump).
 """
 
 from __future__ import annotations
@@ -104,7 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     db = sub.add_parser("db", help="Database tools.")
-    db.add_argument("action", choices=["backup"], help="Backup: a consistent copy, safe while the bot runs.")
+    db.add_argument(
+        "action",
+        choices=["backup"],
+        help="Backup: a consistent copy of the SQLite database, safe while the bot runs.",
+    )
     db.add_argument("path", help="The backup file, or a directory for a timestamped one.")
 
     dc = sub.add_parser("discord", help="Discord tools.")
@@ -330,12 +337,12 @@ async def _console_until_interrupted(console: Any, banner: str | None = None) ->
 
 async def _credits(args: argparse.Namespace, settings: Settings) -> int:
     from bot import messages
-    from bot.db import Database
     from bot.ledger import CreditLedger
+    from bot.sql import open_database
     from bot.store import JobStore
 
     _setup_logging(settings, "WARNING")
-    async with Database(settings.db_path) as db:
+    async with open_database(settings.db_url) as db:
         ledger = CreditLedger(
             db,
             default_allowance=settings.daily_allowance,
@@ -439,12 +446,12 @@ async def _providers(args: argparse.Namespace, settings: Settings) -> int:
 async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     from bot.adapter import load_adapter
     from bot.app import BotApp
-    from bot.db import Database
+    from bot.sql import open_database
     from bot.store import JobStore
 
     _setup_logging(settings, "WARNING")
     if args.action == "list":
-        async with Database(settings.db_path) as db:
+        async with open_database(settings.db_url) as db:
             jobs = await JobStore(db).unfinished()
         for job in jobs:
             print(
@@ -453,7 +460,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(jobs)} unfinished job(s)")
         return 0
     # resume: start the engine (and the console for local jobs), wait for every resumed job
-    async with Database(settings.db_path) as db:
+    async with open_database(settings.db_url) as db:
         before = [job.id for job in await JobStore(db).unfinished()]
     console_cls = load_adapter("console")
 
@@ -465,7 +472,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     ) as app:
         code = int(await app.adapters["console"].run())  # type: ignore[attr-defined]
         await app.engine.drain()
-        after = [await JobStore(app.db).get(job_id) for job_id in before]
+        after = [await app.engine.store.get(job_id) for job_id in before]
     print(_resume_report([job for job in after if job is not None]))
     return code
 
@@ -507,6 +514,12 @@ async def _db(args: argparse.Namespace, settings: Settings) -> int:
     from bot.backup import backup_database
 
     _setup_logging(settings, "WARNING")
+    if settings.database_kind == "postgresql":
+        print(
+            "imagine-bot db backup: copies the SQLite database only; back up PostgreSQL with pg_dump",
+            file=sys.stderr,
+        )
+        return 2
     target = Path(args.path)
     if args.path.endswith("/"):  # a directory the operator means, even if it does not exist yet
         await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
@@ -517,6 +530,8 @@ async def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 def _no_bot_running(settings: Settings) -> bool:
     # A one-off job next to a running bot follows only its own job, never the bot's.
+    if settings.database_kind == "postgresql":
+        return False  # replicas may be running: they take over each other's jobs by lease
     from bot.instance import InstanceLock
 
     return not InstanceLock(settings.db_path).held_elsewhere()

@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     job_timeout: float = Field(
         900.0, gt=0, le=7 * 86400, description="Seconds before a vendor job is given up (and refunded)."
     )
+    lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds a replica's claim on a job lasts unrenewed; another replica takes "
+        "over a dead one's jobs after that (renewed every third of it).",
+    )
     poll_initial: float = Field(1.0, gt=0, le=3600, description="First poll delay in seconds.")
     poll_max: float = Field(10.0, gt=0, le=3600, description="Longest poll delay in seconds.")
     submit_retries: int = Field(

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from typing import Any
 
 from bot import messages
 from bot.commands import Actor
-from bot.db import Database
 from bot.errors import NotFoundError, UserError
 from bot.jobs import Ticket, restore_reply
 from bot.jobstore import new_job_id
@@ -32,6 +30,7 @@ from bot.keyedlock import KeyedLock
 from bot.params import JobSpec
 from bot.policy import check_job_id
 from bot.reply import Button, ButtonAction, Failure, JobPhase, Progress, Reply, ReplyRestorer
+from bot.sql import Row, SqlDatabase, Tx
 
 __all__ = [
     "CONFIRM_TTL",
@@ -88,9 +87,20 @@ class PendingRequest:
 
 
 _COLUMNS = "id, created, expires, actor, spec, reply_ref, cost, state, parent_id, request_key"
+_SELECT = f"SELECT {_COLUMNS} FROM confirmations"
+#: every column of a new row, in the order `_INSERT` numbers its parameters
+_INSERT_COLUMNS = (
+    "id, created, expires, tenant, user_id, kind, actor, spec, reply_ref, cost, state, parent_id, request_key"
+)
+# A request key already stored wins: the row stays as it was and the statement changes nothing.
+_INSERT = (
+    f"INSERT INTO confirmations ({_INSERT_COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " ON CONFLICT (request_key) DO NOTHING"
+)
 
 
-def _decode(row: sqlite3.Row) -> PendingRequest:
+def _decode(row: Row) -> PendingRequest:
     return PendingRequest(
         id=row["id"],
         created=row["created"],
@@ -98,7 +108,7 @@ def _decode(row: sqlite3.Row) -> PendingRequest:
         actor=Actor.model_validate_json(row["actor"]),
         spec=JobSpec.model_validate_json(row["spec"]),
         reply_ref=json.loads(row["reply_ref"]),
-        cost=row["cost"],
+        cost=int(row["cost"]),
         state=ConfirmState(row["state"]),
         parent_id=row["parent_id"],
         request_key=row["request_key"],
@@ -106,128 +116,142 @@ def _decode(row: sqlite3.Row) -> PendingRequest:
 
 
 class ConfirmStore:
-    """The thresholds and the waiting requests, on the bot's one `Database` (schema 4)."""
+    """The thresholds and the waiting requests, on the bot's one database (SQLite or
+    PostgreSQL, schema 4); every statement is written once, with `$n` parameters."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
 
     async def threshold(self, tenant: str) -> int | None:
         """Credits above which the tenant's jobs ask first; None when they never do."""
-        row = await self.db.fetchone("SELECT above FROM confirm_settings WHERE tenant = ?", (tenant,))
-        return int(row["above"]) if row is not None and row["above"] is not None else None
+        above = await self.db.fetchval("SELECT above FROM confirm_settings WHERE tenant = $1", tenant)
+        return int(above) if above is not None else None
 
     async def set_threshold(self, tenant: str, above: int | None, *, actor: str, reason: str) -> None:
         """Set (or with None, turn off) the tenant's threshold; who and why are kept with it."""
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        now = time.time()
+        await self.db.transact(
+            lambda tx: tx.execute(
                 "INSERT INTO confirm_settings (tenant, above, updated, updated_by, reason)"
-                " VALUES (:t, :a, :u, :by, :r) ON CONFLICT (tenant) DO UPDATE SET"
-                " above = :a, updated = :u, updated_by = :by, reason = :r",
-                {"t": tenant, "a": above, "u": time.time(), "by": actor, "r": reason},
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant) DO UPDATE SET"
+                " above = excluded.above, updated = excluded.updated,"
+                " updated_by = excluded.updated_by, reason = excluded.reason",
+                tenant,
+                above,
+                now,
+                actor,
+                reason,
             )
-
-        await self.db.run(tx)
+        )
 
     async def add(self, request: PendingRequest) -> tuple[PendingRequest, bool]:
         """Store a new request; (the stored one, False) when its request key is known already."""
-        row = {
-            "id": request.id,
-            "created": request.created,
-            "expires": request.expires,
-            "tenant": request.tenant,
-            "user_id": request.actor.user_id,
-            "kind": request.spec.kind.value,
-            "actor": request.actor.model_dump_json(),
-            "spec": request.spec.model_dump_json(),
-            "reply_ref": json.dumps(request.reply_ref),
-            "cost": request.cost,
-            "state": request.state.value,
-            "parent_id": request.parent_id,
-            "request_key": request.request_key,
-        }
-        sql = f"INSERT INTO confirmations ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"
+        values = (
+            request.id,
+            request.created,
+            request.expires,
+            request.tenant,
+            request.actor.user_id,
+            request.spec.kind.value,
+            request.actor.model_dump_json(),
+            request.spec.model_dump_json(),
+            json.dumps(request.reply_ref),
+            request.cost,
+            request.state.value,
+            request.parent_id,
+            request.request_key,
+        )
 
-        def tx(conn: sqlite3.Connection) -> tuple[PendingRequest, bool]:
-            if request.request_key:
-                found = conn.execute(
-                    f"SELECT {_COLUMNS} FROM confirmations WHERE request_key = ?", (request.request_key,)
-                ).fetchone()
+        async def step(tx: Tx) -> tuple[PendingRequest, bool]:
+            # Insert first, then read on a conflict (no lock needed): two replicas storing the
+            # same request key at once both reach the unique index, PostgreSQL makes the second
+            # wait for the first's commit and then do nothing, and the read that follows (a new
+            # snapshot under read committed) finds the winner's row. A NULL key never conflicts.
+            while True:
+                if await tx.execute(_INSERT, *values):
+                    return request, True
+                found = await tx.fetchrow(_SELECT + " WHERE request_key = $1", request.request_key)
                 if found is not None:
                     return _decode(found), False
-            conn.execute(sql, row)
-            return request, True
+                # The row it conflicted with was deleted since (`forget_before`): insert again.
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
 
     async def get(self, request_id: str) -> PendingRequest | None:
         """The request with this id, in whatever state."""
-        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM confirmations WHERE id = ?", (request_id,))
+        row = await self.db.fetchrow(_SELECT + " WHERE id = $1", request_id)
         return _decode(row) if row is not None else None
 
     async def open_child(self, parent_id: str, user_id: str, kind: str, now: float) -> PendingRequest | None:
         """A request from the same result button still waiting (a second click asks nothing new)."""
-        row = await self.db.fetchone(
-            f"SELECT {_COLUMNS} FROM confirmations WHERE parent_id = ? AND user_id = ? AND kind = ?"
-            " AND state = 'pending' AND expires > ? ORDER BY created DESC LIMIT 1",
-            (parent_id, user_id, kind, now),
+        row = await self.db.fetchrow(
+            _SELECT + " WHERE parent_id = $1 AND user_id = $2 AND kind = $3"
+            " AND state = 'pending' AND expires > $4 ORDER BY created DESC LIMIT 1",
+            parent_id,
+            user_id,
+            kind,
+            now,
         )
         return _decode(row) if row is not None else None
 
     async def latest_open(self, tenant: str, user_id: str, now: float) -> PendingRequest | None:
         """The member's newest request still waiting (a bare `/confirm` in the console)."""
-        row = await self.db.fetchone(
-            f"SELECT {_COLUMNS} FROM confirmations WHERE tenant = ? AND user_id = ?"
-            " AND state = 'pending' AND expires > ? ORDER BY created DESC LIMIT 1",
-            (tenant, user_id, now),
+        row = await self.db.fetchrow(
+            _SELECT + " WHERE tenant = $1 AND user_id = $2"
+            " AND state = 'pending' AND expires > $3 ORDER BY created DESC LIMIT 1",
+            tenant,
+            user_id,
+            now,
         )
         return _decode(row) if row is not None else None
 
     async def open_requests(self, tenant: str, user_id: str, now: float, limit: int) -> list[PendingRequest]:
         """The member's requests still waiting and not expired by `now`, newest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM confirmations WHERE tenant = ? AND user_id = ?"
-            " AND state = 'pending' AND expires > ? ORDER BY created DESC LIMIT ?",
-            (tenant, user_id, now, limit),
+        rows = await self.db.fetch(
+            _SELECT + " WHERE tenant = $1 AND user_id = $2"
+            " AND state = 'pending' AND expires > $3 ORDER BY created DESC LIMIT $4",
+            tenant,
+            user_id,
+            now,
+            limit,
         )
         return [_decode(r) for r in rows]
 
     async def due(self, now: float, limit: int = 100) -> list[PendingRequest]:
         """Requests still waiting whose offer ran out by `now`, oldest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM confirmations WHERE state = 'pending' AND expires <= ?"
-            " ORDER BY expires LIMIT ?",
-            (now, limit),
+        rows = await self.db.fetch(
+            _SELECT + " WHERE state = 'pending' AND expires <= $1 ORDER BY expires LIMIT $2",
+            now,
+            limit,
         )
         return [_decode(r) for r in rows]
 
     async def move(self, request_id: str, to: ConfirmState) -> bool:
         """pending → `to`, compare-and-set: False when the request was no longer pending."""
-
-        def tx(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE confirmations SET state = ? WHERE id = ? AND state = 'pending'",
-                (to.value, request_id),
+        # One conditional UPDATE: of two replicas answering the same request, one changes the
+        # row and the other (after waiting for its commit, on PostgreSQL) changes nothing.
+        changed = await self.db.transact(
+            lambda tx: tx.execute(
+                "UPDATE confirmations SET state = $1 WHERE id = $2 AND state = 'pending'",
+                to.value,
+                request_id,
             )
-            return cur.rowcount == 1
-
-        return await self.db.run(tx)
+        )
+        return changed == 1
 
     async def save_reply_ref(self, request_id: str, ref: dict[str, Any]) -> None:
         """Where the prompt was shown, for the Confirm that may come after a restart."""
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE confirmations SET reply_ref = ? WHERE id = ?", (json.dumps(ref), request_id))
-
-        await self.db.run(tx)
+        text = json.dumps(ref)
+        await self.db.transact(
+            lambda tx: tx.execute("UPDATE confirmations SET reply_ref = $1 WHERE id = $2", text, request_id)
+        )
 
     async def forget_before(self, when: float) -> int:
         """Delete requests that ended or expired before `when` (they only answer late clicks)."""
-
-        def tx(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM confirmations WHERE expires < ?", (when,)).rowcount
-
-        return await self.db.run(tx)
+        deleted: int = await self.db.transact(
+            lambda tx: tx.execute("DELETE FROM confirmations WHERE expires < $1", when)
+        )
+        return deleted
 
 
 class Confirmations:

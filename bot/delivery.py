@@ -157,22 +157,19 @@ class Delivery:
             for row in rows:
                 await self.send(row, job)
 
-    async def flush(self) -> int:
-        """Send every unsent message this process can reach (at start); how many were sent."""
+    def platforms(self) -> list[str]:
+        """The platforms whose users this process can tell after a restart (their restorers)."""
+        return list(self.restorers)
+
+    async def flush(self, *, every: bool = False) -> int:
+        """Send the unsent messages no live process is sending (their lease expired; `every`:
+        all of other processes', at the start of the database's only process) whose platform
+        this process runs; how many were sent."""
         sent = 0
-        for row in await self.store.unsent():
+        for row in await self.store.take_unsent(self.platforms(), every=every):
             job = await self.store.get(row.job_id)
-            if job is None:
-                continue
-            if not self.can_reach(job):
-                _log.info(
-                    "outbox row %d of job %s left for a process with platform %s",
-                    row.id,
-                    job.id,
-                    job.actor.platform,
-                )
-                continue
-            sent += await self.send(row, job)
+            if job is not None:
+                sent += await self.send(row, job)
         return sent
 
     async def send(self, row: OutboxRow, job: JobRecord) -> bool:

@@ -12,7 +12,10 @@ A job is a row moved through the state machine of `bot.store` (queued → submit
 - `bot.moderation` — /credits and the moderator operations.
 
 On start, every unfinished job is picked up again from the database and every committed but
-unsent message is sent.
+unsent message is sent. With several replicas on one PostgreSQL database a job is followed by
+the replica holding its lease: each renews its leases, takes over those that expired (a dead
+replica's jobs and messages) and hears the others through `bot.events` (a webhook or a Cancel
+received elsewhere, a job admitted elsewhere).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self, assert_never
@@ -33,6 +35,7 @@ from bot.commands import Actor, EditCommand, ImagineCommand, ModCommand, Model3D
 from bot.confirm import EXPIRE_EVERY, Confirmations, ConfirmStore, PendingRequest
 from bot.delivery import Delivery
 from bot.errors import InvalidInputError
+from bot.events import Event, EventBus, JobNudged, LocalEventBus, Resync
 from bot.jobs import CreditsView, EngineConfig, LogReply, ModResult, Ticket
 from bot.jobstore import JobRecord, JobStorePort
 from bot.ledger import CreditLedger
@@ -69,6 +72,7 @@ class Engine:
         config: EngineConfig | None = None,
         metrics: Metrics | None = None,
         webhook_url: WebhookURL | None = None,
+        events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -79,6 +83,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.metrics = metrics
         self._sleep = sleep
+        self.events: EventBus = events or LocalEventBus()
         self.route_times = RouteTimes()
         self.delivery = Delivery(
             store=store,
@@ -98,13 +103,13 @@ class Engine:
             route_times=self.route_times,
             metrics=metrics,
             webhook_url=webhook_url,
-            owner=secrets.token_hex(4),
             clock=clock,
         )
         self.scheduler = Scheduler(
             workers=self.config.workers,
             steps=self.config.steps,
             clock=clock,
+            take=self.runner.take,
             claim=self.runner.claim,
             step=self.runner.step,
         )
@@ -119,6 +124,7 @@ class Engine:
             delivery=self.delivery,
             scheduler=self.scheduler,
             confirms=self.confirmations,
+            events=self.events,
             clock=clock,
         )
         self.runner.claimed = self.admission.refresh_positions
@@ -129,6 +135,7 @@ class Engine:
             ledger=ledger, store=store, tenants=self.admission.tenants, confirms=self.confirmations.store
         )
         self._supervisor: asyncio.Task[None] | None = None
+        self._subscription: contextlib.AbstractAsyncContextManager[None] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -147,6 +154,8 @@ class Engine:
 
     async def __aenter__(self) -> Self:
         self.route_times.restore(await self.store.load_route_times())
+        self._subscription = self.events.subscribe(self._on_event)
+        await self._subscription.__aenter__()
         self._supervisor = asyncio.get_running_loop().create_task(self._loops(), name="engine")
         return self
 
@@ -156,6 +165,7 @@ class Engine:
             group.create_task(self.scheduler.run(), name="engine-scheduler")
             group.create_task(self._save_route_times(), name="engine-route-times")
             group.create_task(self._expire_confirmations(), name="engine-confirmations")
+            group.create_task(self._keep_leases(), name="engine-leases")
             if self.metrics is not None:
                 group.create_task(self._gauges(), name="engine-gauges")
 
@@ -167,41 +177,92 @@ class Engine:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        if self._subscription is not None:
+            await self._subscription.__aexit__(None, None, None)
+            self._subscription = None
+        with contextlib.suppress(Exception):  # unreleased, the leases simply run out
+            await self.store.release_leases()
         with contextlib.suppress(Exception):  # best effort: the schedule is only a warm start
             await self.store.save_route_times(self.route_times.snapshot())
 
     async def resume(self) -> int:
-        """Pick up every unfinished job and send every unsent message; returns jobs resumed."""
-        resumed = 0
-        for job in await self.store.unfinished():
-            if self.scheduler.position(job.id) or self.runner.follows(job.id):
-                continue
-            if not self.delivery.can_reach(job):
-                # Its user can only be told through its platform: leave it to a process that
-                # runs that platform rather than finishing it silently here.
-                _log.warning("job %s left for a process with platform %s", job.id, job.actor.platform)
-                continue
+        """Pick up the unfinished jobs and send the unsent messages this process may take (on
+        SQLite: every one; with replicas: those whose lease expired); returns jobs resumed."""
+        resumed = await self._take_over(every=self.store.exclusive)
+        for job_id in await self.store.release_orphan_holds():
+            _log.warning("released orphan hold job=%s", job_id)
+        sent = await self.delivery.flush(every=self.store.exclusive)
+        if resumed or sent:
+            _log.info("resumed %d unfinished job(s), sent %d pending message(s)", resumed, sent)
+        return resumed
+
+    async def _take_over(self, *, every: bool) -> int:
+        """Lease the jobs no live process follows (see `resume`) and go on with them; and make
+        sure a worker will claim every queued job. How many were taken or are waiting."""
+        taken = 0
+        # Only jobs whose user this process can tell: the others are left to a process that
+        # runs their platform rather than finished silently here.
+        for job in await self.store.take_over(self.delivery.platforms(), every=every):
             match job.state:
-                case JobPhase.QUEUED:
-                    self.scheduler.enqueue(job.id)
                 case JobPhase.SUBMITTING:
-                    # The process died inside the submit call: whether the vendor took the job
+                    # Its process died inside the submit call: whether the vendor took the job
                     # is unknown and there is nothing to re-attach to, so refund and say so.
                     await self.runner.end(
                         job, messages.lost_after_restart(), "no vendor handle after restart"
                     )
                     continue
                 case JobPhase.RUNNING:
+                    _log.info("job taken over job=%s route=%s", job.id, job.route)
                     self.runner.follow(job)
-                case _:
-                    continue
-            resumed += 1
-        for job_id in await self.store.release_orphan_holds():
-            _log.warning("released orphan hold job=%s", job_id)
-        sent = await self.delivery.flush()
-        if resumed or sent:
-            _log.info("resumed %d unfinished job(s), sent %d pending message(s)", resumed, sent)
-        return resumed
+                    taken += 1
+        queued = (await self.store.count_unfinished()).get(JobPhase.QUEUED.value, 0)
+        self.scheduler.want(queued)
+        return taken + queued
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases; take over expired ones; hear of queued jobs it missed."""
+        while True:
+            await self._sleep(self.store.lease / 3)
+            try:
+                followed = self.runner.followed
+                still = await self.store.renew()
+                for job_id in followed - still:
+                    if self.runner.follows(job_id):
+                        # This process stalled past its lease and another took the job over
+                        # (or it ended meanwhile): stop following it.
+                        _log.warning("lease lost job=%s", job_id)
+                        self.runner.drop(job_id)
+                await self._take_over(every=False)
+                await self.delivery.flush(every=False)
+            except Exception:  # the next round tries again; a lease lasts three rounds
+                _log.exception("keeping the job leases failed")
+
+    def _on_event(self, event: Event) -> Awaitable[None] | None:
+        """What another replica (or this one) announced: make the job due now, drop a job a
+        Cancel ended, claim a job admitted elsewhere; after a gap, look at everything."""
+        if isinstance(event, Resync):
+            for job_id in self.runner.followed:
+                self.scheduler.wake(job_id)
+            return self._resync()
+        assert isinstance(event, JobNudged)
+        match event.reason:
+            case "due":
+                self.scheduler.enqueue()
+            case "webhook":
+                if self.runner.follows(event.job_id):
+                    self.scheduler.wake(event.job_id)
+            case "cancel":
+                if self.runner.follows(event.job_id):
+                    return self._cancelled_elsewhere(event.job_id)
+        return None
+
+    async def _resync(self) -> None:
+        await self._take_over(every=False)
+
+    async def _cancelled_elsewhere(self, job_id: str) -> None:
+        job = await self.store.get(job_id)
+        if job is not None and job.state.terminal:
+            self.runner.drop(job_id)  # its Cancel released the hold and told the user already
 
     async def drain(self) -> None:
         """Wait until no job is queued, followed or delivering."""
@@ -210,7 +271,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Counts for /healthz."""
         return {
-            "queued": len(self.scheduler.queue),
+            "queued": self.scheduler.pending,
             "running": self.scheduler.followed,
             "routes": self.router.health(),
         }
@@ -225,7 +286,7 @@ class Engine:
             counts.update(await self.store.count_unfinished())
             for state, n in counts.items():
                 self.metrics.jobs_in_state.labels(state=state).set(n)
-            self.metrics.queue_depth.set(len(self.scheduler.queue))
+            self.metrics.queue_depth.set(counts[JobPhase.QUEUED.value])
             await self._sleep(every)
 
     async def _save_route_times(self) -> None:
@@ -372,7 +433,12 @@ class Engine:
             return messages.too_late_to_cancel()
         if state is not JobPhase.CANCELLED:
             raise InvalidInputError(messages.not_cancellable(job.id, state.value if state else "gone"))
+        followed_here = self.runner.follows(job.id)
         self.runner.drop(job.id)  # an in-flight step loses its next transition and stops
+        if not followed_here and job.state is not JobPhase.QUEUED:
+            # Another replica may follow it: it stops polling now rather than at its next
+            # transition, which the Cancel already made lose.
+            await self.events.publish(JobNudged(job.id, "cancel"))
         if job.route is not None and job.handle is not None:
             await self.router.cancel(job.route, job.handle)
         self.runner.count_end(job, JobPhase.CANCELLED)
@@ -415,3 +481,6 @@ class Engine:
             return
         if update is not None and update.terminal:
             self.runner.push(job_id, update)
+            if not self.runner.follows(job_id):
+                # The replica holding the job polls it now (the event names the job only).
+                await self.events.publish(JobNudged(job_id, "webhook"))

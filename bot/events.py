@@ -24,8 +24,7 @@ of the transaction (PostgreSQL delivers it on COMMIT, drops it on ROLLBACK); on 
 stages the event and delivers it once the transaction committed. `publish(event)` sends at
 once (after a commit the caller already saw).
 
-How the engine uses it (wiring is a later change to bot/engine.py, bot/runner.py,
-bot/scheduler.py; nothing here imports them):
+How the engine uses it (bot/engine.py, bot/admission.py; nothing here imports them):
 
 1. `bot/app.py` opens the bus next to the database — `async with event_bus_for(db) as bus` —
    and hands it to the engine; the runner subscribes once for its lifetime:
@@ -151,6 +150,9 @@ def decode(payload: str) -> JobNudged:
 class EventBus(Protocol):
     """Publish "look at job X now" to every replica; subscribe to what the others publish."""
 
+    #: whether other processes hear this bus (PostgreSQL) or only this one (SQLite)
+    shared: bool
+
     async def publish(self, event: JobNudged) -> None:
         """Send `event` now to every subscriber (of every replica, this one included)."""
         ...
@@ -222,6 +224,8 @@ class LocalEventBus(_Dispatch):
     """Delivery inside this process (SQLite mode): `publish` queues each handler call on the
     loop, so a publisher never runs subscriber code in its own stack."""
 
+    shared = False
+
     def __init__(self) -> None:
         super().__init__()
         # Events staged by steps running now, by their Tx (on SQLite a step runs on the
@@ -272,6 +276,8 @@ class LocalEventBus(_Dispatch):
 class PgEventBus(_Dispatch):
     """`LISTEN/NOTIFY` on one PostgreSQL database: publish through the database's pool, listen
     on one connection of its own, re-made with backoff when it drops (then `Resync`)."""
+
+    shared = True
 
     def __init__(
         self,

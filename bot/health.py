@@ -6,6 +6,7 @@ sees a gateway or a socket). `/healthz` stays liveness (the process answers); `/
 and the Slack socket client reconnect by themselves within seconds; one that never connected is
 not ready. `Readiness.gone()` returns once a platform has failed for good or stayed away longer
 than the give-up period, so the process can exit non-zero and the restart policy bring it back.
+`database_probe(url)` is the database half, for SQLite's file or a PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["DatabaseProbe", "PlatformHealth", "Readiness"]
+from bot.sql import sqlite_path
+
+__all__ = ["DatabaseProbe", "PlatformHealth", "PostgresProbe", "Readiness", "database_probe"]
 
 _log = logging.getLogger(__name__)
 
@@ -95,6 +99,57 @@ class DatabaseProbe:
         finally:
             conn.close()
         return None
+
+
+class PostgresProbe:
+    """The PostgreSQL twin of `DatabaseProbe`, on its own short-lived connection (not the pool,
+    so it also notices a server that takes no new connections): the server answers within
+    `timeout` and is not read-only (a standby, or `default_transaction_read_only`)."""
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        self._url = url  # may hold a password: never logged, never in an answer
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"PostgresProbe(timeout={self.timeout:g})"
+
+    async def __call__(self) -> str | None:
+        """None when writable, else why not."""
+        import asyncpg  # only a PostgreSQL deployment pays for the import
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await asyncpg.connect(self._url, timeout=self.timeout)
+                try:
+                    read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')")
+                finally:
+                    await conn.close(timeout=self.timeout)
+        except TimeoutError:
+            return f"database did not answer within {self.timeout:g}s"
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return f"database cannot be reached: {self._redact(exc)}"
+        if read_only == "on":
+            return "database not writable: the server is read-only"
+        return None
+
+    def _redact(self, exc: BaseException) -> str:
+        # Driver messages name the user, host and database but not the password; should one
+        # ever echo the URL, the password still never reaches /readyz.
+        text = f"{type(exc).__name__}: {exc}"
+        password = urlsplit(self._url).password
+        if password:
+            for form in {password, unquote(password)}:
+                text = text.replace(form, "***")
+        return text
+
+
+def database_probe(url: str | Path, *, timeout: float = 2.0) -> DatabaseProbe | PostgresProbe:
+    """The probe for a `bot.sql.open_database` URL: PostgreSQL's for `postgresql://…`, else
+    SQLite's on the file (`sqlite:///PATH` or a plain path)."""
+    path = sqlite_path(url)
+    if path is None:
+        return PostgresProbe(str(url), timeout=timeout)
+    return DatabaseProbe(path, timeout=timeout)
 
 
 class Readiness:

@@ -11,6 +11,7 @@ module only; the composition root (`bot.app`) picks the backend.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -24,6 +25,7 @@ from providers.base import JobHandle
 
 __all__ = [
     "OPEN",
+    "Admitted",
     "JobRecord",
     "JobStorePort",
     "LostRaceError",
@@ -110,6 +112,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """What an admission did: the job (the earlier one, for a repeated request key), whether
+    this call created it, and its 1-based place in line when it did (0 otherwise)."""
+
+    job: JobRecord
+    created: bool
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     """A message to a user that a committed ending owes them."""
 
@@ -124,22 +136,36 @@ class JobStorePort(Protocol):
     """The jobs, their outbox and the learned poll times, as the engine uses them.
 
     Transitions (each one transaction with its ledger effect, compare-and-set on the state):
-    `admit` (— → queued, with the hold), `claim` (queued → submitting), `accepted` (submitting →
+    `admit` (— → queued, with the hold), `claim_next` (queued → submitting, leased), `accepted` (submitting →
     running), `resubmit` (running → submitting), `done` (running → done, with the settle and the
     "result" outbox row), `failed` and `cancel` (open → failed / cancelled, with the release and
     the message). Everything else is a read or a bookkeeping write.
     """
 
-    # --- transitions -----------------------------------------------------------------------
+    #: this process's name in the leases it takes
+    owner: str
+    #: seconds a lease lasts unrenewed
+    lease: float
 
-    async def admit(self, job: JobRecord, *, max_open: int | None = None) -> tuple[JobRecord, bool]:
-        """Hold the credits and insert the job together; (job, True), or (the job an earlier
-        call with the same request key made, False). Raises BusyError at `max_open` open jobs
-        of the user and the ledger's refusals; a refusal writes nothing."""
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process is the database's only user (a start may take every lease)."""
         ...
 
-    async def claim(self, job_id: str, owner: str, lease: float, deadline: float) -> JobRecord | None:
-        """queued → submitting for `owner`; the job as claimed, or None if it is not queued."""
+    # --- transitions -----------------------------------------------------------------------
+
+    async def admit(
+        self, job: JobRecord, *, max_open: int | None = None, max_queued: int | None = None
+    ) -> Admitted:
+        """Hold the credits and insert the job together, with its place in line; for a request
+        key seen before, the earlier job (`created` False). Raises BusyError at `max_open`
+        open jobs of the user, QueueFullError at `max_queued` waiting jobs, and the ledger's
+        refusals; a refusal writes nothing."""
+        ...
+
+    async def claim_next(self, deadline: float) -> JobRecord | None:
+        """The oldest queued job (any replica's) → submitting, leased to this process; None
+        when nothing waits."""
         ...
 
     async def accepted(self, job: JobRecord) -> None:
@@ -170,6 +196,26 @@ class JobStorePort(Protocol):
 
     async def save_reply_ref(self, job_id: str, ref: dict[str, Any]) -> None:
         """Where the job's reply lives now (a platform moved it)."""
+        ...
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def renew(self) -> set[str]:
+        """Extend this process's leases; the open jobs still leased to it."""
+        ...
+
+    async def release_leases(self) -> None:
+        """Let this process's leases expire now (a clean shutdown)."""
+        ...
+
+    async def take_over(self, platforms: Iterable[str], *, every: bool = False) -> list[JobRecord]:
+        """Lease to this process the submitting/running jobs of `platforms` whose lease expired
+        (`every`: all not leased to it); those jobs."""
+        ...
+
+    async def take_unsent(self, platforms: Iterable[str], *, every: bool = False) -> list[OutboxRow]:
+        """The unsent messages of ended jobs whose lease expired (`every`: all not leased to
+        this process), their leases taken."""
         ...
 
     async def release_orphan_holds(self) -> list[str]:

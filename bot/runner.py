@@ -59,7 +59,6 @@ class Runner:
         route_times: RouteTimes,
         metrics: Metrics | None,
         webhook_url: WebhookURL | None,
-        owner: str,
         clock: Callable[[], float],
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -71,7 +70,6 @@ class Runner:
         self.route_times = route_times
         self.metrics = metrics
         self._webhook_url = webhook_url
-        self._owner = owner
         self._clock = clock
         self._wall = wall
         self.scheduler: Scheduler  # set by the engine (the two refer to each other)
@@ -80,6 +78,7 @@ class Runner:
         self.claimed: Callable[[], Awaitable[None]] | None = None
         self._claimed: Throttle | None = None
         self._live: dict[str, JobRecord] = {}
+        self._taken: dict[str, JobRecord] = {}  # claimed, between the take and the submit
         self._schedules: dict[str, PollSchedule] = {}
         self._started: dict[str, float] = {}
         self._errors: dict[str, int] = {}
@@ -92,21 +91,28 @@ class Runner:
 
     # --- steps -----------------------------------------------------------------------------
 
-    async def claim(self, job_id: str) -> None:
-        """A worker's step: take a queued job (queued → submitting) and submit it."""
-        job = await self.store.claim(
-            job_id,
-            self._owner,
-            lease=self.config.job_timeout,
-            deadline=self._wall() + self.config.job_timeout,
-        )
+    async def take(self) -> str | None:
+        """A worker's first step: claim the oldest queued job (queued → submitting, leased to
+        this process); its id, or None when none waits."""
+        job = await self.store.claim_next(deadline=self._wall() + self.config.job_timeout)
         if job is None:
-            return  # cancelled meanwhile, or claimed by another process
+            return None
+        self._taken[job.id] = job
+        return job.id
+
+    async def claim(self, job_id: str) -> None:
+        """A worker's second step: submit the job it took."""
+        job = self._taken.pop(job_id)
         if self.claimed is not None:
             if self._claimed is None:
                 self._claimed = self.scheduler.throttle(self.claimed, self.config.progress_interval)
             await self._claimed()  # the jobs behind this one moved up
         await self._guarded(job, self._submit(job))
+
+    @property
+    def followed(self) -> set[str]:
+        """The ids of the jobs this process follows."""
+        return set(self._live)
 
     def follow(self, job: JobRecord) -> None:
         """Re-attach a running job after a restart: poll it at once."""

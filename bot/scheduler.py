@@ -1,5 +1,10 @@
-"""When each job's next step runs: a FIFO of queued jobs for the workers, and one due-time heap
-for every followed job's next poll (or its webhook wake-up) — never one sleeping task per job.
+"""When each job's next step runs: workers that claim queued jobs, and one due-time heap for
+every followed job's next poll (or its webhook wake-up) — never one sleeping task per job.
+
+The queue itself is the database's (every replica's queued jobs, oldest first): the scheduler
+only counts *permits*, one per job it has heard is waiting (admitted here, announced by another
+replica, found by the periodic sweep). A worker with a permit asks `take()` for the oldest
+queued job; a permit that finds nothing (another replica was quicker) is simply used up.
 
 `workers` bounds the jobs in flight: a worker claims a queued job only while fewer than
 `workers` claimed jobs are unfinished (a slot is freed when the job is forgotten), so the
@@ -17,67 +22,14 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
-__all__ = ["JobQueue", "Scheduler", "Throttle"]
+__all__ = ["Scheduler", "Throttle"]
 
 _log = logging.getLogger(__name__)
 
 Step = Callable[[str], Awaitable[None]]
-
-
-class JobQueue:
-    """Queued job ids, oldest first: append, take the oldest and drop any id in O(1).
-
-    A dropped id stays in the deque as a blank that `popleft` skips, so a Cancel or an ending
-    never scans a long queue; `len` counts the live ids only.
-    """
-
-    def __init__(self) -> None:
-        self._order: deque[str] = deque()
-        self._live: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __bool__(self) -> bool:
-        return bool(self._live)
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._live
-
-    def append(self, job_id: str) -> None:
-        """Queue `job_id` last (a second append of a live id is ignored)."""
-        if job_id not in self._live:
-            self._live.add(job_id)
-            self._order.append(job_id)
-
-    def popleft(self) -> str:
-        """Take the oldest live id; IndexError when none is left."""
-        while True:
-            job_id = self._order.popleft()
-            if job_id in self._live:
-                self._live.discard(job_id)
-                return job_id
-
-    def remove(self, job_id: str) -> None:
-        """Drop `job_id` if queued (the blank it leaves is skipped later)."""
-        self._live.discard(job_id)
-        if not self._live:
-            self._order.clear()
-
-    def index(self, job_id: str) -> int:
-        """0-based place among the live ids; ValueError when not queued (a scan: tickets only)."""
-        if job_id not in self._live:
-            raise ValueError(job_id)
-        place = 0
-        for queued in self._order:
-            if queued == job_id:
-                return place
-            if queued in self._live:
-                place += 1
-        raise ValueError(job_id)
+Take = Callable[[], Awaitable[str | None]]
 
 
 class Throttle:
@@ -144,17 +96,26 @@ class Throttle:
 
 
 class Scheduler:
-    """Runs `claim(job_id)` on a worker for queued jobs and `step(job_id)` when a job is due."""
+    """Workers that `take()` a queued job and run `claim(job_id)` on it (the submit), and
+    `step(job_id)` when a followed job is due."""
 
     def __init__(
-        self, *, workers: int, steps: int, clock: Callable[[], float], claim: Step, step: Step
+        self,
+        *,
+        workers: int,
+        steps: int,
+        clock: Callable[[], float],
+        take: Take,
+        claim: Step,
+        step: Step,
     ) -> None:
-        self.queue = JobQueue()
         self._workers = workers
         self._clock = clock
+        self._take = take
         self._claim = claim
         self._step = step
-        self._queued = asyncio.Semaphore(0)  # one permit per enqueued id; a removed id leaves a blank
+        self._queued = asyncio.Semaphore(0)  # one permit per job heard to be waiting
+        self._pending = 0  # permits not yet taken by a worker
         self._claiming = 0
         self._inflight = asyncio.Semaphore(workers)
         self._held: set[str] = set()  # jobs holding an in-flight slot
@@ -191,41 +152,46 @@ class Scheduler:
 
     # --- queued jobs -----------------------------------------------------------------------
 
-    def enqueue(self, job_id: str) -> int:
-        """Queue a job for a worker; its position (1 = next)."""
-        self.queue.append(job_id)
+    def enqueue(self) -> None:
+        """One more job waits in the database: a worker will claim one."""
+        self._pending += 1
         self._queued.release()
-        return len(self.queue)
 
-    def position(self, job_id: str) -> int:
-        """1-based place in the queue, 0 when not queued."""
-        try:
-            return self.queue.index(job_id) + 1
-        except ValueError:
-            return 0
+    def want(self, waiting: int) -> None:
+        """`waiting` jobs wait in the database (a sweep counted them): make sure as many
+        permits are out, so none waits for an admission this process never heard of."""
+        for _ in range(waiting - self._pending):
+            self.enqueue()
+
+    @property
+    def pending(self) -> int:
+        """Permits no worker has taken yet (an upper bound of the jobs this process will claim)."""
+        return self._pending
 
     async def _worker(self) -> None:
         while True:
             await self._queued.acquire()
+            self._pending -= 1
             await self._inflight.acquire()
-            if not self.queue:
-                self._inflight.release()
-                continue
-            job_id = self.queue.popleft()
-            self._held.add(job_id)
             self._claiming += 1
+            job_id: str | None = None
             try:
                 # A claim (its transitions and the vendor submit) is a step like any other:
                 # with thousands of workers, unbounded claims would queue thousands of
-                # transactions at once behind the one database connection.
+                # transactions at once behind the database.
                 async with self._slots:
-                    await self._claim(job_id)
+                    job_id = await self._take()
+                    if job_id is not None:
+                        self._held.add(job_id)  # no await since the take: nothing forgot it yet
+                        await self._claim(job_id)
             except Exception:  # a bug in one job must not stop the worker
                 _log.exception("claiming job %s failed", job_id)
             finally:
                 self._claiming -= 1
-                if job_id not in self._due and job_id not in self._running:
-                    self._free(job_id)  # not followed: ended, lost a race, or never claimed
+                if job_id is None:
+                    self._inflight.release()  # nothing was waiting after all
+                elif job_id not in self._due and job_id not in self._running:
+                    self._free(job_id)  # not followed: ended, lost a race, or never submitted
 
     def _free(self, job_id: str) -> None:
         if job_id in self._held:
@@ -248,11 +214,10 @@ class Scheduler:
         self.schedule(job_id, 0.0)
 
     def forget(self, job_id: str) -> None:
-        """The job ended: drop it from the queue and the heap."""
+        """The job ended: drop it from the heap and free its slot."""
         self._due.pop(job_id, None)
         self._again.discard(job_id)
         self._free(job_id)
-        self.queue.remove(job_id)
 
     @property
     def followed(self) -> int:
@@ -260,8 +225,8 @@ class Scheduler:
         return len(self._due.keys() | self._running.keys())
 
     def busy(self) -> bool:
-        """Whether anything is queued, being claimed, due or running."""
-        return bool(self.queue or self._claiming or self._due or self._running)
+        """Whether any permit is out, or anything is being claimed, due or running."""
+        return bool(self._pending or self._claiming or self._due or self._running)
 
     def _arm(self) -> None:
         """Set the loop timer for the earliest heap entry (replacing a later one)."""

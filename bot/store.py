@@ -1,39 +1,46 @@
 """Durable jobs: one row per job, moved through the state machine by one transaction per step.
 
-Every transition is one method and one `Database.run` hop: a compare-and-set on the state
-(`UPDATE jobs SET state = :to, version = version + 1 WHERE id = :id AND state = :from`, checked
-by rowcount) together with its ledger effect and, for endings, the outbox row that tells the
-user. Whoever loses a race (a worker against a Cancel, a webhook against a poll) learns it from
-the result — `LostRaceError`, False, or the state it found — and does nothing.
+Every transition is one method and one transaction (`SqlDatabase.transact`), written once for
+SQLite and PostgreSQL: a compare-and-set on the state (`UPDATE jobs SET state = … WHERE id = …
+AND state = …`, checked by the rows it changed) together with its ledger effect and, for
+endings, the outbox row that tells the user. Whoever loses a race (a worker against a Cancel, a
+webhook against a poll, a replica against the one that took its lease over) learns it from the
+result — `LostRaceError`, None, or the state it found — and does nothing.
 
 | from                          | to           | in the same transaction                      |
 |-------------------------------|--------------|----------------------------------------------|
 | —                             | `queued`     | hold the credits, insert the job (`admit`)   |
-| `queued`                      | `submitting` | lease to this process (`claim`)              |
+| `queued`                      | `submitting` | lease to this process (`claim_next`)         |
 | `submitting`                  | `running`    | route, vendor handle (`accepted`)            |
 | `running`                     | `submitting` | failover after a vendor FAILED (`resubmit`)  |
 | `running`                     | `done`       | settle, the result, outbox "result" (`done`) |
 | `queued` `submitting` `running` | `failed`   | release, outbox "failure" (`failed`)         |
 | `queued` `submitting` `running` | `cancelled`| release, outbox "cancelled" (`cancel`)       |
 
-This is the SQLite implementation of `bot.jobstore.JobStorePort`, the interface a second
-backend (PostgreSQL) implements; no SQL lives outside the store.
+Leases: a claimed job carries (`lease_owner`, `lease_until`). Its owner renews the lease while it
+follows the job (`renew`), and only the owner's `accepted`, `resubmit` and `done` win; another
+replica takes an expired lease over (`take_over`) — so a job is followed by one process at a
+time, and a dead replica's jobs are picked up once its leases run out. An ending hands the lease
+to the replica that ended the job until its message is sent, so no other replica sends it
+meanwhile (`take_unsent` takes over the messages of expired leases). On SQLite one process owns
+the database (the instance lock), so a start takes every lease at once.
+
+This implements `bot.jobstore.JobStorePort`; no SQL lives outside the store.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from bot import messages
 from bot.commands import Actor
-from bot.db import Database
-from bot.errors import BusyError
+from bot.errors import BusyError, QueueFullError
 from bot.jobstore import (
     OPEN,
+    Admitted,
     JobRecord,
     JobStorePort,
     LostRaceError,
@@ -45,10 +52,12 @@ from bot.jobstore import (
 )
 from bot.params import JobSpec
 from bot.reply import JobPhase
+from bot.sql import Row, SqlDatabase, Tx
 from providers.base import JobHandle
 
 __all__ = [
     "OPEN",
+    "Admitted",
     "JobLedger",
     "JobRecord",
     "JobStore",
@@ -64,22 +73,25 @@ __all__ = [
 _OPEN_SQL = "('queued', 'submitting', 'running')"
 # Spelled exactly as the partial index `jobs_open` is: only then does SQLite use that index.
 _TERMINAL_SQL = "('done', 'failed', 'cancelled')"
+_QUEUED = f"state NOT IN {_TERMINAL_SQL} AND state = 'queued'"
+_LEASED = f"state NOT IN {_TERMINAL_SQL} AND state IN ('submitting', 'running')"
+# Request keys of concurrent admissions are serialised by this advisory lock class (PostgreSQL's
+# two-key form, a key space apart from the single-key locks of migrations and command sync).
+_REQUEST_KEY_LOCK = 0x1A0B
 
 
 class JobLedger(Protocol):
     """The ledger steps a transition composes into its own transaction."""
 
-    def hold_in(
-        self, conn: sqlite3.Connection, tenant: str, user: str, job_id: str, amount: int, *, kind: str
-    ) -> int:
+    async def hold_tx(self, tx: Tx, tenant: str, user: str, job_id: str, amount: int, *, kind: str) -> int:
         """Hold credits (raises the ledger's user errors)."""
         ...
 
-    def settle_in(self, conn: sqlite3.Connection, job_id: str) -> bool:
+    async def settle_tx(self, tx: Tx, job_id: str) -> bool:
         """Keep the held credits."""
         ...
 
-    def release_in(self, conn: sqlite3.Connection, job_id: str, *, reason: str) -> bool:
+    async def release_tx(self, tx: Tx, job_id: str, *, reason: str) -> bool:
         """Give the held credits back."""
         ...
 
@@ -90,7 +102,7 @@ _COLUMNS = (
 )
 
 
-def _decode(row: sqlite3.Row) -> JobRecord:
+def _decode(row: Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         created=row["created"],
@@ -99,7 +111,7 @@ def _decode(row: sqlite3.Row) -> JobRecord:
         spec=JobSpec.model_validate_json(row["spec"]),
         state=JobPhase(row["state"]),
         reply_ref=json.loads(row["reply_ref"]),
-        cost=row["cost"],
+        cost=int(row["cost"]),
         route=row["route"],
         handle=JobHandle.model_validate_json(row["handle"]) if row["handle"] else None,
         attempts=row["attempts"],
@@ -114,25 +126,57 @@ def _decode(row: sqlite3.Row) -> JobRecord:
     )
 
 
-def _state_of(conn: sqlite3.Connection, job_id: str) -> JobPhase | None:
-    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return JobPhase(row[0]) if row else None
+def _order(tx: Tx | SqlDatabase) -> str:
+    """The column that orders jobs by admission: SQLite's rowid, PostgreSQL's identity `seq`."""
+    return "rowid" if tx.dialect == "sqlite" else "seq"
+
+
+def _skip_locked(tx: Tx) -> str:
+    # PostgreSQL: a row another replica's claim has locked is passed over, not waited for.
+    return " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgresql" else ""
+
+
+def _in_json(tx: Tx, param: str) -> str:
+    """A subquery of the strings of a JSON array parameter (one parameter, any length)."""
+    if tx.dialect == "postgresql":
+        return f"(SELECT json_array_elements_text({param}::json))"
+    return f"(SELECT value FROM json_each({param}))"
+
+
+async def _state_of(tx: Tx, job_id: str) -> JobPhase | None:
+    state = await tx.fetchval("SELECT state FROM jobs WHERE id = $1", job_id)
+    return JobPhase(state) if state else None
 
 
 class JobStore:
-    """The jobs, the outbox and the learned poll times, on one SQLite `Database`
-    (`bot.jobstore.JobStorePort`, checked structurally where the app hands it to the engine).
+    """The jobs, the outbox and the learned poll times on one `SqlDatabase`, SQLite or
+    PostgreSQL (`bot.jobstore.JobStorePort`).
 
-    `ledger` supplies the credit steps of admission and endings; read-only users (the CLI's
-    listings) may leave it out.
+    `owner` names this process in the leases it takes (a random id by default) and `lease` is
+    how long a lease lasts unrenewed. `ledger` supplies the credit steps of admission and
+    endings; read-only users (the CLI's listings) may leave it out.
     """
 
     def __init__(
-        self, db: Database, *, ledger: JobLedger | None = None, clock: Callable[[], float] = time.time
+        self,
+        db: SqlDatabase,
+        *,
+        ledger: JobLedger | None = None,
+        owner: str | None = None,
+        lease: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.ledger = ledger
+        self.owner = owner or new_job_id()
+        self.lease = lease
         self.clock = clock
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process is the database's only user (SQLite: the instance lock), so a
+        start may take every lease at once instead of waiting for them to expire."""
+        return self.db.dialect == "sqlite"
 
     def _ledger(self) -> JobLedger:
         if self.ledger is None:
@@ -141,13 +185,15 @@ class JobStore:
 
     # --- transitions -----------------------------------------------------------------------
 
-    async def admit(self, job: JobRecord, *, max_open: int | None = None) -> tuple[JobRecord, bool]:
-        """Hold the job's credits and insert it, in one transaction; (job, True).
+    async def admit(
+        self, job: JobRecord, *, max_open: int | None = None, max_queued: int | None = None
+    ) -> Admitted:
+        """Hold the job's credits and insert it, in one transaction, with its place in line.
 
         Idempotent by request key: when a job with `job.request_key` exists, nothing is held
-        and (that job, False) is returned. Raises BusyError when the user already has
-        `max_open` unfinished jobs, and the ledger's refusals (credits, budget, ban); a
-        refusal writes nothing.
+        and that job comes back with `created` False. Raises BusyError when the user already
+        has `max_open` unfinished jobs, QueueFullError when `max_queued` jobs wait, and the
+        ledger's refusals (credits, budget, ban); a refusal writes nothing.
         """
         ledger = self._ledger()
         row = {
@@ -167,42 +213,66 @@ class JobStore:
             "request_key": job.request_key,
             "deadline": job.deadline,
         }
-        sql = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"
+        insert = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(f'${i}' for i in range(1, len(row) + 1))})"
+        values = tuple(row.values())
 
-        def tx(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
+        async def step(tx: Tx) -> Admitted:
             if job.request_key:
-                found = conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE request_key = ?", (job.request_key,)
-                ).fetchone()
+                if tx.dialect == "postgresql":
+                    # Two replicas admitting one platform request: the second waits here, then
+                    # finds the first's job instead of failing on the unique key.
+                    await tx.execute(
+                        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _REQUEST_KEY_LOCK, job.request_key
+                    )
+                found = await tx.fetchrow(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE request_key = $1", job.request_key
+                )
                 if found is not None:
-                    return _decode(found), False
+                    return Admitted(_decode(found), created=False, position=0)
+            # The hold comes first: it locks the member's account row (PostgreSQL) until the
+            # commit, so the count below sees every other admission of the same member that
+            # committed before — the cap holds across replicas, not only within one.
+            await ledger.hold_tx(
+                tx, job.tenant, job.actor.user_id, job.id, job.cost, kind=job.spec.kind.value
+            )
             if max_open is not None:
-                (open_jobs,) = conn.execute(
-                    f"SELECT COUNT(*) FROM jobs WHERE tenant = ? AND user_id = ? AND state IN {_OPEN_SQL}",
-                    (job.tenant, job.actor.user_id),
-                ).fetchone()
+                open_jobs = await tx.fetchval(
+                    f"SELECT COUNT(*) FROM jobs WHERE tenant = $1 AND user_id = $2 AND state IN {_OPEN_SQL}",
+                    job.tenant,
+                    job.actor.user_id,
+                )
                 if open_jobs >= max_open:
                     raise BusyError(messages.busy(max_open))
-            ledger.hold_in(conn, job.tenant, job.actor.user_id, job.id, job.cost, kind=job.spec.kind.value)
-            conn.execute(sql, row)
-            return job, True
+            # The newest job is last in line: its place is the count of those waiting, plus one.
+            # (Across replicas two admissions at the bound may both pass: the bound is a
+            # guard against floods, exact to within the admissions in flight at that moment.)
+            position = int(await tx.fetchval(f"SELECT COUNT(*) FROM jobs WHERE {_QUEUED}")) + 1
+            if max_queued is not None and position > max_queued:
+                raise QueueFullError(messages.queue_full())
+            await tx.execute(insert, *values)
+            return Admitted(job, created=True, position=position)
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
 
-    async def claim(self, job_id: str, owner: str, lease: float, deadline: float) -> JobRecord | None:
-        """queued → submitting for this worker; the job as claimed, or None if it is not queued."""
+    async def claim_next(self, deadline: float) -> JobRecord | None:
+        """queued → submitting for this process: the oldest queued job of every replica's,
+        with a fresh lease; None when no job waits (or every waiting one is being claimed)."""
         now = self.clock()
 
-        def tx(conn: sqlite3.Connection) -> JobRecord | None:
-            found = conn.execute(
+        async def step(tx: Tx) -> JobRecord | None:
+            found = await tx.fetchrow(
                 "UPDATE jobs SET state = 'submitting', version = version + 1, attempts = attempts + 1,"
-                " lease_owner = ?, lease_until = ?, deadline = COALESCE(deadline, ?), updated = ?"
-                f" WHERE id = ? AND state = 'queued' RETURNING {_COLUMNS}",
-                (owner, now + lease, deadline, now, job_id),
-            ).fetchone()
+                " lease_owner = $1, lease_until = $2, deadline = COALESCE(deadline, $3), updated = $4"
+                f" WHERE id = (SELECT id FROM jobs WHERE {_QUEUED} ORDER BY {_order(tx)} LIMIT 1{_skip_locked(tx)})"
+                f" AND state = 'queued' RETURNING {_COLUMNS}",
+                self.owner,
+                now + self.lease,
+                deadline,
+                now,
+            )
             return _decode(found) if found else None
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
 
     async def accepted(self, job: JobRecord) -> None:
         """submitting → running: the vendor took the job (route, handle, cost, size saved)."""
@@ -227,71 +297,86 @@ class JobStore:
         self, job_id: str, result: StoredResult, vendor_cost_usd: float | None = None
     ) -> OutboxRow | None:
         """running → done with the settle and the outbox row "result"; that row, or None if the
-        job was no longer running (a Cancel won: nothing is charged, nothing recorded)."""
+        job was no longer running under this process's lease (a Cancel won, or another replica
+        took the job over: nothing is charged, nothing recorded)."""
         ledger = self._ledger()
         now = self.clock()
         encoded = result.model_dump_json()
 
-        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
-            moved = conn.execute(
-                "UPDATE jobs SET state = 'done', version = version + 1, result = ?, updated = ?,"
-                " vendor_cost_usd = COALESCE(?, vendor_cost_usd), lease_owner = NULL"
-                " WHERE id = ? AND state = 'running'",
-                (encoded, now, vendor_cost_usd, job_id),
-            ).rowcount
+        async def step(tx: Tx) -> OutboxRow | None:
+            moved = await tx.execute(
+                "UPDATE jobs SET state = 'done', version = version + 1, result = $1, updated = $2,"
+                " vendor_cost_usd = COALESCE($3, vendor_cost_usd), lease_until = $4"
+                " WHERE id = $5 AND state = 'running' AND lease_owner = $6",
+                encoded,
+                now,
+                vendor_cost_usd,
+                now + self.lease,
+                job_id,
+                self.owner,
+            )
             if moved != 1:
                 return None
-            ledger.settle_in(conn, job_id)
-            return _outbox(conn, job_id, "result", {}, now)
+            await ledger.settle_tx(tx, job_id)
+            return await _outbox(tx, job_id, "result", {}, now)
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
 
     async def failed(self, job_id: str, text: str, why: str) -> OutboxRow | None:
-        """Any open state → failed with the release and the outbox row telling the user `text`;
-        that row, or None if the job had already ended."""
-        return await self._end(job_id, JobPhase.FAILED, "failure", text, why)
+        """An open job this process may end (queued, or leased to it) → failed with the release
+        and the outbox row telling the user `text`; that row, or None if it ended already."""
+        return await self._end(job_id, JobPhase.FAILED, "failure", text, why, anyones=False)
 
     async def cancel(self, job_id: str, text: str) -> JobPhase | None:
-        """Any open state → cancelled with the release and the outbox row `text`. Returns
-        CANCELLED when this call won, else the state found (DONE: too late; None: no job)."""
-        if await self._end(job_id, JobPhase.CANCELLED, "cancelled", text, "cancelled"):
-            return JobPhase.CANCELLED
-        return await self.db.run(lambda conn: _state_of(conn, job_id))
+        """Any open state → cancelled with the release and the outbox row `text`, whichever
+        replica follows the job. Returns CANCELLED when this call won, else the state found
+        (DONE: too late; None: no job)."""
+        return await self._end(job_id, JobPhase.CANCELLED, "cancelled", text, "cancelled", anyones=True)
 
     async def _end(
-        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str
-    ) -> OutboxRow | None:
+        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str, *, anyones: bool
+    ) -> Any:
         ledger = self._ledger()
         now = self.clock()
+        whose = "" if anyones else " AND (state = 'queued' OR lease_owner = $6)"
 
-        def tx(conn: sqlite3.Connection) -> OutboxRow | None:
-            moved = conn.execute(
-                "UPDATE jobs SET state = ?, version = version + 1, error = ?, updated = ?, lease_owner = NULL"
-                f" WHERE id = ? AND state IN {_OPEN_SQL}",
-                (to.value, why[:500] if to is JobPhase.FAILED else None, now, job_id),
-            ).rowcount
+        async def step(tx: Tx) -> OutboxRow | JobPhase | None:
+            # The ending takes the lease for the message it owes: no other replica sends it
+            # while this one does.
+            moved = await tx.execute(
+                "UPDATE jobs SET state = $1, version = version + 1, error = $2, updated = $3,"
+                f" lease_owner = $6, lease_until = $4 WHERE id = $5 AND state IN {_OPEN_SQL}{whose}",
+                to.value,
+                why[:500] if to is JobPhase.FAILED else None,
+                now,
+                now + self.lease,
+                job_id,
+                self.owner,
+            )
             if moved != 1:
-                return None
-            ledger.release_in(conn, job_id, reason=why[:200])
-            return _outbox(conn, job_id, kind, {"text": text}, now)
+                return None if to is JobPhase.FAILED else await _state_of(tx, job_id)
+            await ledger.release_tx(tx, job_id, reason=why[:200])
+            row = await _outbox(tx, job_id, kind, {"text": text}, now)
+            return row if to is JobPhase.FAILED else JobPhase.CANCELLED
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
 
     async def _move(self, job: JobRecord, frm: JobPhase, to: JobPhase, **columns: Any) -> None:
         now = self.clock()
-        sets = "".join(f", {k} = :{k}" for k in columns)
+        names = list(columns)
+        sets = "".join(f", {k} = ${i}" for i, k in enumerate(names, start=6))
         sql = (
-            f"UPDATE jobs SET state = :to, version = version + 1, updated = :now{sets}"
-            " WHERE id = :id AND state = :frm"
+            f"UPDATE jobs SET state = $1, version = version + 1, updated = $2{sets}"
+            " WHERE id = $3 AND state = $4 AND lease_owner = $5"
         )
-        params = {**columns, "to": to.value, "now": now, "id": job.id, "frm": frm.value}
+        args = (to.value, now, job.id, frm.value, self.owner, *columns.values())
 
-        def tx(conn: sqlite3.Connection) -> JobPhase | None:
-            if conn.execute(sql, params).rowcount == 1:
+        async def step(tx: Tx) -> JobPhase | None:
+            if await tx.execute(sql, *args) == 1:
                 return to
-            return _state_of(conn, job.id)
+            return await _state_of(tx, job.id)
 
-        state = await self.db.run(tx)
+        state = await self.db.transact(step)
         if state is not to:
             raise LostRaceError(job.id, state)
         job.state, job.version, job.updated = to, job.version + 1, now
@@ -299,9 +384,11 @@ class JobStore:
     async def save_reply_ref(self, job_id: str, ref: dict[str, Any]) -> None:
         """Where the job's reply now lives (a platform moved it, e.g. to a DM)."""
         encoded = json.dumps(ref)
-        await self.db.run(
-            lambda c: c.execute("UPDATE jobs SET reply_ref = ? WHERE id = ?", (encoded, job_id))
-        )
+
+        async def step(tx: Tx) -> None:
+            await tx.execute("UPDATE jobs SET reply_ref = $1 WHERE id = $2", encoded, job_id)
+
+        await self.db.transact(step)
 
     async def release_orphan_holds(self) -> list[str]:
         """Release every open hold whose job row does not exist; their job ids.
@@ -310,19 +397,100 @@ class JobStore:
         process that crashed between the two (an older version) or by hand."""
         ledger = self._ledger()
 
-        def tx(conn: sqlite3.Connection) -> list[str]:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT h.job_id FROM holds h LEFT JOIN jobs j ON j.id = h.job_id"
-                    " WHERE h.state = 'held' AND j.id IS NULL"
-                ).fetchall()
-            ]
+        async def step(tx: Tx) -> list[str]:
+            rows = await tx.fetch(
+                "SELECT h.job_id FROM holds h LEFT JOIN jobs j ON j.id = h.job_id"
+                " WHERE h.state = 'held' AND j.id IS NULL"
+            )
+            ids = [r[0] for r in rows]
             for job_id in ids:
-                ledger.release_in(conn, job_id, reason="job lost before it was saved")
+                await ledger.release_tx(tx, job_id, reason="job lost before it was saved")
             return ids
 
-        return await self.db.run(tx)
+        return await self.db.transact(step)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def renew(self) -> set[str]:
+        """Extend every lease this process holds (open jobs, and ended ones whose message is
+        unsent); the open jobs still leased to it — a followed job missing from it was taken
+        over by another replica (this one stalled past its lease) or ended."""
+        return await self._set_leases(self.clock() + self.lease)
+
+    async def release_leases(self) -> None:
+        """Let every lease of this process expire now (a clean shutdown): the next start, or
+        another replica, goes on with its jobs at once instead of after the lease."""
+        await self._set_leases(0.0)
+
+    async def _set_leases(self, until: float) -> set[str]:
+        async def step(tx: Tx) -> set[str]:
+            rows = await tx.fetch(
+                f"UPDATE jobs SET lease_until = $2 WHERE state NOT IN {_TERMINAL_SQL} AND lease_owner = $1"
+                " RETURNING id",
+                self.owner,
+                until,
+            )
+            await tx.execute(
+                "UPDATE jobs SET lease_until = $2"
+                " WHERE id IN (SELECT job_id FROM outbox WHERE sent_at IS NULL) AND lease_owner = $1",
+                self.owner,
+                until,
+            )
+            return {r[0] for r in rows}
+
+        return await self.db.transact(step)
+
+    async def take_over(self, platforms: Iterable[str], *, every: bool = False) -> list[JobRecord]:
+        """Lease to this process every submitting or running job of `platforms` whose lease
+        expired (its replica died or stalled), or — `every`, for the database's only process
+        at its start — every one not leased to it; those jobs as taken."""
+        now = self.clock()
+        expired_before = float("inf") if every else now
+        wanted = json.dumps(sorted(platforms))
+
+        async def step(tx: Tx) -> list[JobRecord]:
+            rows = await tx.fetch(
+                "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN ("
+                f"SELECT id FROM jobs WHERE {_LEASED} AND COALESCE(lease_owner, '') <> $1"
+                f" AND (lease_until IS NULL OR lease_until < $3) AND platform IN {_in_json(tx, '$4')}"
+                f"{_skip_locked(tx)}) RETURNING {_COLUMNS}",
+                self.owner,
+                now + self.lease,
+                expired_before,
+                wanted,
+            )
+            return sorted((_decode(r) for r in rows), key=lambda j: j.created)
+
+        return await self.db.transact(step)
+
+    async def take_unsent(self, platforms: Iterable[str], *, every: bool = False) -> list[OutboxRow]:
+        """The unsent messages of ended jobs of `platforms` whose lease expired (or, `every`,
+        all not leased to this process), their leases taken; oldest first."""
+        now = self.clock()
+        expired_before = float("inf") if every else now
+        wanted = json.dumps(sorted(platforms))
+
+        async def step(tx: Tx) -> list[OutboxRow]:
+            ids = await tx.fetch(
+                "UPDATE jobs SET lease_owner = $1, lease_until = $2"
+                " WHERE id IN (SELECT job_id FROM outbox WHERE sent_at IS NULL)"
+                " AND COALESCE(lease_owner, '') <> $1 AND (lease_until IS NULL OR lease_until < $3)"
+                f" AND platform IN {_in_json(tx, '$4')} RETURNING id",
+                self.owner,
+                now + self.lease,
+                expired_before,
+                wanted,
+            )
+            if not ids:
+                return []
+            rows = await tx.fetch(
+                "SELECT id, job_id, kind, payload, attempts FROM outbox"
+                f" WHERE sent_at IS NULL AND job_id IN {_in_json(tx, '$1')} ORDER BY id",
+                json.dumps([r[0] for r in ids]),
+            )
+            return [_outbox_row(r) for r in rows]
+
+        return await self.db.transact(step)
 
     # --- the outbox ------------------------------------------------------------------------
 
@@ -330,109 +498,109 @@ class JobStore:
         """Messages committed but not yet delivered (of one job, or all), oldest first."""
         sql = "SELECT id, job_id, kind, payload, attempts FROM outbox WHERE sent_at IS NULL"
         rows = (
-            await self.db.fetchall(sql + " AND job_id = ?", (job_id,))
+            await self.db.fetch(sql + " AND job_id = $1", job_id)
             if job_id
-            else await self.db.fetchall(sql + " ORDER BY id")
+            else await self.db.fetch(sql + " ORDER BY id")
         )
-        return [
-            OutboxRow(r["id"], r["job_id"], r["kind"], json.loads(r["payload"]), r["attempts"]) for r in rows
-        ]
+        return [_outbox_row(r) for r in rows]
 
     async def mark_sent(self, row_id: int) -> None:
         """The message reached the user (or the platform took it)."""
         now = self.clock()
-        await self.db.run(
-            lambda c: c.execute(
-                "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
-                (now, row_id),
+
+        async def step(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE outbox SET sent_at = $1, attempts = attempts + 1 WHERE id = $2 AND sent_at IS NULL",
+                now,
+                row_id,
             )
-        )
+
+        await self.db.transact(step)
 
     async def mark_attempt(self, row_id: int) -> None:
         """A delivery attempt failed; the row stays unsent for the next start."""
-        await self.db.run(
-            lambda c: c.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
-        )
+
+        async def step(tx: Tx) -> None:
+            await tx.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row_id)
+
+        await self.db.transact(step)
 
     # --- the learned poll schedule ---------------------------------------------------------
 
     async def load_route_times(self) -> dict[str, list[float]]:
         """Each route's saved recent job durations."""
-        rows = await self.db.fetchall("SELECT route, samples FROM route_times")
+        rows = await self.db.fetch("SELECT route, samples FROM route_times")
         return {r["route"]: [float(x) for x in json.loads(r["samples"])] for r in rows}
 
     async def save_route_times(self, data: dict[str, list[float]]) -> None:
         """Replace the saved durations of every route in `data`."""
         now = self.clock()
-        rows = [(route, json.dumps(samples), now) for route, samples in data.items()]
 
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO route_times (route, samples, updated) VALUES (?, ?, ?)"
-                " ON CONFLICT (route) DO UPDATE SET samples = excluded.samples, updated = excluded.updated",
-                rows,
-            )
+        async def step(tx: Tx) -> None:
+            for route, samples in data.items():
+                await tx.execute(
+                    "INSERT INTO route_times (route, samples, updated) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (route) DO UPDATE SET samples = excluded.samples, updated = excluded.updated",
+                    route,
+                    json.dumps(samples),
+                    now,
+                )
 
-        await self.db.run(tx)
+        await self.db.transact(step)
 
     # --- reads -----------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:
         """A job by id, or None."""
-        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        row = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return _decode(row) if row else None
 
     async def queue_position(self, job_id: str) -> int:
-        """1-based place of a queued job among every queued job, in the order they were
-        admitted (committed); 0 when not queued.
-
-        Asked right after an admission, so it goes with the writes (one hop, committed in the
-        same group as the admissions around it). The count reads the open-jobs index alone
-        (its entries are state and rowid), never the rows of finished jobs."""
-
-        def tx(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued'"
-                " AND rowid <= (SELECT rowid FROM jobs WHERE id = ? AND state = 'queued')",
-                (job_id,),
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        return await self.db.run(tx)
+        """1-based place of a queued job among every queued job (every replica's), in the order
+        they were admitted; 0 when not queued. The count reads the open-jobs index alone."""
+        order = _order(self.db)
+        value = await self.db.fetchval(
+            f"SELECT COUNT(*) FROM jobs WHERE {_QUEUED}"
+            f" AND {order} <= (SELECT {order} FROM jobs WHERE id = $1 AND state = 'queued')",
+            job_id,
+        )
+        return int(value or 0)
 
     async def queue_positions(self) -> dict[str, int]:
         """Every queued job's 1-based place in line (one read for a whole queue's refresh)."""
-        rows = await self.db.fetchall(
-            f"SELECT id FROM jobs WHERE state NOT IN {_TERMINAL_SQL} AND state = 'queued' ORDER BY rowid"
-        )
+        rows = await self.db.fetch(f"SELECT id FROM jobs WHERE {_QUEUED} ORDER BY {_order(self.db)}")
         return {r["id"]: place for place, r in enumerate(rows, start=1)}
 
     async def by_request_key(self, key: str) -> JobRecord | None:
         """The job a platform request already created, if any."""
-        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE request_key = ?", (key,))
+        row = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE request_key = $1", key)
         return _decode(row) if row else None
 
     async def unfinished(self) -> list[JobRecord]:
         """Every job not yet done, failed or cancelled, oldest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN ('done','failed','cancelled') ORDER BY created"
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN {_TERMINAL_SQL} ORDER BY created"
         )
         return [_decode(r) for r in rows]
 
     async def active_child(self, parent_id: str, user_id: str, kind: str) -> JobRecord | None:
         """An unfinished job a button on `parent_id` already started (double-click guard)."""
-        row = await self.db.fetchone(
-            f"SELECT {_COLUMNS} FROM jobs WHERE parent_id = ? AND user_id = ? AND kind = ? "
-            "AND state NOT IN ('done','failed','cancelled') LIMIT 1",
-            (parent_id, user_id, kind),
+        row = await self.db.fetchrow(
+            f"SELECT {_COLUMNS} FROM jobs WHERE parent_id = $1 AND user_id = $2 AND kind = $3"
+            f" AND state NOT IN {_TERMINAL_SQL} LIMIT 1",
+            parent_id,
+            user_id,
+            kind,
         )
         return _decode(row) if row else None
 
     async def recent(self, tenant: str, user_id: str, limit: int = 5) -> list[JobRecord]:
         """A user's latest jobs, newest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND user_id = ? ORDER BY created DESC LIMIT ?",
-            (tenant, user_id, limit),
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM jobs WHERE tenant = $1 AND user_id = $2 ORDER BY created DESC LIMIT $3",
+            tenant,
+            user_id,
+            limit,
         )
         return [_decode(r) for r in rows]
 
@@ -443,29 +611,33 @@ class JobStore:
             "WHERE state = 'done' {} GROUP BY tenant ORDER BY usd DESC"
         )
         if tenant:
-            rows = await self.db.fetchall(sql.format("AND tenant = ?"), (tenant,))
+            rows = await self.db.fetch(sql.format("AND tenant = $1"), tenant)
         else:
-            rows = await self.db.fetchall(sql.format(""))
+            rows = await self.db.fetch(sql.format(""))
         return [(r["tenant"], int(r["n"]), float(r["usd"])) for r in rows]
 
     async def count_unfinished(self) -> dict[str, int]:
-        """How many jobs are in each unfinished state."""
-        rows = await self.db.fetchall(
-            "SELECT state, COUNT(*) AS n FROM jobs WHERE state NOT IN ('done','failed','cancelled') GROUP BY state"
+        """How many jobs are in each unfinished state (every replica's)."""
+        rows = await self.db.fetch(
+            f"SELECT state, COUNT(*) AS n FROM jobs WHERE state NOT IN {_TERMINAL_SQL} GROUP BY state"
         )
         return {r["state"]: int(r["n"]) for r in rows}
 
     async def ids(self) -> set[str]:
         """Every job id."""
-        return {r["id"] for r in await self.db.fetchall("SELECT id FROM jobs")}
+        return {r["id"] for r in await self.db.fetch("SELECT id FROM jobs")}
 
 
-def _outbox(
-    conn: sqlite3.Connection, job_id: str, kind: OutboxKind, payload: dict[str, Any], now: float
-) -> OutboxRow:
-    cursor = conn.execute(
-        "INSERT INTO outbox (job_id, kind, payload, created) VALUES (?, ?, ?, ?)",
-        (job_id, kind, json.dumps(payload), now),
+def _outbox_row(r: Row) -> OutboxRow:
+    return OutboxRow(r["id"], r["job_id"], r["kind"], json.loads(r["payload"]), r["attempts"])
+
+
+async def _outbox(tx: Tx, job_id: str, kind: OutboxKind, payload: dict[str, Any], now: float) -> OutboxRow:
+    row_id = await tx.fetchval(
+        "INSERT INTO outbox (job_id, kind, payload, created) VALUES ($1, $2, $3, $4) RETURNING id",
+        job_id,
+        kind,
+        json.dumps(payload),
+        now,
     )
-    assert cursor.lastrowid is not None
-    return OutboxRow(cursor.lastrowid, job_id, kind, payload, 0)
+    return OutboxRow(int(row_id), job_id, kind, payload, 0)

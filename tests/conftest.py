@@ -3,6 +3,8 @@
 # Hypothesis' pytest plugin imports hypothesis lazily in its terminal summary; on CPython 3.11.7
 # compiling it that late can raise "AST constructor recursion depth mismatch" (a CPython bug).
 # Importing it at collection time, in a clean state, avoids that.
+from collections.abc import AsyncIterator
+
 import hypothesis  # noqa: F401
 import pytest
 
@@ -22,3 +24,10 @@ def database_backend(
 ) -> DatabaseBackend:
     """Each test using it runs once on SQLite and once on PostgreSQL (tests/support/databases.py)."""
     return database_backend_for(request, tmp_path_factory)
+
+
+@pytest.fixture
+async def db_url(database_backend: DatabaseBackend) -> AsyncIterator[str]:
+    """A fresh, empty database of each kind for a test of the whole engine (its DATABASE_URL)."""
+    async with database_backend.fresh_url() as url:
+        yield url

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import cli_env, run_cli
+from tests.support.postgres import fresh_pg_url
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,43 @@ async def test_credits_grant_then_show_then_history(tmp_path: Path) -> None:
     assert "balance 125" in out
     code, out, _ = await run_cli(tmp_path, "credits", "history", "alice", "--tenant", "discord:42")
     assert "prize" in out and "operator:cli" in out
+
+
+async def test_credits_work_on_postgresql_and_leave_no_sqlite_file(tmp_path: Path, pg_server: str) -> None:
+    import asyncpg
+
+    async with fresh_pg_url(pg_server) as url:
+        env = {"DATABASE_URL": url, "SECRET_KEY": "a-shared-test-key-0123456789"}
+        code, out, err = await run_cli(
+            tmp_path, "credits", "grant", "alice", "25", "--tenant", "discord:42", "--reason", "prize", **env
+        )
+        assert code == 0, err
+        assert "balance is now 125 credits" in out
+        code, out, err = await run_cli(tmp_path, "credits", "show", "alice", "--tenant", "discord:42", **env)
+        assert code == 0 and "balance 125" in out, err
+        conn = await asyncpg.connect(url)
+        try:
+            reasons = await conn.fetch(
+                "SELECT reason FROM entries WHERE user_id = 'alice' AND kind = 'grant'"
+            )
+        finally:
+            await conn.close()
+        assert [r["reason"] for r in reasons] == ["prize"]
+        assert not (tmp_path / "data" / "imagine-bot.sqlite3").exists()
+
+
+async def test_db_backup_on_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
+    # No server needed: the command refuses before it connects, and never echoes the URL.
+    url = "postgresql://bot:hunter2-secret@127.0.0.1:9/bot"
+    code, out, err = await run_cli(
+        tmp_path, "db", "backup", str(tmp_path / "b.sqlite3"), DATABASE_URL=url, SECRET_KEY="k" * 32
+    )
+    assert code == 2 and out == ""
+    assert (
+        err.strip()
+        == "imagine-bot db backup: copies the SQLite database only; back up PostgreSQL with pg_dump"
+    )
+    assert not (tmp_path / "b.sqlite3").exists()
 
 
 async def test_credits_refuses_an_absurd_grant(tmp_path: Path) -> None:

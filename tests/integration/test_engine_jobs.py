@@ -19,8 +19,8 @@ async def _balance(app, actor=MEMBER) -> int:  # type: ignore[no-untyped-def]
     return (await app.ledger.account(actor.tenant, actor.user_id)).balance
 
 
-async def test_imagine_delivers_a_real_png_and_settles_the_cost(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_imagine_delivers_a_real_png_and_settles_the_cost(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a red fox --ar 16:9"), reply)
         await reply.wait()
@@ -38,8 +38,8 @@ async def test_imagine_delivers_a_real_png_and_settles_the_cost(tmp_path: Path) 
         assert await app.ledger.check_invariants() == []
 
 
-async def test_four_images_come_with_a_two_by_two_grid(tmp_path: Path) -> None:
-    async with running_app(tmp_path, route_order="pixazo") as app:
+async def test_four_images_come_with_a_two_by_two_grid(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, route_order="pixazo") as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="four foxes --n 4"), reply)
         await reply.wait()
@@ -55,8 +55,8 @@ async def test_four_images_come_with_a_two_by_two_grid(tmp_path: Path) -> None:
         assert ticket.cost == 40
 
 
-async def test_progress_goes_through_the_states_in_order(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_progress_goes_through_the_states_in_order(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
@@ -66,8 +66,8 @@ async def test_progress_goes_through_the_states_in_order(tmp_path: Path) -> None
         assert [p for p in order if p in phases] == [p for p in dict.fromkeys(phases)]
 
 
-async def test_progress_is_throttled_per_job(tmp_path: Path) -> None:
-    async with running_app(tmp_path, progress_interval=3600.0) as app:
+async def test_progress_is_throttled_per_job(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, progress_interval=3600.0) as app:
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
@@ -76,9 +76,9 @@ async def test_progress_is_throttled_per_job(tmp_path: Path) -> None:
         assert reply.results
 
 
-async def test_vendor_failure_on_every_route_refunds_and_tells_the_user(tmp_path: Path) -> None:
+async def test_vendor_failure_on_every_route_refunds_and_tells_the_user(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         for emu in sandbox.emulators.values():
             emu.inject(Fault.JOB_FAILED, 3)
         reply = RecordingReply()
@@ -89,9 +89,9 @@ async def test_vendor_failure_on_every_route_refunds_and_tells_the_user(tmp_path
         assert await app.ledger.check_invariants() == []
 
 
-async def test_a_dead_result_url_refunds(tmp_path: Path) -> None:
+async def test_a_dead_result_url_refunds(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         sandbox["apiinone"].inject(Fault.DEAD_URL)
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
@@ -100,10 +100,10 @@ async def test_a_dead_result_url_refunds(tmp_path: Path) -> None:
         assert await _balance(app) == 100
 
 
-async def test_an_oversize_result_is_refused_and_refunded(tmp_path: Path) -> None:
+async def test_an_oversize_result_is_refused_and_refunded(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox(oversize_bytes=3 * 1024 * 1024)
     async with running_app(
-        tmp_path, sandbox=sandbox, route_order="apiinone", max_result_bytes=1024 * 1024
+        tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone", max_result_bytes=1024 * 1024
     ) as app:
         sandbox["apiinone"].inject(Fault.OVERSIZE)
         reply = RecordingReply()
@@ -113,9 +113,9 @@ async def test_an_oversize_result_is_refused_and_refunded(tmp_path: Path) -> Non
         assert await _balance(app) == 100
 
 
-async def test_retry_after_is_honoured_on_the_same_vendor(tmp_path: Path) -> None:
+async def test_retry_after_is_honoured_on_the_same_vendor(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         sandbox["apiinone"].inject(Fault.RATE_LIMIT, 1, stage="submit", retry_after=0.2)
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
@@ -125,8 +125,8 @@ async def test_retry_after_is_honoured_on_the_same_vendor(tmp_path: Path) -> Non
         assert job is not None and job.route is not None and job.route.startswith("apiinone:")
 
 
-async def test_cancel_of_a_queued_job_releases_the_hold(tmp_path: Path) -> None:
-    async with running_app(tmp_path, workers=1, max_jobs_per_user=5) as app:
+async def test_cancel_of_a_queued_job_releases_the_hold(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, workers=1, max_jobs_per_user=5) as app:
         blocker, queued = RecordingReply(), RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="first"), blocker)
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="second"), queued)
@@ -141,9 +141,9 @@ async def test_cancel_of_a_queued_job_releases_the_hold(tmp_path: Path) -> None:
         assert job is not None and job.state is JobPhase.CANCELLED
 
 
-async def test_cancel_of_a_running_job_releases_the_hold(tmp_path: Path) -> None:
+async def test_cancel_of_a_running_job_releases_the_hold(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         sandbox["apiinone"].inject(Fault.STUCK)
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="slow"), reply)
@@ -159,9 +159,11 @@ async def test_cancel_of_a_running_job_releases_the_hold(tmp_path: Path) -> None
         assert await app.ledger.check_invariants() == []
 
 
-async def test_a_stuck_job_times_out_and_is_refunded(tmp_path: Path) -> None:
+async def test_a_stuck_job_times_out_and_is_refunded(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone", job_timeout=1.0) as app:
+    async with running_app(
+        tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone", job_timeout=1.0
+    ) as app:
         sandbox["apiinone"].inject(Fault.STUCK)
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="never"), reply)
@@ -170,21 +172,23 @@ async def test_a_stuck_job_times_out_and_is_refunded(tmp_path: Path) -> None:
         assert await _balance(app) == 100
 
 
-async def test_per_user_cap_refuses_without_charging(tmp_path: Path) -> None:
+async def test_per_user_cap_refuses_without_charging(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox(latency=(1.0, 1.0))
-    async with running_app(tmp_path, sandbox=sandbox, max_jobs_per_user=1) as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, max_jobs_per_user=1) as app:
         await app.engine.submit(MEMBER, ImagineCommand(prompt="one"), RecordingReply())
         with pytest.raises(BusyError, match="1 job running"):
             await app.engine.submit(MEMBER, ImagineCommand(prompt="two"), RecordingReply())
         assert await _balance(app) == 90
 
 
-async def test_bounded_queue_reports_positions_then_refuses(tmp_path: Path) -> None:
+async def test_bounded_queue_reports_positions_then_refuses(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox(latency=(1.0, 1.0))
-    async with running_app(tmp_path, sandbox=sandbox, workers=1, queue_size=2, max_jobs_per_user=10) as app:
+    async with running_app(
+        tmp_path, database_url=db_url, sandbox=sandbox, workers=1, queue_size=2, max_jobs_per_user=10
+    ) as app:
         await app.engine.submit(MEMBER, ImagineCommand(prompt="running"), RecordingReply())
         for _ in range(200):  # until the one worker has taken it
-            if app.engine.snapshot()["queued"] == 0:
+            if not (await app.engine.store.count_unfinished()).get("queued"):
                 break
             await asyncio.sleep(0.02)
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a"), RecordingReply())
@@ -195,16 +199,16 @@ async def test_bounded_queue_reports_positions_then_refuses(tmp_path: Path) -> N
             await app.engine.submit(MEMBER, ImagineCommand(prompt="c"), RecordingReply())
 
 
-async def test_a_retried_platform_request_maps_to_one_job(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_a_retried_platform_request_maps_to_one_job(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         a = await app.engine.submit(MEMBER, ImagineCommand(prompt="x"), RecordingReply(), request_key="evt-1")
         b = await app.engine.submit(MEMBER, ImagineCommand(prompt="x"), RecordingReply(), request_key="evt-1")
         assert a.job_id == b.job_id
         assert await _balance(app) == 90
 
 
-async def test_text_to_3d_delivers_a_glb_and_a_thumbnail(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_text_to_3d_delivers_a_glb_and_a_thumbnail(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, Model3DCommand(prompt="a wooden chair"), reply)
         await reply.wait()
@@ -215,8 +219,8 @@ async def test_text_to_3d_delivers_a_glb_and_a_thumbnail(tmp_path: Path) -> None
         assert ticket.cost == 30
 
 
-async def test_reroll_keeps_parameters_with_a_new_seed(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_reroll_keeps_parameters_with_a_new_seed(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         first = RecordingReply()
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox --seed 5 --ar 3:2"), first)
         await first.wait()
@@ -230,8 +234,8 @@ async def test_reroll_keeps_parameters_with_a_new_seed(tmp_path: Path) -> None:
         assert j2.spec.seed != 5
 
 
-async def test_make_3d_from_a_result_image(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_make_3d_from_a_result_image(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         first = RecordingReply()
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a vase"), first)
         await first.wait()
@@ -242,8 +246,8 @@ async def test_make_3d_from_a_result_image(tmp_path: Path) -> None:
         assert any(f.role == "model" for f in second.results[0].files)
 
 
-async def test_edit_of_a_result_image(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_edit_of_a_result_image(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         first = RecordingReply()
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a house"), first)
         await first.wait()
@@ -254,8 +258,8 @@ async def test_edit_of_a_result_image(tmp_path: Path) -> None:
         assert second.results[0].kind == "edit"
 
 
-async def test_show_reposts_a_finished_result(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+async def test_show_reposts_a_finished_result(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url) as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
@@ -264,8 +268,8 @@ async def test_show_reposts_a_finished_result(tmp_path: Path) -> None:
         assert {b.action for b in shown.buttons} >= {ButtonAction.REROLL}
 
 
-async def test_concurrent_clicks_on_one_result_start_one_job(tmp_path: Path) -> None:
-    async with running_app(tmp_path, max_jobs_per_user=10) as app:
+async def test_concurrent_clicks_on_one_result_start_one_job(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, max_jobs_per_user=10) as app:
         first = RecordingReply()
         t1 = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), first)
         await first.wait()
@@ -279,8 +283,8 @@ async def test_concurrent_clicks_on_one_result_start_one_job(tmp_path: Path) -> 
         assert all("already running" in str(e) for e in refused)
 
 
-async def test_single_image_buttons_act_on_that_image(tmp_path: Path) -> None:
-    async with running_app(tmp_path, route_order="pixazo") as app:
+async def test_single_image_buttons_act_on_that_image(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, route_order="pixazo") as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="foxes --n 3"), reply)
         await reply.wait()

@@ -47,15 +47,23 @@ def _after(obj: Any, names: tuple[str, ...], hook: Callable[[Any], Awaitable[Non
         setattr(obj, name, hooked)
 
 
-async def test_a_cancel_just_after_the_worker_took_the_job_stops_it(tmp_path: Path) -> None:
+async def test_a_cancel_just_after_the_worker_took_the_job_stops_it(db_url: str, tmp_path: Path) -> None:
     """Defect 1: the worker must not submit and deliver a job cancelled after it took it."""
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         answers: list[str] = []
 
         async def cancel(job_id: str) -> None:
             answers.append(await app.engine.cancel(MEMBER, job_id))
 
-        _after(app.engine.store, ("get", "claim"), cancel, worker=True)
+        claim_next = app.engine.store.claim_next
+
+        async def claimed_then_cancelled(*args: Any, **kwargs: Any) -> Any:
+            job = await claim_next(*args, **kwargs)
+            if job is not None and not answers:
+                await cancel(job.id)  # the worker holds the claimed record now
+            return job
+
+        app.engine.store.claim_next = claimed_then_cancelled  # type: ignore[method-assign]
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
@@ -69,9 +77,11 @@ async def test_a_cancel_just_after_the_worker_took_the_job_stops_it(tmp_path: Pa
         assert await app.ledger.check_invariants() == []
 
 
-async def test_a_cancel_after_the_charge_is_too_late_and_the_result_still_arrives(tmp_path: Path) -> None:
+async def test_a_cancel_after_the_charge_is_too_late_and_the_result_still_arrives(
+    db_url: str, tmp_path: Path
+) -> None:
     """Defect 2: once the job is charged, a Cancel changes nothing and says so."""
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         answers: list[str] = []
 
         async def cancel(job_id: str) -> None:
@@ -96,8 +106,10 @@ async def test_a_cancel_after_the_charge_is_too_late_and_the_result_still_arrive
         assert await app.ledger.check_invariants() == []
 
 
-async def test_a_cancel_while_the_result_downloads_refunds_and_delivers_nothing(tmp_path: Path) -> None:
-    async with running_app(tmp_path, route_order="apiinone") as app:
+async def test_a_cancel_while_the_result_downloads_refunds_and_delivers_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         answers: list[str] = []
 
         async def cancel(job_id: str) -> None:
@@ -136,13 +148,15 @@ class _Restorer:
         return reply
 
 
-async def test_a_shutdown_during_the_upload_delivers_the_result_after_restart(tmp_path: Path) -> None:
+async def test_a_shutdown_during_the_upload_delivers_the_result_after_restart(
+    db_url: str, tmp_path: Path
+) -> None:
     """Defect 3: a charged job whose upload was cut off is delivered by the next process."""
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         stalling = _StallingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), stalling)
         await asyncio.wait_for(stalling.sending.wait(), 20)
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         restorer = _Restorer()
         app.engine.register_restorer("console", restorer)
         await app.engine.resume()
@@ -154,12 +168,14 @@ async def test_a_shutdown_during_the_upload_delivers_the_result_after_restart(tm
         assert await app.ledger.check_invariants() == []
 
 
-async def test_a_hold_left_without_a_job_by_a_crash_is_released_at_the_next_start(tmp_path: Path) -> None:
+async def test_a_hold_left_without_a_job_by_a_crash_is_released_at_the_next_start(
+    db_url: str, tmp_path: Path
+) -> None:
     """Defect 4: a crash between hold and insert must not keep the credits."""
-    async with running_app(tmp_path) as app:
+    async with running_app(tmp_path, database_url=db_url) as app:
         # What a process killed between the two writes of an admission left behind.
         await app.ledger.hold(MEMBER.tenant, MEMBER.user_id, "0123456789", 10, kind="image")
-    async with running_app(tmp_path) as app:
+    async with running_app(tmp_path, database_url=db_url) as app:
         assert await app.ledger.hold_state("0123456789") == "released"
         assert await _balance(app) == 100
         assert await app.ledger.check_invariants() == []
@@ -177,11 +193,11 @@ async def test_a_hold_left_without_a_job_by_a_crash_is_released_at_the_next_star
     ],
 )
 async def test_one_transient_error_while_following_a_job_does_not_fail_it(
-    tmp_path: Path, fault: Fault, stage: str
+    db_url: str, tmp_path: Path, fault: Fault, stage: str
 ) -> None:
     """Defect 5: the vendor usually billed already; one bad answer is retried, not fatal."""
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         sandbox["apiinone"].inject(fault, 1, stage=stage, retry_after=0.1)
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
@@ -192,9 +208,9 @@ async def test_one_transient_error_while_following_a_job_does_not_fail_it(
         assert await app.ledger.check_invariants() == []
 
 
-async def test_an_auth_error_while_polling_marks_the_route_unhealthy(tmp_path: Path) -> None:
+async def test_an_auth_error_while_polling_marks_the_route_unhealthy(db_url: str, tmp_path: Path) -> None:
     sandbox = fast_sandbox()
-    async with running_app(tmp_path, sandbox=sandbox, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, sandbox=sandbox, route_order="apiinone") as app:
         sandbox["apiinone"].inject(Fault.AUTH, 1, stage="poll")
         reply = RecordingReply()
         await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
@@ -232,9 +248,9 @@ class _RefusedReply(RecordingReply):
 
 
 async def test_a_result_no_route_can_deliver_is_logged_counted_and_kept_for_the_next_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), _RefusedReply())
         await app.engine.drain()
         warnings = [r.getMessage() for r in caplog.records if "undeliverable" in r.getMessage()]
@@ -245,7 +261,7 @@ async def test_a_result_no_route_can_deliver_is_logged_counted_and_kept_for_the_
         assert sample == 1
         assert [r.job_id for r in await app.engine.store.unsent()] == [ticket.job_id]
         assert await _balance(app) == 90  # the work was done and is paid for; the files wait
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         restorer = _Restorer()
         app.engine.register_restorer("console", restorer)
         await app.engine.resume()
@@ -253,27 +269,29 @@ async def test_a_result_no_route_can_deliver_is_logged_counted_and_kept_for_the_
         assert await app.engine.store.unsent() == []
 
 
-async def test_the_learned_poll_schedule_survives_a_restart(tmp_path: Path) -> None:
-    async with running_app(tmp_path, route_order="apiinone") as app:
+async def test_the_learned_poll_schedule_survives_a_restart(db_url: str, tmp_path: Path) -> None:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         replies = [RecordingReply() for _ in range(2)]
         for reply in replies:
             await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await app.engine.drain()
         learned = app.engine.route_times.snapshot()
         assert len(learned["apiinone:hunyuan-image-3"]) == 2
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         assert app.engine.route_times.snapshot() == learned
 
 
-async def test_a_stale_list_of_unsent_messages_does_not_tell_the_user_twice(tmp_path: Path) -> None:
+async def test_a_stale_list_of_unsent_messages_does_not_tell_the_user_twice(
+    db_url: str, tmp_path: Path
+) -> None:
     """The start-up flush reads the unsent rows, then a job among them ends and is delivered
     meanwhile: the flush must not send that row again (found by the chaos test)."""
-    async with running_app(tmp_path, route_order="apiinone") as app:
+    async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
         reply = RecordingReply()
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
         await reply.wait()
         await app.engine.drain()
-        row = await app.db.fetchone("SELECT id FROM outbox WHERE job_id = ?", (ticket.job_id,))
+        row = await app.db.fetchrow("SELECT id FROM outbox WHERE job_id = $1", ticket.job_id)
         assert row is not None
         stale = OutboxRow(id=row["id"], job_id=ticket.job_id, kind="result", payload={}, attempts=0)
         job = await app.engine.store.get(ticket.job_id)

@@ -35,6 +35,8 @@ def core_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "workers": 8,
     }
     values.update(overrides)
+    if str(values.get("database_url", "")).startswith("postgresql"):
+        values.setdefault("secret_key", "test-secret-key-shared-by-replicas")  # required there
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 

@@ -1,11 +1,17 @@
-"""Readiness rules, with an injected clock: never connected, connected, dropped, gone."""
+"""Readiness rules, with an injected clock: never connected, connected, dropped, gone; and the
+database probes, on a real SQLite file and a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sqlite3
 from pathlib import Path
 
-from bot.health import DatabaseProbe, Readiness
+import asyncpg
+
+from bot.health import DatabaseProbe, PostgresProbe, Readiness, database_probe
+from tests.support.postgres import fresh_pg_url
 
 
 class Clock:
@@ -68,3 +74,81 @@ def test_the_probe_says_why_a_database_cannot_take_a_write(tmp_path: Path) -> No
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_the_probe_for_a_sqlite_url_or_path_probes_that_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    for url in (f"sqlite:///{path}", path, str(path)):
+        probe = database_probe(url, timeout=0.5)
+        assert isinstance(probe, DatabaseProbe) and probe.path == path and probe.timeout == 0.5
+        assert probe._probe() == "database file missing"
+    sqlite3.connect(path).close()
+    assert database_probe(f"sqlite:///{path}")._probe() is None  # type: ignore[union-attr]
+
+
+async def test_the_postgresql_probe_passes_on_a_writable_database(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url:
+        probe = database_probe(url)
+        assert isinstance(probe, PostgresProbe)
+        assert await probe() is None
+        ready = Readiness(grace=1.0, give_up=2.0, db_probe=probe)
+        assert (await ready.check())["database"] == "writable"
+
+
+async def test_the_postgresql_probe_says_a_read_only_server_cannot_take_a_write(pg_server: str) -> None:
+    async with fresh_pg_url(pg_server) as url:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            name = url.rpartition("/")[2]
+            await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        finally:
+            await admin.close()
+        assert await database_probe(url)() == "database not writable: the server is read-only"
+
+
+async def test_the_postgresql_probe_names_the_problem_but_never_the_password(pg_server: str) -> None:
+    base = pg_server.rpartition("/")[0]
+    user, _, host = base.removeprefix("postgresql://").rpartition("@")
+    url = f"postgresql://{user}:hunter2-secret@{host}/no_such_database"
+    probe = database_probe(url)
+
+    problem = await probe()
+
+    assert problem is not None and problem.startswith("database cannot be reached: InvalidCatalogNameError")
+    assert "hunter2" not in problem and "hunter2" not in repr(probe)
+
+
+async def test_the_postgresql_probe_says_a_closed_port_cannot_be_reached() -> None:
+    with socket.socket() as sock:  # a loopback port nobody listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    problem = await PostgresProbe(f"postgresql://bot:pw@127.0.0.1:{port}/db")()
+    assert problem is not None and problem.startswith("database cannot be reached: ")
+    assert "pw@" not in problem
+
+
+async def test_the_postgresql_probe_gives_up_on_a_server_that_never_answers() -> None:
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the startup packet, answers nothing, until the probe hangs up
+        writer.close()
+        await writer.wait_closed()
+        hung_up.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        problem = await PostgresProbe(f"postgresql://bot@127.0.0.1:{port}/db", timeout=0.2)()
+        await asyncio.wait_for(hung_up.wait(), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert problem == "database did not answer within 0.2s"
+
+
+def test_a_password_echoed_by_the_driver_is_redacted() -> None:
+    probe = PostgresProbe("postgresql://bot:p%40ss-word@db.internal/bot")
+    echoed = OSError("cannot connect to postgresql://bot:p%40ss-word@db.internal/bot (p@ss-word)")
+    text = probe._redact(echoed)
+    assert "ss-word" not in text and text.startswith("OSError: cannot connect to postgresql://bot:***@")

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 
-import pytest
-
-from bot.scheduler import JobQueue, Scheduler, Throttle
+from bot.scheduler import Scheduler, Throttle
 
 
 async def _nothing(_job_id: str) -> None:
     return None
+
+
+async def _none() -> str | None:
+    return None
+
+
+def _queue(*ids: str) -> tuple[deque[str], Callable[[], Awaitable[str | None]]]:
+    """A stand-in for the database's queue: `take` pops the oldest id."""
+    waiting = deque(ids)
+
+    async def take() -> str | None:
+        return waiting.popleft() if waiting else None
+
+    return waiting, take
 
 
 async def test_a_thousand_waiting_jobs_cost_no_task_each_and_each_step_runs_once() -> None:
@@ -21,7 +34,7 @@ async def test_a_thousand_waiting_jobs_cost_no_task_each_and_each_step_runs_once
     async def step(job_id: str) -> None:
         ran[job_id] += 1
 
-    scheduler = Scheduler(workers=4, steps=16, clock=loop.time, claim=_nothing, step=step)
+    scheduler = Scheduler(workers=4, steps=16, clock=loop.time, take=_none, claim=_nothing, step=step)
     runner = asyncio.create_task(scheduler.run())
     try:
         for i in range(1000):
@@ -43,7 +56,7 @@ async def test_a_wake_replaces_the_schedule_and_forget_drops_it() -> None:
     async def step(job_id: str) -> None:
         ran.append((job_id, loop.time()))
 
-    scheduler = Scheduler(workers=1, steps=4, clock=loop.time, claim=_nothing, step=step)
+    scheduler = Scheduler(workers=1, steps=4, clock=loop.time, take=_none, claim=_nothing, step=step)
     runner = asyncio.create_task(scheduler.run())
     try:
         start = loop.time()
@@ -68,13 +81,14 @@ async def test_workers_bound_the_jobs_in_flight() -> None:
         claimed.append(job_id)
         scheduler.schedule(job_id, 3600.0)  # followed: it keeps its worker slot
 
-    scheduler = Scheduler(workers=2, steps=4, clock=loop.time, claim=claim, step=_nothing)
+    waiting, take = _queue(*(f"j{i}" for i in range(4)))
+    scheduler = Scheduler(workers=2, steps=4, clock=loop.time, take=take, claim=claim, step=_nothing)
     runner = asyncio.create_task(scheduler.run())
     try:
-        for i in range(4):
-            scheduler.enqueue(f"j{i}")
+        for _ in range(4):
+            scheduler.enqueue()
         await asyncio.sleep(0.05)
-        assert claimed == ["j0", "j1"] and scheduler.position("j2") == 1
+        assert claimed == ["j0", "j1"] and list(waiting) == ["j2", "j3"]
         scheduler.forget("j0")  # it ended: its slot goes to the next queued job
         await asyncio.sleep(0.05)
         assert claimed == ["j0", "j1", "j2"]
@@ -83,21 +97,34 @@ async def test_workers_bound_the_jobs_in_flight() -> None:
         await asyncio.gather(runner, return_exceptions=True)
 
 
-def test_the_job_queue_drops_ids_without_scanning_and_keeps_order() -> None:
-    queue = JobQueue()
-    for i in range(5):
-        queue.append(f"j{i}")
-    queue.remove("j1")
-    queue.remove("j3")
-    queue.remove("nope")
-    assert len(queue) == 3 and "j1" not in queue and "j2" in queue
-    assert queue.index("j4") == 2
-    with pytest.raises(ValueError):
-        queue.index("j1")
-    assert [queue.popleft() for _ in range(3)] == ["j0", "j2", "j4"]
-    assert not queue
-    with pytest.raises(IndexError):
-        queue.popleft()
+async def test_a_permit_that_finds_no_queued_job_frees_its_worker_and_lets_drain_end() -> None:
+    loop = asyncio.get_running_loop()
+    claimed: list[str] = []
+
+    async def claim(job_id: str) -> None:
+        claimed.append(job_id)
+
+    # Three permits, one job: another replica took the other two first.
+    _, take = _queue("j0")
+    scheduler = Scheduler(workers=1, steps=4, clock=loop.time, take=take, claim=claim, step=_nothing)
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        for _ in range(3):
+            scheduler.enqueue()
+        await asyncio.wait_for(scheduler.drain(), 5)
+        assert claimed == ["j0"] and scheduler.pending == 0 and not scheduler.busy()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+def test_want_tops_the_permits_up_to_what_the_database_counts() -> None:
+    scheduler = Scheduler(workers=1, steps=1, clock=lambda: 0.0, take=_none, claim=_nothing, step=_nothing)
+    scheduler.enqueue()
+    scheduler.want(3)
+    assert scheduler.pending == 3
+    scheduler.want(1)  # fewer than are out: nothing taken back
+    assert scheduler.pending == 3
 
 
 async def test_a_throttle_runs_at_once_when_due_and_once_for_a_burst_of_calls() -> None:
@@ -148,11 +175,12 @@ async def test_claims_run_at_most_steps_at_once_however_many_workers() -> None:
         await asyncio.sleep(0.01)
         running -= 1
 
-    scheduler = Scheduler(workers=100, steps=8, clock=loop.time, claim=claim, step=_nothing)
+    _, take = _queue(*(f"j{i}" for i in range(100)))
+    scheduler = Scheduler(workers=100, steps=8, clock=loop.time, take=take, claim=claim, step=_nothing)
     task = asyncio.create_task(scheduler.run())
     try:
-        for i in range(100):
-            scheduler.enqueue(f"j{i}")
+        for _ in range(100):
+            scheduler.enqueue()
         await scheduler.drain()
         assert peak == 8
     finally:

@@ -1,31 +1,41 @@
 """The job state machine in the store: each transition one transaction with its ledger effect
-and outbox row, guarded by compare-and-set so that of two racing actors exactly one wins."""
+and outbox row, guarded by compare-and-set so that of two racing actors exactly one wins.
+
+Every test runs on SQLite and on PostgreSQL; the lease tests play two replicas as two stores
+with their own owner on one database."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from bot.commands import Actor
 from bot.db import Database
-from bot.errors import BusyError, InsufficientCreditsError
+from bot.errors import BusyError, InsufficientCreditsError, QueueFullError
 from bot.ledger import CreditLedger
 from bot.params import JobSpec
 from bot.reply import JobPhase
 from bot.store import JobRecord, JobStore, LostRaceError, StoredResult, new_job_id
 from providers.base import JobHandle, Kind
+from tests.support.databases import DatabaseBackend
 
 ALICE = Actor(platform="console", tenant_id="t", user_id="alice")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    async with Database(tmp_path / "jobs.sqlite3") as db:
-        yield JobStore(db, ledger=CreditLedger(db, default_allowance=100))
+async def store(database_backend: DatabaseBackend) -> AsyncIterator[JobStore]:
+    async with database_backend.fresh_url() as url, database_backend.open(url) as db:
+        yield JobStore(db, ledger=CreditLedger(db, default_allowance=100), owner="a")
+
+
+def _replica(store: JobStore, owner: str, *, later: float = 0.0) -> JobStore:
+    """A second replica on the same database, its clock `later` seconds ahead."""
+    return JobStore(
+        store.db, ledger=store.ledger, owner=owner, lease=store.lease, clock=lambda: time.time() + later
+    )
 
 
 def _job(cost: int = 10, request_key: str | None = None, actor: Actor = ALICE) -> JobRecord:
@@ -53,8 +63,8 @@ async def _balance(store: JobStore) -> int:
 
 
 async def _running(store: JobStore) -> JobRecord:
-    job, _ = await store.admit(_job())
-    claimed = await store.claim(job.id, "w1", lease=60, deadline=time.time() + 60)
+    await store.admit(_job())
+    claimed = await store.claim_next(deadline=time.time() + 60)
     assert claimed is not None
     claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
     await store.accepted(claimed)
@@ -62,8 +72,9 @@ async def _running(store: JobStore) -> JobRecord:
 
 
 async def test_admission_holds_and_inserts_together(store: JobStore) -> None:
-    job, created = await store.admit(_job(cost=30))
-    assert created and await _balance(store) == 70
+    admitted = await store.admit(_job(cost=30))
+    job = admitted.job
+    assert admitted.created and admitted.position == 1 and await _balance(store) == 70
     assert (await store.get(job.id)) is not None
     assert await _ledger(store).hold_state(job.id) == "held"
 
@@ -76,9 +87,9 @@ async def test_a_refused_hold_leaves_no_job(store: JobStore) -> None:
 
 
 async def test_a_retried_request_key_returns_the_first_job_and_holds_once(store: JobStore) -> None:
-    first, created = await store.admit(_job(request_key="evt-1"))
-    again, created_again = await store.admit(_job(request_key="evt-1"))
-    assert created and not created_again and again.id == first.id
+    first = await store.admit(_job(request_key="evt-1"))
+    again = await store.admit(_job(request_key="evt-1"))
+    assert first.created and not again.created and again.job.id == first.job.id
     assert await _balance(store) == 90
 
 
@@ -86,21 +97,23 @@ async def test_the_per_user_cap_is_counted_in_the_admission_transaction(store: J
     results = await asyncio.gather(
         *(store.admit(_job(), max_open=2) for _ in range(5)), return_exceptions=True
     )
-    assert sum(isinstance(r, tuple) for r in results) == 2
+    assert sum(not isinstance(r, BaseException) and r.created for r in results) == 2
     assert sum(isinstance(r, BusyError) for r in results) == 3
     assert await _balance(store) == 80
 
 
 async def test_two_workers_claiming_one_job_one_wins(store: JobStore) -> None:
-    job, _ = await store.admit(_job())
-    claims = await asyncio.gather(*(store.claim(job.id, f"w{i}", lease=60, deadline=0) for i in range(4)))
+    job = (await store.admit(_job())).job
+    replicas = [_replica(store, f"w{i}") for i in range(4)]
+    claims = await asyncio.gather(*(r.claim_next(deadline=0) for r in replicas))
     winners = [c for c in claims if c is not None]
-    assert len(winners) == 1 and winners[0].state is JobPhase.SUBMITTING and winners[0].attempts == 1
+    assert len(winners) == 1 and winners[0].id == job.id
+    assert winners[0].state is JobPhase.SUBMITTING and winners[0].attempts == 1
 
 
 async def test_a_worker_that_lost_to_cancel_cannot_mark_the_job_running(store: JobStore) -> None:
-    job, _ = await store.admit(_job())
-    claimed = await store.claim(job.id, "w1", lease=60, deadline=0)
+    job = (await store.admit(_job())).job
+    claimed = await store.claim_next(deadline=0)
     assert claimed is not None
     assert await store.cancel(job.id, "Cancelled.") is JobPhase.CANCELLED
     claimed.route, claimed.handle = "v:m", JobHandle(vendor="v", model="m", job_id="x")
@@ -176,7 +189,7 @@ async def test_an_unbilled_vendor_failure_goes_back_to_submitting(store: JobStor
 
 
 async def test_orphan_holds_are_released_and_job_holds_are_not(store: JobStore) -> None:
-    job, _ = await store.admit(_job())
+    job = (await store.admit(_job())).job
     await _ledger(store).hold("console:t", "alice", "lost-job", 5, kind="image")
     assert await store.release_orphan_holds() == ["lost-job"]
     assert await _ledger(store).hold_state(job.id) == "held"
@@ -193,8 +206,9 @@ async def test_places_in_line_count_queued_jobs_in_admission_order_and_skip_ever
     store: JobStore,
 ) -> None:
     users = [Actor(platform="console", tenant_id="t", user_id=f"u{i}") for i in range(6)]
-    jobs = [(await store.admit(_job(actor=u)))[0] for u in users]
-    await store.claim(jobs[0].id, "w1", lease=60, deadline=0)  # left the queue
+    jobs = [(await store.admit(_job(actor=u))).job for u in users]
+    claimed = await store.claim_next(deadline=0)  # the oldest left the queue
+    assert claimed is not None and claimed.id == jobs[0].id
     await store.cancel(jobs[2].id, "Cancelled.")  # ended
     assert [await store.queue_position(j.id) for j in jobs] == [0, 1, 0, 2, 3, 4]
     assert await store.queue_positions() == {jobs[1].id: 1, jobs[3].id: 2, jobs[4].id: 3, jobs[5].id: 4}
@@ -203,14 +217,108 @@ async def test_places_in_line_count_queued_jobs_in_admission_order_and_skip_ever
 
 async def test_the_place_in_line_is_counted_from_the_open_jobs_index_alone(store: JobStore) -> None:
     # A long-lived bot has many finished jobs: counting a place must never read their rows.
-    job, _ = await store.admit(_job())
+    if store.db.dialect != "sqlite":
+        pytest.skip("reads SQLite's query plan")
+    db = store.db
+    assert isinstance(db, Database)
+    job = (await store.admit(_job())).job
     seen: list[str] = []
-    await store.db.run(lambda conn: conn.set_trace_callback(seen.append))
+    await db.run(lambda conn: conn.set_trace_callback(seen.append))
     try:
         assert await store.queue_position(job.id) == 1
     finally:
-        await store.db.run(lambda conn: conn.set_trace_callback(None))
+        await db.run(lambda conn: conn.set_trace_callback(None))
     (count,) = [sql for sql in seen if "COUNT(*)" in sql]
-    plan = await store.db.run(lambda conn: [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + count)])
+    plan = await db.run(lambda conn: [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + count)])
     assert any("COVERING INDEX jobs_open" in step for step in plan), plan
     assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+async def test_admission_refuses_beyond_the_queue_bound_and_takes_nothing(store: JobStore) -> None:
+    for _ in range(2):
+        await store.admit(
+            _job(actor=Actor(platform="console", tenant_id="t", user_id=new_job_id())), max_queued=2
+        )
+    with pytest.raises(QueueFullError):
+        await store.admit(_job(), max_queued=2)
+    assert await _balance(store) == 100 and len(await store.unfinished()) == 2
+
+
+async def test_the_per_user_cap_holds_across_replicas_admitting_at_once(store: JobStore) -> None:
+    replicas = [store, _replica(store, "b"), _replica(store, "c")]
+    results = await asyncio.gather(
+        *(replicas[i % 3].admit(_job(), max_open=2) for i in range(9)), return_exceptions=True
+    )
+    assert [type(r).__name__ for r in results].count("BusyError") == 7, results
+    assert len(await store.unfinished()) == 2 and await _balance(store) == 80
+
+
+async def test_one_request_key_admitted_by_two_replicas_at_once_makes_one_job(store: JobStore) -> None:
+    other = _replica(store, "b")
+    results = await asyncio.gather(
+        *(r.admit(_job(request_key="evt-9")) for r in (store, other, store, other))
+    )
+    assert sum(r.created for r in results) == 1
+    assert len({r.job.id for r in results}) == 1 and await _balance(store) == 90
+
+
+async def test_replicas_claiming_at_once_each_get_a_different_job_oldest_first(store: JobStore) -> None:
+    jobs = [
+        (await store.admit(_job(actor=Actor(platform="console", tenant_id="t", user_id=f"u{i}")))).job
+        for i in range(6)
+    ]
+    replicas = [_replica(store, f"r{i}") for i in range(6)]
+    claims = await asyncio.gather(*(r.claim_next(deadline=0) for r in replicas))
+    assert sorted(c.id for c in claims if c is not None) == sorted(j.id for j in jobs)
+    assert await store.claim_next(deadline=0) is None
+
+
+async def test_a_replica_cannot_finish_a_job_another_took_over_after_its_lease_expired(
+    store: JobStore,
+) -> None:
+    job = await _running(store)
+    assert await _replica(store, "b").take_over(["console"]) == []  # the lease is fresh
+    later = _replica(store, "b", later=store.lease + 1)
+    (taken,) = await later.take_over(["console"])
+    assert taken.id == job.id and taken.state is JobPhase.RUNNING
+    assert job.id not in await store.renew()  # the old owner learns it lost the job
+    assert await store.done(job.id, StoredResult()) is None  # and cannot charge for it
+    with pytest.raises(LostRaceError):
+        await store.resubmit(job)
+    assert await later.done(job.id, StoredResult()) is not None
+    assert await _ledger(store).hold_state(job.id) == "settled"
+
+
+async def test_a_renewed_lease_is_not_taken_over(store: JobStore) -> None:
+    job = await _running(store)
+    assert await store.renew() == {job.id}
+    soon = _replica(store, "b", later=store.lease / 2)
+    assert await soon.take_over(["console"]) == []
+
+
+async def test_take_over_skips_platforms_this_replica_cannot_reach(store: JobStore) -> None:
+    await _running(store)
+    assert await _replica(store, "b", later=store.lease + 1).take_over(["discord"]) == []
+
+
+async def test_a_start_on_sqlite_takes_every_lease_at_once(store: JobStore) -> None:
+    job = await _running(store)
+    (taken,) = await _replica(store, "b").take_over(["console"], every=True)
+    assert taken.id == job.id
+
+
+async def test_an_unsent_message_is_taken_over_only_once_its_lease_expired(store: JobStore) -> None:
+    job = await _running(store)
+    await store.failed(job.id, "no", "no")
+    assert await _replica(store, "b").take_unsent(["console"]) == []  # its ender sends it
+    later = _replica(store, "b", later=store.lease + 1)
+    (row,) = await later.take_unsent(["console"])
+    assert row.job_id == job.id and row.kind == "failure"
+    assert await _replica(store, "c", later=store.lease + 1).take_unsent(["console"]) == []
+
+
+async def test_released_leases_are_taken_over_at_once(store: JobStore) -> None:
+    job = await _running(store)
+    await store.release_leases()  # a clean shutdown
+    (taken,) = await _replica(store, "b").take_over(["console"])
+    assert taken.id == job.id
