@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,6 +43,7 @@ from bot.sql import open_database
 
 USERS = 120
 CANCEL_SHARE = 0.03
+ADMITTERS = 16  # admissions at once per replica
 TERMINAL = ("done", "failed", "cancelled")
 
 # Store methods that return the job(s) they leased to this process, and those called on one job.
@@ -71,7 +72,7 @@ class ToldReply:
 
     def _told(self, job_id: str, kind: str, text: str) -> None:
         # One write per line and a flush: a SIGKILL after it cannot take the line back.
-        line = {"job": job_id, "kind": kind, "text": text, "pid": os.getpid()}
+        line = {"job": job_id, "kind": kind, "text": text, "pid": os.getpid(), "t": time.time()}
         self._log.write(json.dumps(line) + "\n")
         self._log.flush()
 
@@ -184,7 +185,7 @@ def actor(i: int) -> Actor:
     return Actor(platform="chaos", tenant_id=f"t{user % 4}", user_id=f"u{user}", display_name=f"user {user}")
 
 
-async def admit(app: BotApp, log: TextIO, i: int) -> str | None:
+async def admit(app: BotApp, log: TextIO, i: int, wait: float = 0.05) -> str | None:
     while True:
         try:
             ticket = await app.engine.submit(
@@ -195,7 +196,7 @@ async def admit(app: BotApp, log: TextIO, i: int) -> str | None:
             )
             return ticket.job_id
         except (BusyError, QueueFullError):
-            await asyncio.sleep(0.05)  # the user waits for one of their jobs, then asks again
+            await asyncio.sleep(wait)  # the user waits for one of their jobs, then asks again
         except UserError as exc:
             print(f"job {i} refused: {exc}", file=sys.stderr)
             return None
@@ -270,12 +271,17 @@ async def main(n: int, seed: int) -> int:
 
 
 async def replica_main(settings: Settings, told: Path, n: int, seed: int, k: int, r: int) -> int:
-    """Replica `k` of `r`: its share, then every other job; done when the database is."""
+    """Replica `k` of `r`: its share, then every other job; done when the database is.
+
+    Jobs go in user by user (each user's jobs back to back, `ADMITTERS` at once), and the other
+    replica's share of the same user goes in at the same time: the per-user cap is pressed from
+    both replicas at once."""
     trace = Trace(Path(settings.data_dir) / "trace.jsonl")
     instrument(trace)
     rng = random.Random(f"{seed}:{k}")
-    mine = [i for i in range(n) if (i // USERS) % r == k]
-    theirs = [i for i in range(n) if (i // USERS) % r != k]
+    by_user = sorted(range(n), key=lambda i: (i % USERS, i))
+    mine = [i for i in by_user if (i // USERS) % r == k]
+    theirs = [i for i in by_user if (i // USERS) % r != k]
     with told.open("a", encoding="utf-8") as log:
         app = BotApp(settings, platforms=[])
         async with app:
@@ -283,13 +289,18 @@ async def replica_main(settings: Settings, told: Path, n: int, seed: int, k: int
             await app.engine.resume()
             print("chaos bot up", flush=True)
             cancels: set[asyncio.Task[None]] = set()
-            for i in mine:
-                await admit(app, log, i)
-                if rng.random() < CANCEL_SHARE * r:  # this replica's part of all the cancels
-                    target = rng.randrange(i + 1)  # most likely admitted by now, by either replica
-                    cancels.add(asyncio.create_task(cancel_any(app, trace, target, rng.uniform(0.0, 3.0))))
-            for i in theirs:
-                await admit(app, log, i)
+
+            async def lane(todo: Iterator[int], cancel: bool) -> None:
+                for i in todo:
+                    await admit(app, log, i, wait=0.2)
+                    if cancel and rng.random() < CANCEL_SHARE * r:  # this replica's part of the cancels
+                        # This job or the same user's next or previous one, of the other share.
+                        target = min(n - 1, max(0, i + rng.choice((-USERS, 0, USERS))))
+                        delay = rng.uniform(0.0, 1.0)
+                        cancels.add(asyncio.create_task(cancel_any(app, trace, target, delay)))
+
+            for todo, cancel in ((iter(mine), True), (iter(theirs), False)):
+                await asyncio.gather(*(lane(todo, cancel) for _ in range(ADMITTERS)))
             await asyncio.gather(*cancels)
             await all_over(settings.db_url, n)
             await app.engine.drain()
