@@ -7,9 +7,9 @@ Run as `python -m tests.chaos.chaos_bot N SEED` with the bot's settings in the e
 With `CHAOS_REPLICA=K/R` it is replica K of R on one shared database (tests/chaos/
 test_two_replicas.py): it admits its share first — jobs i with (i // USERS) % R == K, so every
 user has jobs admitted by every replica — and then every other job (idempotent: a live replica's
-job comes back as it is, a dead replica's never-admitted one is admitted here); its cancels pick
-from the pool of all jobs (looked up by request key), so some land on jobs another replica
-holds. It writes `trace.jsonl` (below) and ends when the *database* says all N jobs are over
+job comes back as it is, a dead replica's never-admitted one is admitted here), user by user and
+`ADMITTERS` at once, so both replicas press one user's cap together; its cancels pick from the
+pool of all jobs (looked up by request key), so some land on jobs another replica holds. It writes `trace.jsonl` (below) and ends when the *database* says all N jobs are over
 and every message is sent — a dead replica's jobs are finished here once their leases expire.
 
 `trace.jsonl`, one JSON object a line, written with one unbuffered `write` so a SIGKILL cannot
