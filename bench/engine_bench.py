@@ -359,7 +359,7 @@ class BenchReply:
         self.index, self.trace, self._done = index, trace, done
 
     def ref(self) -> dict[str, Any]:
-        return {}
+        return {"index": self.index}  # another replica rebuilds the reply from it
 
     async def progress(self, update: Any) -> None:
         pass
@@ -499,6 +499,154 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# --- child: one replica of several on one database ------------------------------------------
+
+
+class BenchRestorer:
+    """Rebuilds the Reply of a job another replica admitted, recording into this one's trace."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def restore(self, ref: dict[str, Any]) -> BenchReply:
+        return BenchReply(int(ref.get("index", -1)), self.trace, lambda: None)
+
+
+async def _all_over(url: str, jobs: int, timeout: float, every: float = 0.2) -> bool:
+    """Until the shared database holds `jobs` jobs, none open and no message unsent (whichever
+    replica holds them); False on timeout."""
+    from bot.sql import open_database
+
+    deadline = time.time() + timeout
+    async with open_database(url) as db:
+        while time.time() < deadline:
+            total = await db.fetchval("SELECT COUNT(*) FROM jobs")
+            left = await db.fetchval(
+                "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('done', 'failed', 'cancelled')"
+            )
+            unsent = await db.fetchval("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            if total >= jobs and left == 0 and unsent == 0:
+                return True
+            await asyncio.sleep(every)
+    return False
+
+
+def _say(line: str) -> None:
+    print(f"BENCH {line}", flush=True)
+
+
+async def _hear() -> str:
+    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+
+
+async def run_replica(args: argparse.Namespace) -> dict[str, Any]:
+    """Replica K of R ('poll' or 'webhook') on the shared `--database-url`: admits every R-th
+    job, delivers whatever it holds (any replica's), and reports its raw trace and CPU. The
+    parent paces the phases over stdin/stdout (READY → WARM → WARMED → GO t → the output)."""
+    k, r = (int(x) for x in args.replica.split("/"))
+    trace = Trace()
+    _hook_provider(trace)
+    route_times = _track_route_times()
+    from bot.app import BotApp
+    from bot.commands import Actor, ImagineCommand
+    from bot.config import Settings
+
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    workers = args.workers or defaults.workers
+    queue_size = defaults.queue_size
+    queue_raised = args.jobs + args.warm_jobs * args.warm > workers + queue_size
+    if queue_raised:
+        queue_size = args.jobs + args.warm_jobs
+    port = _free_port()
+    offsets = arrivals(args.jobs, None if args.burst else args.rate, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            data_dir=Path(tmp),
+            database_url=args.database_url,
+            secret_key=os.environ["BENCH_SECRET_KEY"],
+            media_root=Path(args.media_root),
+            pixazo_api_key=KEY,
+            pixazo_base_url=f"{args.vendor_url}/{VENDOR}",
+            route_order=f"{VENDOR}:{MODEL}",
+            http_host="127.0.0.1",
+            http_port=port,
+            public_base_url=f"http://127.0.0.1:{port}" if args.child == "webhook" else None,
+            workers=workers,
+            queue_size=queue_size,
+            log_level="WARNING",
+            media_allow_private=True,
+        )
+        async with BotApp(settings, platforms=[]) as app:
+            app.engine.register_restorer("bench", BenchRestorer(trace))
+
+            async def submit(i: int, label: str, index: int, at: float = 0.0) -> None:
+                if at:
+                    await asyncio.sleep(max(0.0, at - time.time()))
+                try:
+                    await app.engine.submit(
+                        Actor(platform="bench", tenant_id="bench", user_id=f"{label}{i}"),
+                        ImagineCommand(prompt=f"{label} job {i} --size 512x512"),
+                        BenchReply(index, trace, lambda: None),
+                    )
+                except Exception as exc:  # refused at admission: counted, not fatal
+                    if index >= 0:
+                        trace.failed[index] = f"refused: {type(exc).__name__}"
+
+            _say("READY")
+            history = None
+            command = await _hear()
+            warm_jobs = args.warm_jobs if args.warm else 0
+            if command == "WARM":
+                await asyncio.gather(*(submit(i, "warm", -1) for i in range(k, warm_jobs, r)))
+                await _all_over(args.database_url, warm_jobs, args.timeout)
+                history = _history_samples(route_times)
+                _say("WARMED")
+                command = await _hear()
+            start = float(command.split()[1])  # GO <wall time to start at>
+            await asyncio.sleep(max(0.0, start - time.time()))
+            sampler = Sampler()
+            sampler.start()
+            threads0 = _thread_cpu()
+            profiler = _start_profile()
+            cpu0 = _cpu()
+            tasks = [
+                asyncio.ensure_future(submit(i, "bench", i, start + offsets[i] if offsets[i] else 0.0))
+                for i in range(k, args.jobs, r)
+            ]
+            finished = await _all_over(args.database_url, warm_jobs + args.jobs, args.timeout)
+            cpu = _cpu() - cpu0
+            _stop_profile(profiler, f"{args.child}.{k}")
+            threads1 = _thread_cpu()
+            await sampler.stop()
+            for t in tasks:
+                t.cancel()
+    return {
+        "replica": k,
+        "pid": os.getpid(),
+        "finished": finished,
+        "start": start,
+        "cpu_s": cpu,
+        "rss_peak_mb": _rss_peak_mb(),
+        "cpu_s_by_thread": {
+            name: round(v - threads0.get(name, 0.0), 2) for name, v in sorted(threads1.items())
+        },
+        "history_samples_at_start": history,
+        "history_samples_at_end": _history_samples(route_times),
+        "workers": workers,
+        "queue_size": queue_size,
+        "queue_size_raised": queue_raised,
+        "trace": {
+            "submitted": trace.submitted,
+            "index_of": trace.index_of,
+            "detected": trace.detected,
+            "by_webhook": sorted(trace.by_webhook),
+            "delivered": trace.delivered,
+            "failed": trace.failed,
+        },
+    }
+
+
 # --- child: the naive 5 s poller --------------------------------------------------------------
 
 
@@ -555,6 +703,141 @@ async def run_naive(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# --- parent: several replicas of one mode on one database -----------------------------------
+
+
+def merge_replicas(parts: list[dict[str, Any]], stats: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """One mode's figures from its replicas' raw traces: a job's moments from whichever replica
+    saw them (first detection wins), CPU summed over the replicas, wall time from the common
+    start to the last delivery anywhere, RSS the largest replica's (each listed)."""
+    trace = Trace()
+    for part in parts:
+        t = part["trace"]
+        trace.submitted.update(t["submitted"])
+        trace.index_of.update(t["index_of"])
+        for vid, at in t["detected"].items():
+            trace.detected[vid] = min(at, trace.detected.get(vid, at))
+        trace.by_webhook.update(t["by_webhook"])
+        for i, at in t["delivered"].items():
+            trace.delivered[int(i)] = min(at, trace.delivered.get(int(i), at))
+        trace.failed.update({int(i): why for i, why in t["failed"].items()})
+    for i in trace.delivered:
+        trace.failed.pop(i, None)  # refused by one replica's first try, delivered all the same
+    start = min(p["start"] for p in parts)
+    end = max([start, *trace.delivered.values()])
+    cpu = sum(p["cpu_s"] for p in parts)
+    out = figures(trace, stats, jobs, cpu, end - start)
+    out["rss_peak_mb"] = max(p["rss_peak_mb"] for p in parts)
+    out["replica_figures"] = [
+        {
+            "replica": p["replica"],
+            "rss_peak_mb": p["rss_peak_mb"],
+            "cpu_s": p["cpu_s"],
+            "cpu_ms_per_job": p["cpu_s"] * 1000 / jobs if jobs else None,
+            "delivered": len(p["trace"]["delivered"]),
+            "submitted_to_vendor": len(p["trace"]["submitted"]),
+            "cpu_s_by_thread": p["cpu_s_by_thread"],
+            "history_samples_at_start": p["history_samples_at_start"],
+        }
+        for p in parts
+    ]
+    first = parts[0]
+    out |= {
+        "workers": first["workers"],
+        "queue_size": first["queue_size"],
+        "queue_size_raised": first["queue_size_raised"],
+        "finished": all(p["finished"] for p in parts),
+    }
+    return out
+
+
+async def _expect(proc: asyncio.subprocess.Process, word: str, timeout: float) -> None:
+    """Until the child says `BENCH word` (its other output is skipped)."""
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"replica exited before {word} (exit {await proc.wait()})")
+        if line.decode().strip() == f"BENCH {word}":
+            return
+
+
+async def _tell(procs: list[asyncio.subprocess.Process], line: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{line}\n".encode())
+        await proc.stdin.drain()
+
+
+async def run_replicas(args: argparse.Namespace, mode: str, vendor_url: str) -> dict[str, Any]:
+    """`--replicas` processes of one bot mode on a scratch database of `--database-url`, paced
+    together: all up, the warm-up (if any) done everywhere, the vendor's counters reset, then one
+    common start. The figures are merged from their traces (`merge_replicas`)."""
+    import secrets
+
+    from bench.ledger_bench import scratch_database
+    from bot.ledger import CreditLedger
+    from bot.sql import open_database, sqlite_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # A fresh database per run: PostgreSQL's scratch database, or a temp SQLite file.
+        server = "" if sqlite_path(args.database_url) is not None else args.database_url
+        async with scratch_database(server, tmp) as (url, where):
+            media = Path(tmp) / "media"
+            media.mkdir()
+            env = dict(os.environ, BENCH_SECRET_KEY=secrets.token_hex(16))
+            procs = []
+            try:
+                for k in range(args.replicas):
+                    out = Path(tmp) / f"out{k}.json"
+                    argv = _child_argv(args, mode, vendor_url, out)
+                    argv += ["--replica", f"{k}/{args.replicas}", "--database-url", url]
+                    argv += ["--media-root", str(media)]
+                    procs.append(
+                        await asyncio.create_subprocess_exec(
+                            *argv,
+                            cwd=str(ROOT),
+                            env=env,
+                            stdin=asyncio.subprocess.PIPE,
+                            stdout=asyncio.subprocess.PIPE,
+                        )
+                    )
+                for proc in procs:
+                    await _expect(proc, "READY", 120)
+                if args.warm:
+                    await _tell(procs, "WARM")
+                    for proc in procs:
+                        await _expect(proc, "WARMED", args.timeout)
+                async with aiohttp.ClientSession() as session:
+                    await _vendor_reset(session, vendor_url)
+                    await _tell(procs, f"GO {time.time() + 0.5}")
+                    codes = [await asyncio.wait_for(p.wait(), args.timeout + 120) for p in procs]
+                    stats = await _vendor_stats(session, vendor_url)
+            finally:
+                for proc in procs:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+            parts = []
+            for k, code in enumerate(codes):
+                out = Path(tmp) / f"out{k}.json"
+                if code != 0 or not out.exists():
+                    return {"mode": mode, "error": f"replica {k} exited {code}"}
+                parts.append(json.loads(out.read_text()))
+            async with open_database(url) as db:
+                problems = await CreditLedger(db).check_invariants()
+    result = merge_replicas(parts, stats, args.jobs)
+    result |= {
+        "mode": mode,
+        "warm": bool(args.warm),
+        "warm_jobs": args.warm_jobs if args.warm else 0,
+        "replicas": args.replicas,
+        "database": where,
+        "ledger_invariants_ok": not problems,
+    }
+    return result
+
+
 # --- parent: one process per mode -------------------------------------------------------------
 
 
@@ -592,6 +875,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """One mode in its own process, against a fresh vendor process."""
     vendor, url = _start_vendor(args)
     try:
+        if mode != "naive" and args.database_url:
+            return asyncio.run(run_replicas(args, mode, url))
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out.json"
             child = subprocess.run(_child_argv(args, mode, url, out), cwd=str(ROOT), check=False)
@@ -683,6 +968,14 @@ def markdown(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, float 
             "| " + " | ".join(_fmt(f.get(k), 1 if k == "rss_peak_mb" else 2) for k, _ in COLUMNS) + " |"
         )
     lines.append("")
+    for mode, f in results.items():
+        for part in f.get("replica_figures", []):
+            lines.append(
+                f"- {mode} replica {part['replica']} of {f['replicas']} ({f['database']}): "
+                f"delivered {part['delivered']}, submitted {part['submitted_to_vendor']} to the vendor, "
+                f"CPU {_fmt(part['cpu_s'])} s ({_fmt(part['cpu_ms_per_job'])} ms per job of all), "
+                f"RSS {_fmt(part['rss_peak_mb'], 1)} MB"
+            )
     for mode, r in rat.items():
         lines.append(
             f"- {mode} vs the naive process: detection ×{_fmt(r['detect_mean_x'])} sooner on the mean, "
@@ -693,6 +986,11 @@ def markdown(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, float 
     return "\n".join(lines)
 
 
+def _redact(arg: str) -> str:
+    """A database URL's password never goes into the printed command or the JSON."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", arg)
+
+
 def parent(args: argparse.Namespace) -> None:
     """Run every mode `--repeat` times, print the table, write the JSON."""
     modes = [m for m in args.modes.split(",") if m]
@@ -701,7 +999,7 @@ def parent(args: argparse.Namespace) -> None:
             raise SystemExit(f"unknown mode {m!r}; known: {', '.join(MODES)}")
     lo, hi = args.latency
     config: dict[str, Any] = {
-        "command": " ".join(["python", "bench/engine_bench.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "bench/engine_bench.py", *map(_redact, sys.argv[1:])]),
         "jobs": args.jobs,
         "dist": args.dist,
         "latency_s": [lo, hi],
@@ -711,6 +1009,7 @@ def parent(args: argparse.Namespace) -> None:
         "warm_jobs": args.warm_jobs if args.warm else 0,
         "repeat": args.repeat,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "replicas": args.replicas if args.database_url else 1,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if args.dist == "lognormal":
@@ -755,6 +1054,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds a run may take")
     p.add_argument("--json", metavar="OUT.json")
+    p.add_argument(
+        "--database-url",
+        default="",
+        help="run the bot modes as --replicas processes on a scratch database of this server "
+        "(postgresql://…; or sqlite:///ANY for a temp SQLite file, where replicas share no work)",
+    )
+    p.add_argument("--replicas", type=int, default=2, help="bot processes with --database-url (default 2)")
+    p.add_argument("--replica", help=argparse.SUPPRESS)
+    p.add_argument("--media-root", help=argparse.SUPPRESS)
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--vendor-url", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -767,7 +1075,10 @@ def main() -> None:
     if not args.child:
         parent(args)
         return
-    result = asyncio.run(run_naive(args) if args.child == "naive" else run_bot(args))
+    if args.child == "naive":
+        result = asyncio.run(run_naive(args))
+    else:
+        result = asyncio.run(run_replica(args) if args.replica else run_bot(args))
     Path(args.child_out).write_text(json.dumps(result))
 
 

@@ -18,9 +18,8 @@ import pytest
 
 from bot.db import Database
 from bot.ledger import CreditLedger
-from providers.sandbox.common import Fault, FaultPlan, VendorEmulator
 from providers.sandbox.server import Sandbox
-from tests.chaos.env import ROOT, bot_env
+from tests.chaos.env import ROOT, bot_env, make_chaotic
 
 pytestmark = pytest.mark.slow
 
@@ -28,30 +27,6 @@ JOBS = 1000
 KILLS = 3
 FAULT_SHARE = 0.2
 SEED = 9
-
-_REQUEST_FAULTS = (Fault.SERVER_ERROR, Fault.RATE_LIMIT, Fault.MALFORMED, Fault.TIMEOUT)
-
-
-def _chaotic(emulator: VendorEmulator, rng: random.Random) -> None:
-    """A fifth of the vendor's requests fail transiently; a few jobs fail or lose their file."""
-
-    def take_fault(stage: str) -> FaultPlan | None:
-        if rng.random() >= FAULT_SHARE:
-            return None
-        return FaultPlan(rng.choice(_REQUEST_FAULTS), 1, stage, retry_after=0.1)
-
-    def take_job_faults() -> set[Fault]:
-        r = rng.random()
-        if r < 0.03:
-            return {Fault.JOB_FAILED}
-        if r < 0.06:
-            return {Fault.JOB_ERROR}
-        if r < 0.08:
-            return {Fault.DEAD_URL}
-        return set()
-
-    emulator.take_fault = take_fault  # type: ignore[method-assign]
-    emulator.take_job_faults = take_job_faults  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -66,7 +41,7 @@ async def chaos_sandbox() -> AsyncIterator[Sandbox]:
     ) as sandbox:
         rng = random.Random(SEED)
         for emulator in sandbox.emulators.values():
-            _chaotic(emulator, rng)
+            make_chaotic(emulator, rng, FAULT_SHARE)
         yield sandbox
 
 
