@@ -310,12 +310,11 @@ class Admission:
             return ticket
 
     async def announce(self, job_id: str) -> None:
-        """A job was queued: with replicas, every one hears of it (this one too, by its own
-        NOTIFY) and an idle one claims it; alone, this process's workers do."""
+        """A job was queued: this process's workers hear of it at once, and with replicas every
+        other one does too (an idle one may claim it first)."""
+        self.scheduler.enqueue()
         if self.events.shared:
-            await self.events.publish(JobNudged(job_id, "due"))
-        else:
-            self.scheduler.enqueue()
+            await self.events.publish(JobNudged(job_id, "due", origin=self.store.owner))
 
     async def refresh_positions(self) -> None:
         """A job left the queue: show the jobs waiting behind it their new place in line.

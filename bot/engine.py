@@ -247,7 +247,8 @@ class Engine:
         assert isinstance(event, JobNudged)
         match event.reason:
             case "due":
-                self.scheduler.enqueue()
+                if event.origin != self.store.owner:  # its own workers heard of it already
+                    self.scheduler.enqueue()
             case "webhook":
                 if self.runner.follows(event.job_id):
                     self.scheduler.wake(event.job_id)

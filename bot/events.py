@@ -36,10 +36,10 @@ How the engine uses it (bot/engine.py, bot/admission.py; nothing here imports th
    releases the hold and writes the user's message in one transaction; then, unless this
    replica followed the job itself, it publishes `JobNudged(job_id, "cancel")`. The holder
    re-reads the row and, finding it ended, stops following it.
-4. A job admitted (queued): with a shared bus the admitting replica publishes
-   `JobNudged(job_id, "due")` instead of waking its own workers, so every replica (itself
-   included, by its own NOTIFY) gets one permit and the first idle worker claims the job with
-   `FOR UPDATE SKIP LOCKED`.
+4. A job admitted (queued): the admitting replica wakes its own workers at once and, with a
+   shared bus, publishes `JobNudged(job_id, "due", origin=<its lease owner>)`; every other
+   replica gets one permit (the sender skips its own echo) and the first idle worker claims
+   the job with `FOR UPDATE SKIP LOCKED`.
 5. `Resync` (after a gap): every followed job is polled now and the lease sweep runs, since
    nudges may have been lost while disconnected.
 """
@@ -104,6 +104,8 @@ class JobNudged:
 
     job_id: str
     reason: NudgeReason
+    #: the replica that sent it (its lease owner name), so it can skip its own echo; "" unknown
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,10 @@ Handler = Callable[[Event], Awaitable[None] | None]
 
 def encode(event: JobNudged) -> str:
     """The NOTIFY payload of `event` (compact JSON); ValueError if it would not fit."""
-    text = json.dumps({"t": "nudge", "job": event.job_id, "why": event.reason}, separators=(",", ":"))
+    data = {"t": "nudge", "job": event.job_id, "why": event.reason}
+    if event.origin:
+        data["from"] = event.origin
+    text = json.dumps(data, separators=(",", ":"))
     if len(text.encode()) > MAX_PAYLOAD:
         raise ValueError(f"event payload too large ({len(text.encode())} bytes)")
     return text
@@ -137,7 +142,10 @@ def decode(payload: str) -> JobNudged:
         raise ValueError("bad job id")
     if why not in _REASONS:
         raise ValueError("unknown reason")
-    return JobNudged(job, why)
+    origin = data.get("from", "")
+    if not isinstance(origin, str) or len(origin) > _MAX_JOB_ID:
+        raise ValueError("bad origin")
+    return JobNudged(job, why, origin)
 
 
 class EventBus(Protocol):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from providers.sandbox.common import Fault, FaultPlan, VendorEmulator
@@ -82,3 +84,20 @@ def make_chaotic(emulator: VendorEmulator, rng: random.Random, share: float) -> 
 
     emulator.take_fault = take_fault  # type: ignore[method-assign]
     emulator.take_job_faults = take_job_faults  # type: ignore[method-assign]
+
+
+@asynccontextmanager
+async def chaotic_sandbox(seed: int, share: float) -> AsyncIterator[Sandbox]:
+    """The two image vendors, quick, with a `share` of their calls faulty (seeded). They live in
+    the test process, so they outlive a killed bot like real vendors."""
+    async with Sandbox(
+        ["apiinone", "pixazo"],
+        api_key="sandbox-key",
+        latency=(0.2, 0.8),
+        timeout_seconds=0.3,
+        render_cache=True,
+    ) as sandbox:
+        rng = random.Random(seed)
+        for emulator in sandbox.emulators.values():
+            make_chaotic(emulator, rng, share)
+        yield sandbox

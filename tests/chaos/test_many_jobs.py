@@ -19,7 +19,7 @@ import pytest
 from bot.db import Database
 from bot.ledger import CreditLedger
 from providers.sandbox.server import Sandbox
-from tests.chaos.env import ROOT, bot_env, make_chaotic
+from tests.chaos.env import ROOT, bot_env, chaotic_sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +31,7 @@ SEED = 9
 
 @pytest.fixture
 async def chaos_sandbox() -> AsyncIterator[Sandbox]:
-    # The vendors live in the test process, so they outlive the killed bot like real vendors.
-    async with Sandbox(
-        ["apiinone", "pixazo"],
-        api_key="sandbox-key",
-        latency=(0.2, 0.8),
-        timeout_seconds=0.3,
-        render_cache=True,
-    ) as sandbox:
-        rng = random.Random(SEED)
-        for emulator in sandbox.emulators.values():
-            make_chaotic(emulator, rng, FAULT_SHARE)
+    async with chaotic_sandbox(SEED, FAULT_SHARE) as sandbox:
         yield sandbox
 
 

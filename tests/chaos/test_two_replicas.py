@@ -31,7 +31,7 @@ from bot import messages
 from bot.ledger import CreditLedger
 from bot.sql import SqlDatabase, open_database
 from providers.sandbox.server import Sandbox
-from tests.chaos.env import ROOT, make_chaotic, replica_env
+from tests.chaos.env import ROOT, chaotic_sandbox, replica_env
 from tests.support.postgres import fresh_pg_url
 
 pytestmark = pytest.mark.slow
@@ -48,17 +48,7 @@ TERMINAL = {"done", "failed", "cancelled"}
 
 @pytest.fixture
 async def chaos_sandbox() -> AsyncIterator[Sandbox]:
-    # The vendors live in the test process, so they outlive the killed bot like real vendors.
-    async with Sandbox(
-        ["apiinone", "pixazo"],
-        api_key="sandbox-key",
-        latency=(0.2, 0.8),
-        timeout_seconds=0.3,
-        render_cache=True,
-    ) as sandbox:
-        rng = random.Random(SEED)
-        for emulator in sandbox.emulators.values():
-            make_chaotic(emulator, rng, FAULT_SHARE)
+    async with chaotic_sandbox(SEED, FAULT_SHARE) as sandbox:
         yield sandbox
 
 

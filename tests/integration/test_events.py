@@ -157,6 +157,11 @@ def test_an_event_round_trips_through_its_payload() -> None:
     assert decode(encode(event)) == event
 
 
+def test_an_event_carries_the_replica_that_sent_it() -> None:
+    event = JobNudged("j_abc123", "due", origin="3f9a1c02de")
+    assert decode(encode(event)) == event
+
+
 def test_an_event_too_large_for_notify_is_refused_before_sending() -> None:
     with pytest.raises(ValueError, match="too large"):
         encode(JobNudged("x" * 9000, "webhook"))

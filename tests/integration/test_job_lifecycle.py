@@ -14,10 +14,10 @@ import pytest
 
 from bot.commands import ImagineCommand
 from bot.errors import UserError
-from bot.reply import JobPhase, JobResult, Reply
+from bot.reply import JobPhase, JobResult
 from bot.store import OutboxRow
 from providers.sandbox.common import Fault
-from tests.support.core import MEMBER, RecordingReply, fast_sandbox, running_app
+from tests.support.core import MEMBER, RecordingReply, RecordingRestorer, fast_sandbox, running_app
 
 
 async def _balance(app: Any) -> int:
@@ -138,16 +138,6 @@ class _StallingReply(RecordingReply):
         await asyncio.Event().wait()
 
 
-class _Restorer:
-    def __init__(self) -> None:
-        self.replies: list[RecordingReply] = []
-
-    def restore(self, ref: dict[str, Any]) -> Reply:
-        reply = RecordingReply()
-        self.replies.append(reply)
-        return reply
-
-
 async def test_a_shutdown_during_the_upload_delivers_the_result_after_restart(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -157,7 +147,7 @@ async def test_a_shutdown_during_the_upload_delivers_the_result_after_restart(
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), stalling)
         await asyncio.wait_for(stalling.sending.wait(), 20)
     async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
-        restorer = _Restorer()
+        restorer = RecordingRestorer()
         app.engine.register_restorer("console", restorer)
         await app.engine.resume()
         await app.engine.drain()
@@ -262,7 +252,7 @@ async def test_a_result_no_route_can_deliver_is_logged_counted_and_kept_for_the_
         assert [r.job_id for r in await app.engine.store.unsent()] == [ticket.job_id]
         assert await _balance(app) == 90  # the work was done and is paid for; the files wait
     async with running_app(tmp_path, database_url=db_url, route_order="apiinone") as app:
-        restorer = _Restorer()
+        restorer = RecordingRestorer()
         app.engine.register_restorer("console", restorer)
         await app.engine.resume()
         assert [r.job_id for reply in restorer.replies for r in reply.results] == [ticket.job_id]

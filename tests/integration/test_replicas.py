@@ -16,27 +16,12 @@ import pytest
 from bot.app import BotApp
 from bot.commands import Actor, ImagineCommand
 from bot.ledger import CreditLedger
-from bot.reply import JobPhase, Reply
+from bot.reply import JobPhase
 from providers.sandbox.server import Sandbox
-from tests.support.core import MEMBER, RecordingReply, fast_sandbox, running_app
+from tests.support.core import MEMBER, RecordingReply, RecordingRestorer, fast_sandbox, running_app
 from tests.support.postgres import fresh_pg_url
 
 LEASE = 1.0  # seconds: a dead replica's jobs are taken over within about this
-
-
-class Restorer:
-    """A platform's restorer that keeps every reply it rebuilt (what this replica told users)."""
-
-    def __init__(self) -> None:
-        self.replies: list[RecordingReply] = []
-
-    def restore(self, ref: dict[str, Any]) -> Reply:
-        reply = RecordingReply()
-        self.replies.append(reply)
-        return reply
-
-    def results(self) -> int:
-        return sum(len(r.results) for r in self.replies)
 
 
 @pytest.fixture
@@ -66,8 +51,8 @@ async def _replica(tmp_path: Path, url: str, sandbox: Sandbox, **overrides: Any)
         yield app
 
 
-def _with_restorer(app: BotApp) -> Restorer:
-    restorer = Restorer()
+def _with_restorer(app: BotApp) -> RecordingRestorer:
+    restorer = RecordingRestorer()
     app.engine.register_restorer(MEMBER.platform, restorer)
     return restorer
 

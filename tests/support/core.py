@@ -13,7 +13,15 @@ from bot.config import Settings
 from bot.reply import Failure, JobResult, Progress
 from providers.sandbox.server import Sandbox
 
-__all__ = ["MEMBER", "MODERATOR", "RecordingReply", "core_settings", "fast_sandbox", "running_app"]
+__all__ = [
+    "MEMBER",
+    "MODERATOR",
+    "RecordingReply",
+    "RecordingRestorer",
+    "core_settings",
+    "fast_sandbox",
+    "running_app",
+]
 
 MEMBER = Actor(platform="console", tenant_id="t1", user_id="u-member", display_name="Member")
 MODERATOR = Actor(platform="console", tenant_id="t1", user_id="u-mod", display_name="Mod", is_moderator=True)
@@ -78,3 +86,20 @@ class RecordingReply:
 
     async def wait(self, timeout: float = 20.0) -> None:
         await asyncio.wait_for(self.done.wait(), timeout)
+
+
+class RecordingRestorer:
+    """A platform's restorer that keeps every reply it rebuilt (what the process told users
+    through saved addresses, after a restart or on another replica)."""
+
+    def __init__(self) -> None:
+        self.replies: list[RecordingReply] = []
+
+    def restore(self, ref: dict[str, Any]) -> RecordingReply:
+        reply = RecordingReply()
+        self.replies.append(reply)
+        return reply
+
+    def results(self) -> int:
+        """How many results its replies were given."""
+        return sum(len(r.results) for r in self.replies)
