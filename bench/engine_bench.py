@@ -390,6 +390,20 @@ class _Countdown:
             self.event.set()
 
 
+def _engine_sizes(args: argparse.Namespace) -> tuple[int, int, bool]:
+    """Workers and queue bound of a bot process: production's, `--workers` if given; a burst
+    larger than workers + queue would be refused, so only then is the queue raised (and said)."""
+    from bot.config import Settings
+
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    workers = args.workers or defaults.workers
+    queue_size = defaults.queue_size
+    queue_raised = args.jobs + args.warm_jobs * args.warm > workers + queue_size
+    if queue_raised:
+        queue_size = args.jobs + args.warm_jobs
+    return workers, queue_size, queue_raised
+
+
 async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
     """One mode ('poll' or 'webhook') through BotApp; returns its figures."""
     trace = Trace()
@@ -399,13 +413,7 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
     from bot.commands import Actor, ImagineCommand
     from bot.config import Settings
 
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    workers = args.workers or defaults.workers
-    queue_size = defaults.queue_size
-    # A burst larger than workers + queue would be refused: raise only the queue, and say so.
-    queue_raised = args.jobs + args.warm_jobs * args.warm > workers + queue_size
-    if queue_raised:
-        queue_size = args.jobs + args.warm_jobs
+    workers, queue_size, queue_raised = _engine_sizes(args)
     port = _free_port()
     offsets = arrivals(args.jobs, None if args.burst else args.rate, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -551,12 +559,7 @@ async def run_replica(args: argparse.Namespace) -> dict[str, Any]:
     from bot.commands import Actor, ImagineCommand
     from bot.config import Settings
 
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    workers = args.workers or defaults.workers
-    queue_size = defaults.queue_size
-    queue_raised = args.jobs + args.warm_jobs * args.warm > workers + queue_size
-    if queue_raised:
-        queue_size = args.jobs + args.warm_jobs
+    workers, queue_size, queue_raised = _engine_sizes(args)
     port = _free_port()
     offsets = arrivals(args.jobs, None if args.burst else args.rate, args.seed)
     with tempfile.TemporaryDirectory() as tmp:

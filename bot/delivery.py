@@ -87,10 +87,6 @@ class Delivery:
         if platform is not None:
             self._live_platforms.add(platform)
 
-    def can_reach(self, job: JobRecord) -> bool:
-        """Whether this process can talk to the job's user (a live reply or a restorer)."""
-        return job.id in self._replies or job.actor.platform in self.restorers
-
     def reply_for(self, job: JobRecord) -> Reply:
         """The job's reply: live, restored from its saved address, or a log-only stand-in."""
         reply = self._replies.get(job.id)

@@ -344,39 +344,44 @@ class JobStore:
     async def failed(self, job_id: str, text: str, why: str) -> OutboxRow | None:
         """An open job this process may end (queued, or leased to it) → failed with the release
         and the outbox row telling the user `text`; that row, or None if it ended already."""
-        return await self._end(job_id, JobPhase.FAILED, "failure", text, why, anyones=False)
+        row, _ = await self._end(job_id, JobPhase.FAILED, "failure", text, why)
+        return row
 
     async def cancel(self, job_id: str, text: str) -> JobPhase | None:
         """Any open state → cancelled with the release and the outbox row `text`, whichever
         replica follows the job. Returns CANCELLED when this call won, else the state found
         (DONE: too late; None: no job)."""
-        return await self._end(job_id, JobPhase.CANCELLED, "cancelled", text, "cancelled", anyones=True)
+        row, found = await self._end(job_id, JobPhase.CANCELLED, "cancelled", text, "cancelled")
+        return JobPhase.CANCELLED if row is not None else found
 
     async def _end(
-        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str, *, anyones: bool
-    ) -> Any:
+        self, job_id: str, to: JobPhase, kind: OutboxKind, text: str, why: str
+    ) -> tuple[OutboxRow | None, JobPhase | None]:
+        """(the outbox row, `to`) when this call ended the job, else (None, the state found —
+        read for a Cancel only, whose answer depends on it)."""
         ledger = self._ledger()
         now = self.clock()
-        whose = "" if anyones else " AND (state = 'queued' OR lease_owner = $6)"
+        cancel = to is JobPhase.CANCELLED
+        # A Cancel ends the job whichever replica follows it; a failure is for the job's holder.
+        whose = "" if cancel else " AND (state = 'queued' OR lease_owner = $6)"
 
-        async def step(tx: Tx) -> OutboxRow | JobPhase | None:
+        async def step(tx: Tx) -> tuple[OutboxRow | None, JobPhase | None]:
             # The ending takes the lease for the message it owes: no other replica sends it
             # while this one does.
             moved = await tx.execute(
                 "UPDATE jobs SET state = $1, version = version + 1, error = $2, updated = $3,"
                 f" lease_owner = $6, lease_until = $4 WHERE id = $5 AND state IN {_OPEN_SQL}{whose}",
                 to.value,
-                why[:500] if to is JobPhase.FAILED else None,
+                None if cancel else why[:500],
                 now,
                 now + self.lease,
                 job_id,
                 self.owner,
             )
             if moved != 1:
-                return None if to is JobPhase.FAILED else await _state_of(tx, job_id)
+                return None, await _state_of(tx, job_id) if cancel else None
             await ledger.release_tx(tx, job_id, reason=why[:200])
-            row = await _outbox(tx, job_id, kind, {"text": text}, now)
-            return row if to is JobPhase.FAILED else JobPhase.CANCELLED
+            return await _outbox(tx, job_id, kind, {"text": text}, now), to
 
         return await self.db.transact(step)
 
