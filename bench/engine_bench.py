@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,37 @@ def _start_profile() -> Any:
     return profiler
 
 
+def _spawn(coros: Iterable[Coroutine[Any, Any, None]]) -> set[asyncio.Task[None]]:
+    """The submitting tasks, each dropped when done: the harness keeps no finished task (10,000
+    of them would be ~10 MB of the bot process's RSS that is not the bot's)."""
+    tasks: set[asyncio.Task[None]] = set()
+    for coro in coros:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    return tasks
+
+
+async def _memory_snapshot(trace: Trace, jobs: int) -> None:
+    """When BENCH_TRACEMALLOC names a file, write the Python heap's top allocation sites once
+    every job is at the vendor (tracemalloc runs from the start of measuring: slow, for
+    diagnosis only)."""
+    import tracemalloc
+
+    out = os.environ["BENCH_TRACEMALLOC"]
+    while len(trace.submitted) < jobs:  # noqa: ASYNC110 (diagnostic only: the trace has no event)
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(2.0)
+    snap = tracemalloc.take_snapshot()
+    current, peak = tracemalloc.get_traced_memory()
+    with open(out, "w") as f:
+        f.write(
+            f"traced now {current / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB, rss {_rss_now_mb():.1f}\n"
+        )
+        for stat in snap.statistics("lineno")[:60]:
+            f.write(f"{stat}\n")
+
+
 def _stop_profile(profiler: Any, mode: str) -> None:
     if profiler is not None:
         profiler.disable()
@@ -462,13 +493,17 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
             done = _Countdown(args.jobs)
             sampler = Sampler()
             sampler.start()
+            if os.environ.get("BENCH_TRACEMALLOC"):
+                import tracemalloc
+
+                tracemalloc.start()
+                asyncio.get_running_loop().create_task(_memory_snapshot(trace, args.jobs))
             threads0 = _thread_cpu()
             profiler = _start_profile()
             cpu0, start = _cpu(), time.time()
-            tasks = [
-                asyncio.ensure_future(submit(i, "bench", i, done, start + off if off else 0.0))
-                for i, off in enumerate(offsets)
-            ]
+            tasks = _spawn(
+                submit(i, "bench", i, done, start + off if off else 0.0) for i, off in enumerate(offsets)
+            )
             try:
                 await asyncio.wait_for(done.event.wait(), args.timeout)
             except TimeoutError:
@@ -477,7 +512,11 @@ async def run_bot(args: argparse.Namespace) -> dict[str, Any]:
             _stop_profile(profiler, args.child)
             threads1 = _thread_cpu()
             await sampler.stop()
-            for t in tasks:
+            if os.environ.get("BENCH_SAMPLES"):  # (wall, CPU s, RSS MiB) twice a second, to plot
+                Path(f"{os.environ['BENCH_SAMPLES']}.{args.child}.json").write_text(
+                    json.dumps(sampler.samples)
+                )
+            for t in list(tasks):
                 t.cancel()
             stats = await _vendor_stats(session, args.vendor_url)
             out = figures(trace, stats, args.jobs, cpu, end - start)
@@ -613,16 +652,16 @@ async def run_replica(args: argparse.Namespace) -> dict[str, Any]:
             threads0 = _thread_cpu()
             profiler = _start_profile()
             cpu0 = _cpu()
-            tasks = [
-                asyncio.ensure_future(submit(i, "bench", i, start + offsets[i] if offsets[i] else 0.0))
+            tasks = _spawn(
+                submit(i, "bench", i, start + offsets[i] if offsets[i] else 0.0)
                 for i in range(k, args.jobs, r)
-            ]
+            )
             finished = await _all_over(args.database_url, warm_jobs + args.jobs, args.timeout)
             cpu = _cpu() - cpu0
             _stop_profile(profiler, f"{args.child}.{k}")
             threads1 = _thread_cpu()
             await sampler.stop()
-            for t in tasks:
+            for t in list(tasks):
                 t.cancel()
     return {
         "replica": k,

@@ -1,10 +1,12 @@
-"""When each job's next step runs: workers that claim queued jobs, and one due-time heap for
-every followed job's next poll (or its webhook wake-up) — never one sleeping task per job.
+"""When each job's next step runs: claims of queued jobs while a worker is free, and one
+due-time heap for every followed job's next poll (or its webhook wake-up) — never one sleeping
+task per job or per idle worker.
 
 The queue itself is the database's (every replica's queued jobs, oldest first): the scheduler
 only counts *permits*, one per job it has heard is waiting (admitted here, announced by another
-replica, found by the periodic sweep). A worker with a permit asks `take()` for the oldest
-queued job; a permit that finds nothing (another replica was quicker) is simply used up.
+replica, found by the periodic sweep). A permit and a free worker start a short claim task that
+asks `take()` for the oldest queued job; a permit that finds nothing (another replica was
+quicker) is simply used up.
 
 `workers` bounds the jobs in flight: a worker claims a queued job only while fewer than
 `workers` claimed jobs are unfinished (a slot is freed when the job is forgotten), so the
@@ -141,8 +143,8 @@ class Throttle:
 
 
 class Scheduler:
-    """Workers that `take()` a queued job and run `claim(job_id)` on it (the submit), and
-    `step(job_id)` when a followed job is due."""
+    """Claims that `take()` a queued job and run `claim(job_id)` on it (the submit) while a
+    worker is free, and `step(job_id)` when a followed job is due."""
 
     def __init__(
         self,
@@ -159,11 +161,10 @@ class Scheduler:
         self._take = take
         self._claim = claim
         self._step = step
-        self._queued = asyncio.Semaphore(0)  # one permit per job heard to be waiting
-        self._pending = 0  # permits not yet taken by a worker
-        self._claiming = 0
-        self._inflight = asyncio.Semaphore(workers)
-        self._held: set[str] = set()  # jobs holding an in-flight slot
+        self._pending = 0  # permits (one per job heard to be waiting) no claim has taken yet
+        self._starting = 0  # claims that hold a worker but no job yet
+        self._claims: set[asyncio.Task[None]] = set()
+        self._held: set[str] = set()  # jobs holding a worker until they are forgotten
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, tuple[float, int]] = {}  # the live entry per job; others are stale
         self._seq = itertools.count()
@@ -177,14 +178,17 @@ class Scheduler:
         self._throttles: list[Throttle] = []
 
     async def run(self) -> None:
-        """The workers and the due-time timer, until cancelled (in-flight steps are the caller's)."""
+        """The claims and the due-time timer, until cancelled (in-flight steps are the caller's)."""
         self._loop = asyncio.get_running_loop()
         self._arm()
+        self._pump()
         try:
-            async with asyncio.TaskGroup() as group:
-                for i in range(self._workers):
-                    group.create_task(self._worker(), name=f"engine-worker-{i}")
+            await self._loop.create_future()  # everything runs from callbacks and short tasks
         finally:
+            claims = list(self._claims)
+            for task in claims:
+                task.cancel()
+            await asyncio.gather(*claims, return_exceptions=True)
             if self._timer is not None:
                 self._timer.cancel()
             self._loop, self._timer, self._timer_at = None, None, float("inf")
@@ -200,7 +204,7 @@ class Scheduler:
     def enqueue(self) -> None:
         """One more job waits in the database: a worker will claim one."""
         self._pending += 1
-        self._queued.release()
+        self._pump()
 
     def want(self, waiting: int) -> None:
         """`waiting` jobs wait in the database (a sweep counted them): make sure as many
@@ -218,35 +222,45 @@ class Scheduler:
         """Permits no worker has taken yet (an upper bound of the jobs this process will claim)."""
         return self._pending
 
-    async def _worker(self) -> None:
-        while True:
-            await self._queued.acquire()
+    def _pump(self) -> None:
+        """Start a claim for every permit while a worker is free (a worker is a slot, not a
+        task: 10,000 workers cost nothing while they have nothing to do)."""
+        if self._loop is None:
+            return  # not running yet: run() pumps
+        while self._pending > 0 and self._starting + len(self._held) < self._workers:
             self._pending -= 1
-            await self._inflight.acquire()
-            self._claiming += 1
-            job_id: str | None = None
-            try:
-                # A claim (its transitions and the vendor submit) is a step like any other:
-                # with thousands of workers, unbounded claims would queue thousands of
-                # transactions at once behind the database.
-                async with self._slots(step=False):
-                    job_id = await self._take()
-                    if job_id is not None:
-                        self._held.add(job_id)  # no await since the take: nothing forgot it yet
-                        await self._claim(job_id)
-            except Exception:  # a bug in one job must not stop the worker
-                _log.exception("claiming job %s failed", job_id)
-            finally:
-                self._claiming -= 1
-                if job_id is None:
-                    self._inflight.release()  # nothing was waiting after all
-                elif job_id not in self._due and job_id not in self._running:
-                    self._free(job_id)  # not followed: ended, lost a race, or never submitted
+            self._starting += 1
+            task = self._loop.create_task(self._claim_one(), name="engine-claim")
+            self._claims.add(task)
+            task.add_done_callback(self._claims.discard)
+
+    async def _claim_one(self) -> None:
+        job_id: str | None = None
+        starting = True
+        try:
+            # A claim (its transitions and the vendor submit) is a step like any other: with
+            # thousands of workers, unbounded claims would queue thousands of transactions at
+            # once behind the database.
+            async with self._slots(step=False):
+                job_id = await self._take()
+                starting = False
+                self._starting -= 1
+                if job_id is not None:
+                    self._held.add(job_id)  # no await since the take: nothing forgot it yet
+                    await self._claim(job_id)
+        except Exception:  # a bug in one job must not stop the others
+            _log.exception("claiming job %s failed", job_id)
+        finally:
+            if starting:
+                self._starting -= 1
+            if job_id is not None and job_id not in self._due and job_id not in self._running:
+                self._free(job_id)  # not followed: ended, lost a race, or never submitted
+            self._pump()  # a permit that found nothing frees its worker for the next one
 
     def _free(self, job_id: str) -> None:
         if job_id in self._held:
             self._held.discard(job_id)
-            self._inflight.release()
+            self._pump()
 
     # --- followed jobs ---------------------------------------------------------------------
 
@@ -276,7 +290,7 @@ class Scheduler:
 
     def busy(self) -> bool:
         """Whether any permit is out, or anything is being claimed, due or running."""
-        return bool(self._pending or self._claiming or self._due or self._running)
+        return bool(self._pending or self._claims or self._due or self._running)
 
     def _arm(self) -> None:
         """Set the loop timer for the earliest heap entry (replacing a later one)."""

@@ -41,9 +41,24 @@ async def test_a_thousand_waiting_jobs_cost_no_task_each_and_each_step_runs_once
             scheduler.schedule(f"j{i}", 0.2 + (i % 10) / 100)
         await asyncio.sleep(0.05)
         assert scheduler.followed == 1000
-        assert len(asyncio.all_tasks()) < 20  # the workers, the timer loop, this test
+        assert len(asyncio.all_tasks()) < 4  # the scheduler, this test
         await scheduler.drain()
         assert ran == Counter({f"j{i}": 1 for i in range(1000)})
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_idle_workers_cost_no_task_each() -> None:
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(
+        workers=10_000, steps=16, clock=loop.time, take=_none, claim=_nothing, step=_nothing
+    )
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        await asyncio.sleep(0.01)
+        assert len(asyncio.all_tasks()) == 2  # the scheduler, this test
+        assert scheduler.free_workers == 10_000
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
