@@ -92,13 +92,14 @@ class LostRaceError(BotError):
 
 @dataclass(slots=True)
 class JobRecord:
-    """A job row, decoded."""
+    """A job row, decoded. The actor and spec are models, or their stored JSON until first
+    asked for: a followed job keeps them as JSON (`compact`), ~1.5 KB less per job in flight."""
 
     id: str
     created: float
     updated: float
-    actor: Actor
-    spec: JobSpec
+    _actor: Actor | str
+    _spec: JobSpec | str
     state: JobPhase
     reply_ref: dict[str, Any]
     cost: int
@@ -113,6 +114,27 @@ class JobRecord:
     request_key: str | None = None
     version: int = 0
     deadline: float | None = None  # unix time after which the job fails as timed out
+
+    @property
+    def actor(self) -> Actor:
+        """Who asked (decoded on first use)."""
+        if isinstance(self._actor, str):
+            self._actor = Actor.model_validate_json(self._actor)
+        return self._actor
+
+    @property
+    def spec(self) -> JobSpec:
+        """What to make (decoded on first use)."""
+        if isinstance(self._spec, str):
+            self._spec = JobSpec.model_validate_json(self._spec)
+        return self._spec
+
+    def compact(self) -> None:
+        """Hold the actor and spec as JSON while nothing needs them (a job at the vendor)."""
+        if not isinstance(self._actor, str):
+            self._actor = self._actor.model_dump_json()
+        if not isinstance(self._spec, str):
+            self._spec = self._spec.model_dump_json()
 
     @property
     def tenant(self) -> str:

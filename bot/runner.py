@@ -122,6 +122,7 @@ class Runner:
         self._resumed.add(job.id)
         self._started[job.id] = self._clock()
         self._schedules[job.id] = self._schedule(job)
+        job.compact()
         self.scheduler.wake(job.id)
 
     async def step(self, job_id: str) -> None:
@@ -221,6 +222,7 @@ class Runner:
         self._started[job.id] = self._clock()
         schedule = self._schedules[job.id] = self._schedule(job)
         await self.delivery.progress(job, JobPhase.SUBMITTING, messages.submitted(job.cost))
+        job.compact()  # the vendor has the job: actor and spec wait as JSON until it ends
         if routed.submission.update is not None:
             self._pushed.setdefault(job.id, routed.submission.update)
         if job.id in self._pushed:

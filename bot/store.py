@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from bot import messages
-from bot.commands import Actor
 from bot.errors import BusyError, QueueFullError
 from bot.jobstore import (
     OPEN,
@@ -51,7 +50,6 @@ from bot.jobstore import (
     StoredResult,
     new_job_id,
 )
-from bot.params import JobSpec
 from bot.reply import JobPhase
 from bot.sql import Row, SqlDatabase, Tx
 from providers.base import JobHandle
@@ -108,8 +106,8 @@ def _decode(row: Row) -> JobRecord:
         id=row["id"],
         created=row["created"],
         updated=row["updated"],
-        actor=Actor.model_validate_json(row["actor"]),
-        spec=JobSpec.model_validate_json(row["spec"]),
+        _actor=row["actor"],
+        _spec=row["spec"],
         state=JobPhase(row["state"]),
         reply_ref=json.loads(row["reply_ref"]),
         cost=int(row["cost"]),

@@ -45,8 +45,8 @@ def _job(cost: int = 10, request_key: str | None = None, actor: Actor = ALICE) -
         id=new_job_id(),
         created=now,
         updated=now,
-        actor=actor,
-        spec=JobSpec(kind=Kind.IMAGE, prompt="a fox"),
+        _actor=actor,
+        _spec=JobSpec(kind=Kind.IMAGE, prompt="a fox"),
         state=JobPhase.QUEUED,
         reply_ref={},
         cost=cost,
@@ -372,3 +372,11 @@ async def test_a_confirm_after_a_cancel_on_another_replica_holds_nothing(store: 
     with pytest.raises(ConfirmationClosedError):
         await store.admit(job, confirming=True)
     assert await _balance(store) == 100 and await store.get(request_id) is None
+
+
+def test_a_compacted_record_holds_json_and_gives_back_the_same_actor_and_spec() -> None:
+    job = _job()
+    actor, spec = job.actor, job.spec
+    job.compact()
+    assert isinstance(job._actor, str) and isinstance(job._spec, str)
+    assert job.actor == actor and job.spec == spec
