@@ -119,6 +119,9 @@ class Admission:
         self.events = events
         self.tenants = TenantCache(ttl=10.0, clock=clock)
         self._waiting: dict[str, tuple[JobRecord, int]] = {}  # queued here: the record, the place shown
+        # A burst of commands waits here, before anything is parsed, fetched or held: 10,000 at
+        # once would otherwise each hold a spec, a record and a transaction in the database's line.
+        self._admitting = asyncio.Semaphore(config.admissions)
 
     async def submit(
         self,
@@ -131,20 +134,23 @@ class Admission:
     ) -> Ticket:
         """Parse a generation command and admit it (see `admit`)."""
         check_image_source(actor, command)  # a chat member never names a file on our disk
-        if request_key and (existing := await self.store.by_request_key(request_key)):
-            return await self.ticket(existing)
-        image: ImageRef | None
-        match command:
-            case ImagineCommand():
-                spec = parse_imagine(command, self.catalog)
-                image = None
-            case EditCommand():
-                spec = parse_edit(command, self.catalog)
-                image = command.image
-            case Model3DCommand():
-                spec = parse_model3d(command, self.catalog)
-                image = command.image
-        return await self.admit(actor, spec, reply, image=image, request_key=request_key, parent_id=parent_id)
+        async with self._admitting:
+            if request_key and (existing := await self.store.by_request_key(request_key)):
+                return await self.ticket(existing)
+            image: ImageRef | None
+            match command:
+                case ImagineCommand():
+                    spec = parse_imagine(command, self.catalog)
+                    image = None
+                case EditCommand():
+                    spec = parse_edit(command, self.catalog)
+                    image = command.image
+                case Model3DCommand():
+                    spec = parse_model3d(command, self.catalog)
+                    image = command.image
+            return await self._admit(
+                actor, spec, reply, image=image, request_key=request_key, parent_id=parent_id
+            )
 
     async def admit(
         self,
@@ -164,6 +170,32 @@ class Admission:
         Above the server's threshold nothing is held: the request waits for Confirm and the
         ticket says so. `confirmed_cost` is what the requester confirmed (asked again only if
         the price rose since); `job_id` the id the job takes (the confirmed request's)."""
+        async with self._admitting:
+            return await self._admit(
+                actor,
+                spec,
+                reply,
+                image=image,
+                request_key=request_key,
+                parent_id=parent_id,
+                job_id=job_id,
+                confirmed_cost=confirmed_cost,
+                confirming=confirming,
+            )
+
+    async def _admit(
+        self,
+        actor: Actor,
+        spec: JobSpec,
+        reply: Reply,
+        *,
+        image: ImageRef | None = None,
+        request_key: str | None = None,
+        parent_id: str | None = None,
+        job_id: str | None = None,
+        confirmed_cost: int | None = None,
+        confirming: bool = False,
+    ) -> Ticket:
         tenant = actor.tenant
         has_input = image is not None and bool(image.url or image.path or image.data)
         if has_input:

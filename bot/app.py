@@ -213,6 +213,7 @@ class BotApp:
                 workers=s.workers,
                 queue_size=s.queue_size,
                 max_jobs_per_user=s.max_jobs_per_user,
+                admissions=s.admissions,
                 progress_interval=s.progress_interval,
                 job_timeout=s.job_timeout,
                 poll_initial=s.poll_initial,

@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         500, ge=1, le=1_000_000, description="Jobs waiting beyond that before new ones are refused."
     )
     max_jobs_per_user: int = Field(2, ge=1, le=1000, description="Unfinished jobs one member may have.")
+    admissions: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Commands admitted at once (policy, input image, hold); a burst waits in line.",
+    )
     progress_interval: float = Field(
         3.0, ge=0, le=3600, description="Minimum seconds between status edits of a job."
     )

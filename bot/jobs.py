@@ -67,6 +67,7 @@ class EngineConfig:
     workers: int = 64
     queue_size: int = 500
     max_jobs_per_user: int = 2
+    admissions: int = 64  # commands admitted at once; the others wait before they are parsed
     progress_interval: float = 3.0
     job_timeout: float = 900.0
     poll_initial: float = 1.0

@@ -173,6 +173,7 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._slots = Slots(steps)
+        self._most_claims = steps  # a claim holds a slot: one more could only wait for one
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._throttles: list[Throttle] = []
@@ -223,16 +224,25 @@ class Scheduler:
         return self._pending
 
     def _pump(self) -> None:
-        """Start a claim for every permit while a worker is free (a worker is a slot, not a
-        task: 10,000 workers cost nothing while they have nothing to do)."""
+        """Start a claim for every permit while a worker and a step slot are free (a worker is a
+        slot, not a task: 10,000 workers cost nothing while they have nothing to do, and a burst
+        of 10,000 queued jobs costs permits, not tasks waiting for a slot)."""
         if self._loop is None:
             return  # not running yet: run() pumps
-        while self._pending > 0 and self._starting + len(self._held) < self._workers:
+        while (
+            self._pending > 0
+            and self._starting + len(self._held) < self._workers
+            and len(self._claims) < self._most_claims
+        ):
             self._pending -= 1
             self._starting += 1
             task = self._loop.create_task(self._claim_one(), name="engine-claim")
             self._claims.add(task)
-            task.add_done_callback(self._claims.discard)
+            task.add_done_callback(self._claimed)
+
+    def _claimed(self, task: asyncio.Task[None]) -> None:
+        self._claims.discard(task)
+        self._pump()  # its slot (and, when it found nothing or the job ended, its worker) is free
 
     async def _claim_one(self) -> None:
         job_id: str | None = None
@@ -255,7 +265,6 @@ class Scheduler:
                 self._starting -= 1
             if job_id is not None and job_id not in self._due and job_id not in self._running:
                 self._free(job_id)  # not followed: ended, lost a race, or never submitted
-            self._pump()  # a permit that found nothing frees its worker for the next one
 
     def _free(self, job_id: str) -> None:
         if job_id in self._held:

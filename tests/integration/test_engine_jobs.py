@@ -215,6 +215,37 @@ async def test_a_burst_into_idle_workers_is_not_refused_by_the_queue_bound(
         await app.engine.drain()
 
 
+async def test_a_burst_of_commands_is_admitted_a_few_at_a_time(db_url: str, tmp_path: Path) -> None:
+    async with running_app(
+        tmp_path, database_url=db_url, admissions=2, workers=8, max_jobs_per_user=10
+    ) as app:
+        store = app.engine.admission.store
+        admit, inside, most = store.admit, 0, 0
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            try:
+                await asyncio.sleep(0.02)  # a busy database: the burst piles up behind it
+                return await admit(*args, **kwargs)
+            finally:
+                inside -= 1
+
+        store.admit = counted  # type: ignore[method-assign]
+        replies = [RecordingReply() for _ in range(6)]
+        tickets = await asyncio.gather(
+            *(
+                app.engine.submit(MEMBER, ImagineCommand(prompt=f"burst {i}"), r)
+                for i, r in enumerate(replies)
+            )
+        )
+        assert most == 2  # the rest waited in line, holding nothing yet
+        assert len({t.job_id for t in tickets}) == 6
+        await asyncio.gather(*(r.wait() for r in replies))
+        assert all(r.results for r in replies)
+
+
 async def test_a_retried_platform_request_maps_to_one_job(db_url: str, tmp_path: Path) -> None:
     async with running_app(tmp_path, database_url=db_url) as app:
         a = await app.engine.submit(MEMBER, ImagineCommand(prompt="x"), RecordingReply(), request_key="evt-1")

@@ -64,6 +64,33 @@ async def test_idle_workers_cost_no_task_each() -> None:
         await asyncio.gather(runner, return_exceptions=True)
 
 
+async def test_a_burst_of_queued_jobs_starts_no_more_claims_than_there_are_step_slots() -> None:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Event()
+    claimed: list[str] = []
+
+    async def claim(job_id: str) -> None:
+        await gate.wait()  # every claim is busy at the vendor
+        claimed.append(job_id)
+
+    waiting, take = _queue(*(f"j{i}" for i in range(10_000)))
+    scheduler = Scheduler(workers=10_000, steps=16, clock=loop.time, take=take, claim=claim, step=_nothing)
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        for _ in range(10_000):
+            scheduler.enqueue()
+        await asyncio.sleep(0.05)
+        # A claim past the slots could only wait for one: it stays a permit, not a task.
+        assert len(asyncio.all_tasks()) == 2 + 16
+        assert scheduler.pending == 10_000 - 16
+        gate.set()
+        await asyncio.wait_for(scheduler.drain(), 30)
+        assert len(claimed) == 10_000 and not waiting
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
 async def test_a_wake_replaces_the_schedule_and_forget_drops_it() -> None:
     loop = asyncio.get_running_loop()
     ran: list[tuple[str, float]] = []
