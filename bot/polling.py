@@ -32,6 +32,9 @@ QUICK_QUANTILE = 0.2
 STEP_DIVISOR = 6.0
 #: past this quantile a job is unusually slow and the gaps grow again
 SLOW_QUANTILE = 0.99
+#: a poll this share of its planned wait (and at least LATE_FLOOR s) past its moment was late
+LATE_SHARE = 0.25
+LATE_FLOOR = 0.25
 
 
 @dataclass(slots=True)
@@ -46,9 +49,12 @@ class PollSchedule:
     growth: float = 1.5
     _delay: float = field(init=False, default=0.0)
     _last_poll: float = field(init=False, default=0.0)
+    _due: float = field(init=False, default=0.0)  # elapsed seconds the next poll was planned at
+    _wait: float = field(init=False, default=0.0)  # and the wait that led there
 
     def __post_init__(self) -> None:
         self._delay = self.initial
+        self._due = self._wait = self.first
 
     @property
     def last_unfinished(self) -> float:
@@ -58,6 +64,16 @@ class PollSchedule:
     def next_wait(self, elapsed: float, eta: float | None = None) -> float:
         """Seconds until the next poll, `elapsed` seconds after submitting."""
         self._last_poll = max(self._last_poll, elapsed)
+        wait = self._next(elapsed, eta)
+        self._due, self._wait = elapsed + wait, wait
+        return wait
+
+    def late(self, elapsed: float) -> bool:
+        """Whether a poll at `elapsed` went out well after its planned moment (a loop busy with a
+        burst, an error's backoff in between): its answer bounds the job's end loosely, and late."""
+        return elapsed - self._due > max(LATE_FLOOR, LATE_SHARE * self._wait)
+
+    def _next(self, elapsed: float, eta: float | None) -> float:
         if eta is not None and eta > 0:
             return max(self.initial / 2, min(self.maximum, eta * 0.5))
         if self.step is not None and elapsed < self.usual_until:
@@ -99,6 +115,14 @@ class RouteTimes:
         self._times.setdefault(route, deque(maxlen=self._keep)).append(max(0.0, estimate))
         self._learned.pop(route, None)
         self._usual.pop(route, None)
+
+    def observed(self, route: str, schedule: PollSchedule, elapsed: float) -> None:
+        """A poll following `schedule` saw its job finished `elapsed` seconds after submit: learn
+        from it, unless the poll was late. Late answers would teach the route later and later
+        first polls while a burst keeps the loop busy (the drift feeds itself), and lateness says
+        nothing about the vendor, so skipping them leaves the history unbiased."""
+        if not schedule.late(elapsed):
+            self.record(route, elapsed, since=schedule.last_unfinished or None)
 
     def usual(self, route: str) -> float | None:
         """The route's median duration, once it has enough history to mean something."""

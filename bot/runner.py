@@ -253,6 +253,7 @@ class Runner:
             raise JobEndedError(messages.failed(messages.REASON_TIMEOUT), "timed out")
         elapsed = self._clock() - self._started.get(job.id, self._clock())
         update = self._pushed.pop(job.id, None)
+        pushed = update is not None
         if update is None:
             try:
                 update = await self.router.poll(job.route, job.handle)
@@ -282,11 +283,13 @@ class Runner:
                 )
                 self._again(job, wait)
             case JobState.SUCCEEDED:
-                if job.id not in self._resumed:
-                    # The previous unfinished poll bounds when the job really ended.
-                    known = self._schedules.get(job.id)
-                    since = known.last_unfinished if known is not None else None
-                    self.route_times.record(job.route, elapsed, since=since or None)
+                known = self._schedules.get(job.id)
+                # A resumed job was submitted before this process started: no duration to learn.
+                if known is not None and job.id not in self._resumed:
+                    if pushed:  # a callback (or a synchronous answer) says when it ended
+                        self.route_times.record(job.route, elapsed, since=elapsed)
+                    else:
+                        self.route_times.observed(job.route, known, elapsed)
                 await self._finish(job, update)
             case JobState.FAILED | JobState.CANCELLED:
                 await self._vendor_failed(job, update)

@@ -215,3 +215,28 @@ def test_a_long_job_seen_by_the_capped_backoff_is_corrected_by_at_most_half_the_
     times.schedule("slow:m", initial=1.0, maximum=10.0)
     times.record("slow:m", 120.0)  # the cold backoff polls every 10 s by then, not every 40 s
     assert times.snapshot() == {"slow:m": [115.0]}
+
+
+def test_answers_of_late_polls_are_not_learned() -> None:
+    # A bot busy with a burst sends every poll 5 s after its moment: those answers say the jobs
+    # ended later than they did, and learning them would push the first poll later and later.
+    rng = random.Random(5)
+    times = warmed(rng)
+    before = times.schedule(ROUTE, 1.0, 10.0).first
+    for _ in range(500):
+        latency = image_mix(rng)
+        schedule = times.schedule(ROUTE, initial=1.0, maximum=10.0)
+        elapsed = schedule.first + 5.0
+        while elapsed < latency:
+            elapsed += schedule.next_wait(elapsed) + 5.0
+        times.observed(ROUTE, schedule, elapsed)
+    assert times.schedule(ROUTE, 1.0, 10.0).first == before
+
+
+def test_an_on_time_poll_is_learned_as_the_middle_of_the_gap_it_closed() -> None:
+    times = RouteTimes()
+    schedule = times.schedule(ROUTE, initial=1.0, maximum=10.0)  # cold: 1 s, then ×1.5
+    assert schedule.next_wait(1.0) == 1.5
+    times.observed(ROUTE, schedule, 2.6)  # due at 2.5, 0.1 s late: on time
+    assert times.snapshot() == {ROUTE: [pytest.approx(1.8)]}
+    assert schedule.late(2.5 + 0.38) and not schedule.late(2.5 + 0.37)  # a quarter of its 1.5 s wait
