@@ -2,6 +2,9 @@
 
 import sys
 
-from bot.cli import main
+try:
+    from bot.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the imports load: leave as quietly as once they have
+    sys.exit(130)
 
 sys.exit(main())

@@ -4,6 +4,9 @@ session closed (no aiohttp "Unclosed client session" on the way out)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import runpy
+import sys
 import types
 from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
@@ -93,3 +96,30 @@ async def test_an_early_ctrl_c_stops_the_demo_promptly_without_unclosed_sessions
     _took, _out, err = await _interrupt(proc)  # raises if the demo does not stop within STOP_WITHIN
     assert proc.returncode is not None
     assert "Unclosed" not in err, err
+
+
+class _InterruptImportOf(importlib.abc.MetaPathFinder):
+    """Ctrl-C while one module is being imported."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == self.name:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_python_m_bot_still_imports_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "bot.cli", raising=False)
+    monkeypatch.delitem(sys.modules, "bot.__main__", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptImportOf("bot.cli"), *sys.meta_path])
+    try:
+        runpy.run_module("bot", run_name="__main__")
+        code: object = "ran on"
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:
+        code = "a traceback"  # what Python prints for a Ctrl-C nobody caught
+    assert code == 130
