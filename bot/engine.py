@@ -463,7 +463,8 @@ class Engine:
         Duplicates and late callbacks are harmless: a finished job ignores them, and the
         runner's transitions let only one ending win. Raises LookupError for an unknown job.
         """
-        job = await self.store.get(job_id)
+        # A job followed here needs no read: its record is this process's own.
+        job = self.runner.live(job_id) or await self.store.get(job_id)
         if job is None:
             raise LookupError(job_id)
         if self.metrics is not None:

@@ -89,6 +89,10 @@ class Runner:
         """Whether this process is following the job."""
         return job_id in self._live
 
+    def live(self, job_id: str) -> JobRecord | None:
+        """The record of a job this process follows (current: its transitions are made here)."""
+        return self._live.get(job_id)
+
     # --- steps -----------------------------------------------------------------------------
 
     async def take(self) -> str | None:

@@ -131,6 +131,27 @@ async def test_a_webhook_completes_the_job_without_polling(tmp_path: Path) -> No
         assert job is not None and job.state is JobPhase.DONE
 
 
+async def test_a_callback_for_a_job_followed_here_costs_no_database_read(tmp_path: Path) -> None:
+    async with _webhook_app(tmp_path, fast_sandbox()) as app:
+        store = app.engine.store
+        get, read = store.get, []
+
+        async def counted(job_id: str):  # type: ignore[no-untyped-def]
+            read.append(job_id)
+            return await get(job_id)
+
+        store.get = counted  # type: ignore[method-assign]
+        reply = RecordingReply()
+        ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
+        await reply.wait(timeout=10)
+        assert reply.results
+        received = app.metrics.registry.get_sample_value(
+            "imagine_webhooks_total", {"vendor": "pixazo", "outcome": "received"}
+        )
+        assert received is not None and received >= 1  # the callback came, and was taken
+        assert ticket.job_id not in read
+
+
 async def test_a_webhook_with_a_wrong_token_is_refused(tmp_path: Path) -> None:
     async with _webhook_app(tmp_path, fast_sandbox(latency=(5.0, 5.0))) as app:
         ticket = await app.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), RecordingReply())
