@@ -10,7 +10,8 @@ route has history, the schedule is a plain backoff from `initial` to `maximum`.
 What is remembered is an estimate of each job's completion, not the poll that saw it: a poll only
 says the job finished somewhere since the previous one, so the sample is the middle of that gap.
 Without that correction the history would drift later by half a step with every generation of
-jobs. `tests/unit/test_polling.py` simulates the schedule against the benchmark's latency mix.
+jobs. For the same reason a poll that went out well after its planned moment (a loop busy with a
+burst) teaches nothing: its answer would say the job ended later than it did. `tests/unit/test_polling.py` simulates the schedule against the benchmark's latency mix.
 """
 
 from __future__ import annotations
