@@ -279,7 +279,8 @@ class Database:
         self._drainer: asyncio.Task[None] | None = None
         #: transactions run by `run` (fewer than its calls when they are committed in groups)
         self.hops = 0
-        #: seconds a transaction keeps retrying for the write lock before DatabaseBusyError
+        #: seconds a transaction keeps retrying for another writer's lock (from the first time it
+        #: is refused) before DatabaseBusyError
         self.lock_wait = lock_wait
         #: commits of `run` between two checkpoints on the checkpoint thread
         self.checkpoint_every = _CHECKPOINT_COMMITS
@@ -375,7 +376,7 @@ class Database:
         DatabaseBusyError when another writer holds the file for longer than `lock_wait`.
         """
         loop = asyncio.get_running_loop()
-        call = _Call(fn, loop.create_future(), time.monotonic() + self.lock_wait)
+        call = _Call(fn, loop.create_future())
         self._pending.append(call)
         if self._drainer is None or self._drainer.done():
             # One task drains the queue for everyone: a caller awaits its own future only,
@@ -417,7 +418,7 @@ class Database:
         """One hop for the batch; False when the write lock could not be had (nothing ran)."""
         now = time.monotonic()
         for call in batch:
-            if now >= call.deadline and not call.future.done():
+            if call.deadline is not None and now >= call.deadline and not call.future.done():
                 _log.warning("database %s stayed locked for %.1fs", self.path, self.lock_wait)
                 call.future.set_exception(DatabaseBusyError(messages.database_busy()))
         live = [c for c in batch if not c.future.done()]
@@ -428,6 +429,11 @@ class Database:
             outcomes = await self.conn._execute(_in_batch, self._raw(), [c.fn for c in live])
         except sqlite3.OperationalError as exc:
             if _locked(exc):
+                # `lock_wait` counts from the first refusal: time spent in this process's own
+                # line (a long group ahead of it) is not another writer holding the lock.
+                for call in live:
+                    if call.deadline is None:
+                        call.deadline = now + self.lock_wait
                 return False
             _fail(live, exc)
             return True
@@ -548,7 +554,9 @@ class _Call:
 
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    deadline: float  # monotonic time after which it fails with DatabaseBusyError
+    #: monotonic time after which it fails with DatabaseBusyError; set when the write lock is
+    #: first refused (None: never refused)
+    deadline: float | None = None
 
 
 class _Redo(Exception):

@@ -128,6 +128,30 @@ async def test_a_writer_holding_the_lock_too_long_is_a_friendly_busy_error(tmp_p
         assert [r["x"] for r in await db.fetchall("SELECT x FROM t")] == [2]
 
 
+async def test_a_call_queued_behind_this_processs_own_slow_transaction_is_not_a_busy_error(
+    tmp_path: Path,
+) -> None:
+    # `lock_wait` bounds the wait for another writer's lock; a wait in this process's own line
+    # (a long transaction ahead, a large group) is not "the database is busy".
+    async with Database(
+        tmp_path / "t.sqlite3", migrations=["CREATE TABLE t (x INTEGER)"], lock_wait=0.2
+    ) as db:
+        started, release = threading.Event(), threading.Event()
+
+        def slow(conn: sqlite3.Connection) -> None:
+            started.set()
+            release.wait(5.0)  # on the database thread, until the test lets it go
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        first = asyncio.create_task(db.run(slow))
+        while not started.is_set():  # noqa: ASYNC110 (the thread has no awaitable to wait on)
+            await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_later(0.6, release.set)  # three times lock_wait
+        await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)").rowcount)
+        await first
+        assert sorted(r["x"] for r in await db.fetchall("SELECT x FROM t")) == [1, 2]
+
+
 async def test_runs_cancelled_at_any_point_leave_the_database_consistent(tmp_path: Path) -> None:
     async with Database(tmp_path / "t.sqlite3", migrations=["CREATE TABLE t (x INTEGER)"]) as db:
         tasks = [
