@@ -11,12 +11,14 @@ from typing import Any
 from bot.app import BotApp
 from bot.config import Settings
 from providers.sandbox.server import Sandbox
-from tests.fakes.discord_fake import DiscordFake, FakeInteraction, FakeMessage
+from tests.fakes.discord_fake import ALICE, DiscordFake, FakeInteraction, FakeMessage
 from tests.support.core import core_settings
 
 __all__ = [
+    "balance",
     "discord_bot",
     "discord_settings",
+    "private_answer",
     "wait_done",
     "wait_original",
     "wait_result",
@@ -84,4 +86,16 @@ async def wait_done(fake: DiscordFake, ix: FakeInteraction, timeout: float = 15.
             not m.loading and not any(c.startswith("ib:cancel:") for c in m.custom_ids) and bool(m.content)
         ),
         timeout,
+    )
+
+
+async def balance(app: BotApp, fake: DiscordFake, user: str = ALICE.id) -> int:
+    """A member's credits in the fake's guild."""
+    return (await app.ledger.account(f"discord:{fake.guild_id}", user)).balance
+
+
+async def private_answer(fake: DiscordFake, ix: FakeInteraction, timeout: float = 15.0) -> FakeMessage:
+    """The one message only the user sees (an ephemeral reply or followup)."""
+    return await fake.wait_for(  # type: ignore[no-any-return]
+        lambda: next((m for m in fake.replies(ix) if m.ephemeral and m.content), None), timeout=timeout
     )

@@ -18,8 +18,16 @@ from bot import messages
 from bot.app import BotApp
 from bot.errors import ConfigError
 from bot.reply import JobPhase
-from tests.e2e.discord_harness import discord_bot, discord_settings, wait_done, wait_original, wait_result
-from tests.fakes.discord_fake import ALICE, BOB, MOD, ROLE_MOD, DiscordFake, FakeInteraction, FakeMessage
+from tests.e2e.discord_harness import (
+    balance,
+    discord_bot,
+    discord_settings,
+    private_answer,
+    wait_done,
+    wait_original,
+    wait_result,
+)
+from tests.fakes.discord_fake import ALICE, BOB, MOD, ROLE_MOD, DiscordFake, FakeMessage
 from tests.support.core import fast_sandbox
 
 pytestmark = pytest.mark.slow
@@ -46,17 +54,6 @@ async def sandbox() -> AsyncIterator[object]:
 async def bot(tmp_path: Path, fake: DiscordFake, sandbox: object) -> AsyncIterator[BotApp]:
     async with discord_bot(tmp_path, fake, sandbox) as app:  # type: ignore[arg-type]
         yield app
-
-
-async def balance(app: BotApp, fake: DiscordFake, user: str = ALICE.id) -> int:
-    return (await app.ledger.account(f"discord:{fake.guild_id}", user)).balance
-
-
-async def private_answer(fake: DiscordFake, ix: FakeInteraction) -> FakeMessage:
-    """The one message only the user sees (an ephemeral reply or followup)."""
-    return await fake.wait_for(  # type: ignore[no-any-return]
-        lambda: next((m for m in fake.replies(ix) if m.ephemeral and m.content), None)
-    )
 
 
 async def imagine(fake: DiscordFake, prompt: str = "a red fox", **options: object) -> FakeMessage:

@@ -11,13 +11,11 @@ import pytest
 
 from bot import messages
 from bot.app import BotApp
-from tests.e2e.discord_harness import discord_bot, wait_result
+from tests.e2e.discord_harness import balance, discord_bot, private_answer, wait_result
 from tests.fakes.discord_fake import (
     ALICE,
     MOD,
     DiscordFake,
-    FakeInteraction,
-    FakeMessage,
     FakeUser,
     RawJSON,
 )
@@ -47,17 +45,6 @@ async def sandbox() -> AsyncIterator[object]:
 async def bot(tmp_path: Path, fake: DiscordFake, sandbox: object) -> AsyncIterator[BotApp]:
     async with discord_bot(tmp_path, fake, sandbox) as app:  # type: ignore[arg-type]
         yield app
-
-
-async def balance(app: BotApp, fake: DiscordFake, user: str = ALICE.id) -> int:
-    return (await app.ledger.account(f"discord:{fake.guild_id}", user)).balance
-
-
-async def private_answer(fake: DiscordFake, ix: FakeInteraction) -> FakeMessage:
-    """The one message only the user sees (an ephemeral reply or followup)."""
-    return await fake.wait_for(  # type: ignore[no-any-return]
-        lambda: next((m for m in fake.replies(ix) if m.ephemeral and m.content), None), timeout=10
-    )
 
 
 async def test_a_surrogate_escape_in_imagine_gets_the_clear_message_and_the_gateway_stays_up(

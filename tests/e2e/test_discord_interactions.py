@@ -16,8 +16,8 @@ from PIL import Image
 from adapters import discord_commands
 from bot import messages
 from bot.app import BotApp
-from tests.e2e.discord_harness import discord_bot, wait_original, wait_result
-from tests.fakes.discord_fake import ALICE, BOB, MOD, DiscordFake, FakeInteraction, FakeMessage
+from tests.e2e.discord_harness import balance, discord_bot, private_answer, wait_original, wait_result
+from tests.fakes.discord_fake import ALICE, BOB, MOD, DiscordFake, FakeMessage
 from tests.support.core import fast_sandbox
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,6 @@ async def sandbox() -> AsyncIterator[object]:
 async def bot(tmp_path: Path, fake: DiscordFake, sandbox: object) -> AsyncIterator[BotApp]:
     async with discord_bot(tmp_path, fake, sandbox) as app:  # type: ignore[arg-type]
         yield app
-
-
-async def private_answer(fake: DiscordFake, ix: FakeInteraction) -> FakeMessage:
-    """The one message only the user sees (an ephemeral reply or followup)."""
-    return await fake.wait_for(  # type: ignore[no-any-return]
-        lambda: next((m for m in fake.replies(ix) if m.ephemeral and m.content), None)
-    )
 
 
 def _options(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -186,10 +179,6 @@ def png(width: int = 64, height: int = 48) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (40, 120, 200)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-async def balance(app: BotApp, fake: DiscordFake, user: str = ALICE.id) -> int:
-    return (await app.ledger.account(f"discord:{fake.guild_id}", user)).balance
 
 
 async def test_both_message_menus_are_synced_as_message_commands(bot: BotApp, fake: DiscordFake) -> None:
