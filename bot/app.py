@@ -23,6 +23,8 @@ from bot.engine import Engine, EngineConfig
 from bot.events import event_bus_for
 from bot.health import Readiness, database_probe
 from bot.instance import InstanceLock
+from bot.jobstore import new_job_id
+from bot.leader import LIVE_OWNER_PREFIX, ReplicaLiveness
 from bot.ledger import CreditLedger
 from bot.media import MediaStore
 from bot.metrics import Metrics
@@ -177,6 +179,13 @@ class BotApp:
         )
         self.db = await stack.enter_async_context(open_database(s.db_url))
         events = await stack.enter_async_context(event_bus_for(self.db))
+        liveness = None
+        if s.postgres_url is not None:
+            # Held until after the engine stopped: while it is, no other replica takes this
+            # one's jobs before their leases run out; once the process dies, at once.
+            liveness = await stack.enter_async_context(
+                ReplicaLiveness(s.postgres_url, LIVE_OWNER_PREFIX + new_job_id())
+            )
         self.ledger = CreditLedger(
             self.db,
             default_allowance=s.daily_allowance,
@@ -204,7 +213,7 @@ class BotApp:
             )
 
         self.engine = Engine(
-            store=JobStore(self.db, ledger=self.ledger, lease=s.lease_seconds),
+            store=JobStore(self.db, ledger=self.ledger, liveness=liveness, lease=s.lease_seconds),
             ledger=self.ledger,
             confirms=ConfirmStore(self.db),
             router=self.router,

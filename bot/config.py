@@ -177,8 +177,9 @@ class Settings(BaseSettings):
         30.0,
         ge=1,
         le=3600,
-        description="Seconds a replica's claim on a job lasts unrenewed; another replica takes "
-        "over a dead one's jobs after that (renewed every third of it).",
+        description="Seconds a replica's claim on a job lasts unrenewed (renewed every third of "
+        "it); a stalled replica's jobs are taken over after that, a dead one's at once (its "
+        "liveness lock is gone).",
     )
     poll_initial: float = Field(1.0, gt=0, le=3600, description="First poll delay in seconds.")
     poll_max: float = Field(10.0, gt=0, le=3600, description="Longest poll delay in seconds.")

@@ -20,7 +20,8 @@ result — `LostRaceError`, None, or the state it found — and does nothing.
 Leases: a claimed job carries (`lease_owner`, `lease_until`). Its owner renews the lease while it
 follows the job (`renew`), and only the owner's `accepted`, `resubmit` and `done` win; another
 replica takes an expired lease over (`take_over`) — so a job is followed by one process at a
-time, and a dead replica's jobs are picked up once its leases run out. An ending hands the lease
+time, and a dead replica's jobs are picked up once its leases run out (on PostgreSQL at once,
+when its liveness lock is gone: `bot.leader.dead_owners`). An ending hands the lease
 to the replica that ended the job until its message is sent, so no other replica sends it
 meanwhile (`take_unsent` takes over the messages of expired leases). On SQLite one process owns
 the database (the instance lock), so a start takes every lease at once.
@@ -50,6 +51,7 @@ from bot.jobstore import (
     StoredResult,
     new_job_id,
 )
+from bot.leader import ReplicaLiveness, dead_owners
 from bot.reply import JobPhase
 from bot.sql import Row, SqlDatabase, Tx
 from providers.base import JobHandle
@@ -74,6 +76,7 @@ _OPEN_SQL = "('queued', 'submitting', 'running')"
 _TERMINAL_SQL = "('done', 'failed', 'cancelled')"
 _QUEUED = f"state NOT IN {_TERMINAL_SQL} AND state = 'queued'"
 _LEASED = f"state NOT IN {_TERMINAL_SQL} AND state IN ('submitting', 'running')"
+_UNSENT = "id IN (SELECT job_id FROM outbox WHERE sent_at IS NULL)"
 # Request keys of concurrent admissions are serialised by this advisory lock class (PostgreSQL's
 # two-key form, a key space apart from the single-key locks of migrations and command sync).
 _REQUEST_KEY_LOCK = 0x1A0B
@@ -151,8 +154,9 @@ class JobStore:
     """The jobs, the outbox and the learned poll times on one `SqlDatabase`, SQLite or
     PostgreSQL (`bot.jobstore.JobStorePort`).
 
-    `owner` names this process in the leases it takes (a random id by default) and `lease` is
-    how long a lease lasts unrenewed. `ledger` supplies the credit steps of admission and
+    `owner` names this process in the leases it takes (a random id by default; the id of
+    `liveness`, this replica's liveness lock on PostgreSQL, when given) and `lease` is how long
+    a lease lasts unrenewed. `ledger` supplies the credit steps of admission and
     endings; read-only users (the CLI's listings) may leave it out.
     """
 
@@ -162,12 +166,14 @@ class JobStore:
         *,
         ledger: JobLedger | None = None,
         owner: str | None = None,
+        liveness: ReplicaLiveness | None = None,
         lease: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.ledger = ledger
-        self.owner = owner or new_job_id()
+        self.liveness = liveness
+        self.owner = owner or (liveness.owner if liveness is not None else new_job_id())
         self.lease = lease
         self.clock = clock
 
@@ -437,6 +443,8 @@ class JobStore:
         """Extend every lease this process holds (open jobs, and ended ones whose message is
         unsent); the open jobs still leased to it — a followed job missing from it was taken
         over by another replica (this one stalled past its lease) or ended."""
+        if self.liveness is not None:
+            await self.liveness.keep()
         return await self._set_leases(self.clock() + self.lease)
 
     async def release_leases(self) -> None:
@@ -464,44 +472,50 @@ class JobStore:
 
     async def take_over(self, platforms: Iterable[str], *, every: bool = False) -> list[JobRecord]:
         """Lease to this process every submitting or running job of `platforms` whose lease
-        expired (its replica died or stalled), or — `every`, for the database's only process
-        at its start — every one not leased to it; those jobs as taken."""
+        expired or whose replica is known dead (it stalled or died), or — `every`, for the
+        database's only process at its start — every one not leased to it; those jobs as taken."""
         now = self.clock()
         expired_before = float("inf") if every else now
         wanted = json.dumps(sorted(platforms))
 
         async def step(tx: Tx) -> list[JobRecord]:
+            dead = await self._dead_owners(tx, f"SELECT lease_owner FROM jobs WHERE {_LEASED}")
             rows = await tx.fetch(
                 "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN ("
                 f"SELECT id FROM jobs WHERE {_LEASED} AND COALESCE(lease_owner, '') <> $1"
-                f" AND (lease_until IS NULL OR lease_until < $3) AND platform IN {_in_json(tx, '$4')}"
+                " AND (lease_until IS NULL OR lease_until < $3"
+                f" OR lease_owner IN {_in_json(tx, '$5')}) AND platform IN {_in_json(tx, '$4')}"
                 f"{_skip_locked(tx)}) RETURNING {_COLUMNS}",
                 self.owner,
                 now + self.lease,
                 expired_before,
                 wanted,
+                dead,
             )
             return sorted((_decode(r) for r in rows), key=lambda j: j.created)
 
         return await self.db.transact(step)
 
     async def take_unsent(self, platforms: Iterable[str], *, every: bool = False) -> list[OutboxRow]:
-        """The unsent messages of ended jobs of `platforms` whose lease expired (or, `every`,
-        all not leased to this process), their leases taken; oldest first."""
+        """The unsent messages of ended jobs of `platforms` whose lease expired or whose replica
+        is known dead (or, `every`, all not leased to this process), their leases taken; oldest
+        first."""
         now = self.clock()
         expired_before = float("inf") if every else now
         wanted = json.dumps(sorted(platforms))
 
         async def step(tx: Tx) -> list[OutboxRow]:
+            dead = await self._dead_owners(tx, f"SELECT lease_owner FROM jobs WHERE {_UNSENT}")
             ids = await tx.fetch(
-                "UPDATE jobs SET lease_owner = $1, lease_until = $2"
-                " WHERE id IN (SELECT job_id FROM outbox WHERE sent_at IS NULL)"
-                " AND COALESCE(lease_owner, '') <> $1 AND (lease_until IS NULL OR lease_until < $3)"
-                f" AND platform IN {_in_json(tx, '$4')} RETURNING id",
+                f"UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE {_UNSENT}"
+                " AND COALESCE(lease_owner, '') <> $1 AND (lease_until IS NULL OR lease_until < $3"
+                f" OR lease_owner IN {_in_json(tx, '$5')}) AND platform IN {_in_json(tx, '$4')}"
+                " RETURNING id",
                 self.owner,
                 now + self.lease,
                 expired_before,
                 wanted,
+                dead,
             )
             if not ids:
                 return []
@@ -513,6 +527,16 @@ class JobStore:
             return [_outbox_row(r) for r in rows]
 
         return await self.db.transact(step)
+
+    async def _dead_owners(self, tx: Tx, owners_sql: str) -> str:
+        """Of the owners `owners_sql` selects, those known dead (`bot.leader.dead_owners`), as
+        the JSON array `_in_json` reads; on SQLite none, without a read."""
+        if tx.dialect != "postgresql":
+            return "[]"
+        rows = await tx.fetch(
+            f"SELECT DISTINCT o.lease_owner FROM ({owners_sql}) o WHERE o.lease_owner <> $1", self.owner
+        )
+        return json.dumps(sorted(await dead_owners(tx, {r[0] for r in rows if r[0]})))
 
     # --- the outbox ------------------------------------------------------------------------
 

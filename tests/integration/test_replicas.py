@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from bot.app import BotApp
@@ -213,3 +214,63 @@ async def test_a_busy_replicas_queued_jobs_are_claimed_by_an_idle_one(tmp_path: 
         await _until(lambda: _async(told() == len(ids)))  # every user told, once
         ledger = CreditLedger(a.db)
         assert await ledger.check_invariants() == [] and await ledger.open_holds() == []
+
+
+async def test_a_replica_started_after_one_crashed_takes_the_dead_ones_jobs_over_at_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Leases of 30 s: only the dead replica's liveness lock, gone with its session, lets the
+    # new one go on with the job within the 10 s the test waits.
+    long_lease: dict[str, Any] = {"route_order": "apiinone", "lease_seconds": 30.0}
+    async with fast_sandbox(latency=(2.5, 2.5)) as sandbox, AsyncExitStack() as stack:
+        a = await stack.enter_async_context(_replica(tmp_path / "a", pg_url, sandbox, **long_lease))
+        reply = RecordingReply()
+        ticket = await a.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
+        await _until(lambda: _running_on(a, ticket.job_id))
+        a.engine.store.release_leases = _nothing  # type: ignore[method-assign]
+        await _crash(a)
+        b = await stack.enter_async_context(_replica(tmp_path / "b", pg_url, sandbox, **long_lease))
+        told_by_b = _with_restorer(b)
+        assert await b.engine.resume() == 1
+        await _until(lambda: _done(b, ticket.job_id), timeout=10)
+        await _until(lambda: _async(told_by_b.results() == 1), timeout=10)
+        assert reply.results == []
+        assert await b.ledger.hold_state(ticket.job_id) == "settled"
+        assert await b.ledger.check_invariants() == []
+
+
+async def test_a_live_replicas_jobs_stay_with_it_when_another_replica_starts(
+    tmp_path: Path, pg_url: str
+) -> None:
+    long_lease: dict[str, Any] = {"route_order": "apiinone", "lease_seconds": 30.0}
+    async with fast_sandbox(latency=(2.0, 2.0)) as sandbox, AsyncExitStack() as stack:
+        a = await stack.enter_async_context(_replica(tmp_path / "a", pg_url, sandbox, **long_lease))
+        reply = RecordingReply()
+        ticket = await a.engine.submit(MEMBER, ImagineCommand(prompt="a fox"), reply)
+        await _until(lambda: _running_on(a, ticket.job_id))
+        b = await stack.enter_async_context(_replica(tmp_path / "b", pg_url, sandbox, **long_lease))
+        told_by_b = _with_restorer(b)
+        assert await b.engine.resume() == 0
+        await reply.wait()
+        assert [r.job_id for r in reply.results] == [ticket.job_id]
+        assert told_by_b.results() == 0
+
+
+async def test_a_replica_whose_liveness_session_ended_takes_its_lock_again_when_it_renews(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with _replica(tmp_path / "a", pg_url, fast_sandbox(), route_order="apiinone") as a:
+        liveness = a.engine.store.liveness
+        assert liveness is not None and liveness.held
+        admin = await asyncpg.connect(pg_url)
+        try:  # the server ends the session holding the lock (a restart, a network cut)
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND ((classid::bigint << 32) | objid::bigint) = $1",
+                liveness.key,
+            )
+        finally:
+            await admin.close()
+        await _until(lambda: _async(not liveness.held), timeout=5)
+        await a.engine.store.renew()
+        assert liveness.held
