@@ -170,9 +170,9 @@ class ReplicaLiveness:
 
 async def dead_owners(tx: Tx, owners: set[str]) -> set[str]:
     """Of the lease `owners`, those known dead: they hold liveness locks by their id, and no
-    session holds theirs. Always empty on SQLite (one process owns the file)."""
+    session holds theirs (PostgreSQL; on SQLite one process owns the file, nobody asks)."""
     judged = {o for o in owners if o.startswith(LIVE_OWNER_PREFIX)}
-    if not judged or tx.dialect != "postgresql":
+    if not judged:
         return set()
     # pg_locks shows a bigint advisory key as its high half (classid) and low half (objid).
     rows = await tx.fetch(

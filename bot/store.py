@@ -461,8 +461,7 @@ class JobStore:
                 until,
             )
             await tx.execute(
-                "UPDATE jobs SET lease_until = $2"
-                " WHERE id IN (SELECT job_id FROM outbox WHERE sent_at IS NULL) AND lease_owner = $1",
+                f"UPDATE jobs SET lease_until = $2 WHERE {_UNSENT} AND lease_owner = $1",
                 self.owner,
                 until,
             )
